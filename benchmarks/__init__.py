@@ -1,0 +1,1 @@
+"""Benchmarks: per-call overhead of resilient against a bare await and against peers."""

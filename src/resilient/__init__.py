@@ -1,0 +1,84 @@
+"""resilient: async resilience policies for services that call other services.
+
+Retries with jittered backoff and budgets, circuit breakers, bulkheads, rate limits, timeouts
+and deadlines, composed into a ``Pipeline`` that runs on asyncio and trio (through anyio).
+"""
+
+from __future__ import annotations
+
+from ._classify import (
+    Classification,
+    Classifier,
+    ClassifierLike,
+    Outcome,
+    Verdict,
+    on_exception,
+    on_result,
+)
+from ._clock import Clock, SystemClock, TimerScope
+from ._context import Context, remaining
+from ._events import (
+    AttemptEnded,
+    AttemptStarted,
+    BudgetRefused,
+    CallObserver,
+    CallRejected,
+    CircuitStateChanged,
+    Event,
+    Listener,
+    RetryGaveUp,
+    RetryScheduled,
+    TimeoutFired,
+    WaitEnded,
+)
+from ._exceptions import (
+    BulkheadFullError,
+    CircuitOpenError,
+    ConfigurationError,
+    RateLimitedError,
+    RejectedError,
+    ResilientError,
+    TimeoutExceeded,
+)
+from ._pipeline import Call, Pipeline, Policy
+from ._timeout import Timeout
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "AttemptEnded",
+    "AttemptStarted",
+    "BudgetRefused",
+    "BulkheadFullError",
+    "Call",
+    "CallObserver",
+    "CallRejected",
+    "CircuitOpenError",
+    "CircuitStateChanged",
+    "Classification",
+    "Classifier",
+    "ClassifierLike",
+    "Clock",
+    "ConfigurationError",
+    "Context",
+    "Event",
+    "Listener",
+    "Outcome",
+    "Pipeline",
+    "Policy",
+    "RateLimitedError",
+    "RejectedError",
+    "ResilientError",
+    "RetryGaveUp",
+    "RetryScheduled",
+    "SystemClock",
+    "Timeout",
+    "TimeoutExceeded",
+    "TimeoutFired",
+    "TimerScope",
+    "Verdict",
+    "WaitEnded",
+    "on_exception",
+    "on_result",
+    "remaining",
+]

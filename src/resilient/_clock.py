@@ -1,0 +1,122 @@
+"""Injected time: the ``Clock`` protocol and the default clock.
+
+Every policy reads time and waits through the clock of the call's context, never through
+``time`` or ``asyncio`` directly. That makes every policy deterministic under
+``resilient.testing.FakeClock`` and under trio's ``MockClock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Protocol, final, runtime_checkable
+
+import anyio
+
+__all__ = ["Clock", "SystemClock", "TimerScope"]
+
+_running_loop = asyncio._get_running_loop  # C function: the cheapest "are we on asyncio?" test
+
+
+@runtime_checkable
+class TimerScope(Protocol):
+    """An async context manager that interrupts its body at a deadline.
+
+    On expiry the body is cancelled and ``TimeoutError`` is raised from ``__aexit__``;
+    ``expired()`` then tells this scope's own expiry apart from a ``TimeoutError`` raised by
+    the body itself. An outer cancellation is never turned into ``TimeoutError``.
+    """
+
+    async def __aenter__(self) -> object: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None: ...
+
+    def expired(self) -> bool: ...
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Monotonic time, sleeping and deadlines for one pipeline.
+
+    ``now()`` and ``timeout_at()`` share one time base: deadlines are ``now() + seconds``.
+    """
+
+    def now(self) -> float:
+        """Current monotonic time in seconds."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (a checkpoint even when ``seconds <= 0``)."""
+        ...
+
+    def timeout_at(self, deadline: float) -> TimerScope:
+        """A scope that cancels its body when ``now()`` reaches ``deadline``."""
+        ...
+
+
+@final
+class _AnyioTimer:
+    """Timer scope for any anyio backend (trio in practice) built on a cancel scope."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, deadline: float) -> None:
+        self._scope = anyio.CancelScope(deadline=deadline)
+
+    async def __aenter__(self) -> _AnyioTimer:
+        self._scope.__enter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if self._scope.__exit__(exc_type, exc, tb) and self._scope.cancelled_caught:
+            raise TimeoutError
+        return None
+
+    def expired(self) -> bool:
+        return self._scope.cancelled_caught
+
+
+@final
+class SystemClock:
+    """The default clock: the running event loop's monotonic time.
+
+    On asyncio it uses the loop directly (``loop.time()``, ``asyncio.sleep`` and
+    ``asyncio.timeout_at``, the cheapest primitives there); on any other anyio backend
+    (trio) it goes through anyio, so trio's ``MockClock`` drives it. Nothing is captured at
+    construction: one instance serves successive ``asyncio.run()`` calls and trio alike.
+    """
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        loop = _running_loop()
+        if loop is not None:
+            return loop.time()
+        return anyio.current_time()
+
+    async def sleep(self, seconds: float) -> None:
+        if _running_loop() is not None:
+            await asyncio.sleep(seconds if seconds > 0.0 else 0.0)
+        else:
+            await anyio.sleep(seconds if seconds > 0.0 else 0.0)
+
+    def timeout_at(self, deadline: float) -> TimerScope:
+        if _running_loop() is not None:
+            return asyncio.timeout_at(deadline)
+        return _AnyioTimer(deadline)
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+SYSTEM_CLOCK = SystemClock()

@@ -1,0 +1,171 @@
+"""Typed events that policies report, and the listener hook.
+
+Policies emit an event only when someone listens (``ctx.listening``), so an unobserved
+pipeline pays nothing for them. Listeners are plain callables; one that raises is logged and
+ignored: observation never changes an outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from ._classify import Verdict
+
+if TYPE_CHECKING:
+    from ._context import Context
+
+__all__ = [
+    "AttemptEnded",
+    "AttemptStarted",
+    "BudgetRefused",
+    "CallObserver",
+    "CallRejected",
+    "CircuitStateChanged",
+    "Event",
+    "Listener",
+    "RetryGaveUp",
+    "RetryScheduled",
+    "TimeoutFired",
+    "WaitEnded",
+]
+
+logger = logging.getLogger("resilient")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every event.
+
+    Attributes:
+        pipeline: name of the pipeline running the call.
+        operation: the call's operation (a static name or route template, never a raw URL).
+        policy: name of the policy reporting the event (``""`` for the pipeline itself).
+        at: the pipeline clock's time when the event happened.
+    """
+
+    pipeline: str
+    operation: str
+    policy: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptStarted(Event):
+    """An attempt (1 for the first call) is about to run."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptEnded(Event):
+    """An attempt finished with a verdict after ``duration`` seconds.
+
+    ``error_type`` is the exception's qualified class name, ``None`` for a returned value.
+    """
+
+    attempt: int
+    verdict: Verdict
+    duration: float
+    error_type: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryScheduled(Event):
+    """Attempt ``attempt`` failed with a retryable verdict; the next starts after ``delay``.
+
+    ``retry_after`` is the server hint that set the delay, if any.
+    """
+
+    attempt: int
+    delay: float
+    verdict: Verdict
+    error_type: str | None
+    retry_after: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryGaveUp(Event):
+    """The retry policy stopped after ``attempts`` attempts.
+
+    ``reason`` is one of ``"attempts"`` (all used), ``"deadline"`` (the next attempt could not
+    finish in time), ``"budget"`` (the retry budget refused) or ``"verdict"`` (not retryable).
+    """
+
+    attempts: int
+    reason: str
+    verdict: Verdict
+    error_type: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetRefused(Event):
+    """The retry budget refused a retry after attempt ``attempt``."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRejected(Event):
+    """A policy refused the call (breaker open, bulkhead full, rate limited, ...).
+
+    ``reason`` is a short bounded word (``"open"``, ``"half_open"``, ``"full"``,
+    ``"rate_limited"``, ``"wait_timeout"``, ``"deadline"``); ``error_type`` names the exception
+    raised to the caller.
+    """
+
+    reason: str
+    retry_after: float | None
+    error_type: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitStateChanged(Event):
+    """A breaker moved from ``previous`` to ``state`` (``key`` for keyed breakers)."""
+
+    previous: str
+    state: str
+    key: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeoutFired(Event):
+    """A timeout policy's own deadline cut the call after ``timeout`` seconds."""
+
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitEnded(Event):
+    """A call waited ``waited`` seconds in a bulkhead or rate limiter queue.
+
+    ``admitted`` is false when the wait ended in a rejection.
+    """
+
+    waited: float
+    admitted: bool
+
+
+Listener = Callable[[Event], None]
+
+
+class CallObserver(Protocol):
+    """Seam for telemetry: sees every call of a pipeline and every event of those calls.
+
+    ``start`` may set ``ctx.listening`` to ``False`` to opt out of events for that call (for
+    example when nothing is recording) and may store per-call state in ``ctx.span``. Exceptions
+    raised by an observer are logged and swallowed by the pipeline.
+    """
+
+    def start(self, ctx: Context, /) -> None: ...
+
+    def end(self, ctx: Context, error: BaseException | None, /) -> None: ...
+
+    def event(self, ctx: Context, event: Event, /) -> None: ...
+
+
+def report_listener_error(listener: object) -> None:
+    """Log (never raise) an exception raised by a listener or observer."""
+    logger.exception("resilient: listener %r raised; the call's outcome is unchanged", listener)

@@ -1,0 +1,297 @@
+"""The core abstraction: ``Policy`` and the ``Pipeline`` that composes policies."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import Any, ParamSpec, Protocol, TypeVar, final, runtime_checkable
+
+from . import _validate as check
+from ._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
+from ._classify import Classification as _Classification
+from ._clock import SYSTEM_CLOCK, Clock
+from ._context import Context, default_random
+from ._events import CallObserver, Listener, report_listener_error
+from ._exceptions import ConfigurationError
+
+__all__ = ["Call", "Pipeline", "Policy"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+Call = Callable[[Context], Awaitable[Any]]
+"""The next step of a chain: run the rest of the pipeline (and the user's function)."""
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A resilience policy: runs ``call`` (the rest of the chain) under its rules.
+
+    Implementations catch ``Exception``, never ``BaseException``: cancellation always
+    propagates untouched.
+    """
+
+    name: str
+
+    async def execute(self, call: Call, ctx: Context, /) -> Any: ...
+
+
+ObserverFactory = Callable[["Pipeline"], CallObserver | None]
+_observer_factory: ObserverFactory | None = None
+
+
+def install_observer_factory(factory: ObserverFactory | None) -> None:
+    """Set what ``Pipeline(telemetry=True)`` uses to observe calls (the telemetry layer)."""
+    global _observer_factory  # noqa: PLW0603 - a process-wide seam set once at import
+    _observer_factory = factory
+
+
+async def _invoke(ctx: Context) -> Any:
+    # The innermost step: the user's function. Kept as a coroutine function so that policies
+    # can rely on `await call(ctx)` and never hold an un-awaited coroutine.
+    return await ctx.fn(*ctx.args, **ctx.kwargs)  # type: ignore[misc]
+
+
+def _bind(policy: Policy, inner: Call, later: tuple[Policy, ...]) -> Call:
+    bind = getattr(policy, "_bind", None)
+    if bind is not None:
+        return bind(inner, later)  # type: ignore[no-any-return]
+    return functools.partial(policy.execute, inner)
+
+
+def _compose(policies: tuple[Policy, ...], innermost: Call) -> Call:
+    call = innermost
+    for index in range(len(policies) - 1, -1, -1):
+        call = _bind(policies[index], call, policies[index + 1 :])
+    return call
+
+
+def _check_async_callable(fn: object, where: str) -> None:
+    target = fn.__func__ if isinstance(fn, classmethod | staticmethod) else fn
+    if inspect.isasyncgenfunction(target):
+        raise TypeError(
+            f"{where} needs an async function returning a value; {target!r} is an async "
+            "generator function, whose calls cannot be retried or timed as one unit"
+        )
+    if inspect.iscoroutinefunction(target):
+        return
+    call = getattr(target, "__call__", None)  # noqa: B004 - async __call__ on an object
+    if call is not None and inspect.iscoroutinefunction(call) and not inspect.isfunction(target):
+        return
+    raise TypeError(
+        f"{where} needs an async function (async def); {target!r} is not one. "
+        "Wrap blocking code with anyio.to_thread.run_sync inside an async function."
+    )
+
+
+@final
+class Pipeline:
+    """A chain of policies run around an async callable. A pipeline is itself a ``Policy``.
+
+    **The first policy listed is the outermost**: ``Pipeline(A, B, C)`` runs ``A(B(C(fn)))``.
+    The recommended order (what ``resilient.standard()`` builds) is
+    ``Timeout(total) -> Retry -> CircuitBreaker -> RateLimiter -> Bulkhead -> Timeout(attempt)``.
+    The chain is composed once, here; each call only creates its ``Context``.
+
+    Args:
+        *policies: the policies, outermost first.
+        name: the pipeline's name (a bounded telemetry attribute).
+        clock: time source for every policy (default: the running event loop's clock).
+        random: random source ``() -> float`` for jitter (default: a private generator).
+        classify: how outcomes are classified (default: ``Classifier()`` defaults).
+        listeners: callables receiving every ``Event`` of every call.
+        telemetry: ``True`` (default) reports through OpenTelemetry when the telemetry layer is
+            installed; ``False`` turns it off; an observer object replaces it.
+
+    Raises:
+        ConfigurationError: an invalid option or something that is not a policy.
+    """
+
+    __slots__ = (
+        "_chain",
+        "_classifier",
+        "_clock",
+        "_listeners",
+        "_name",
+        "_observer",
+        "_policies",
+        "_random",
+        "name",
+    )
+
+    def __init__(
+        self,
+        *policies: Policy,
+        name: str = "default",
+        clock: Clock | None = None,
+        random: Callable[[], float] | None = None,
+        classify: ClassifierLike
+        | Callable[[Outcome], _Classification | Verdict | None]
+        | Iterable[Any]
+        | None = None,
+        listeners: Iterable[Listener] = (),
+        telemetry: bool | CallObserver = True,
+    ) -> None:
+        self.name = self._name = check.name("Pipeline.name", name)
+        for index, policy in enumerate(policies):
+            if not callable(getattr(policy, "execute", None)) or not isinstance(
+                getattr(policy, "name", None), str
+            ):
+                raise ConfigurationError(
+                    f"Pipeline.policies[{index}]", policy, "expected a policy (name and execute())"
+                )
+        self._policies = tuple(policies)
+        if clock is None:
+            clock = SYSTEM_CLOCK
+        elif not (
+            callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep", None))
+        ):
+            raise ConfigurationError(
+                "Pipeline.clock", clock, "expected a Clock (now() and sleep())"
+            )
+        self._clock: Clock = clock
+        self._random = check.callable_("Pipeline.random", random or default_random)
+        self._classifier: ClassifierLike = (
+            as_classifier("Pipeline.classify", classify) or DEFAULT_CLASSIFIER
+        )
+        listeners = tuple(listeners)
+        for listener in listeners:
+            check.callable_("Pipeline.listeners", listener)
+        self._listeners = listeners
+        observer: CallObserver | None
+        if telemetry is True:
+            observer = None
+            if _observer_factory is not None:
+                try:
+                    observer = _observer_factory(self)
+                except Exception:
+                    report_listener_error(_observer_factory)
+        elif telemetry is False:
+            observer = None
+        elif all(callable(getattr(telemetry, m, None)) for m in ("start", "end", "event")):
+            observer = telemetry
+        else:
+            raise ConfigurationError(
+                "Pipeline.telemetry", telemetry, "expected True, False or a CallObserver"
+            )
+        self._observer = observer
+        self._chain: Call | None = (
+            _compose(self._policies, _invoke) if self._policies or observer is not None else None
+        )
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        """The policies, outermost first."""
+        return self._policies
+
+    @property
+    def clock(self) -> Clock:
+        """The clock every policy of this pipeline uses."""
+        return self._clock
+
+    @property
+    def classifier(self) -> ClassifierLike:
+        """The pipeline's classifier."""
+        return self._classifier
+
+    @property
+    def observer(self) -> CallObserver | None:
+        """The telemetry observer, or ``None`` when telemetry is off."""
+        return self._observer
+
+    def context(
+        self,
+        fn: Callable[..., Awaitable[Any]] | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        operation: str | None = None,
+        key: str | None = None,
+        classify: ClassifierLike | None = None,
+    ) -> Context:
+        """A fresh ``Context`` for one call (for integrations and custom runners)."""
+        if operation is None:
+            operation = getattr(fn, "__qualname__", None) or "call"
+        return Context(
+            pipeline=self._name,
+            operation=operation,
+            clock=self._clock,
+            random=self._random,
+            classifier=classify if classify is not None else self._classifier,
+            fn=fn,
+            args=args,
+            kwargs=kwargs,
+            key=key,
+            listeners=self._listeners,
+            observer=self._observer,
+        )
+
+    async def run(self, ctx: Context) -> Any:
+        """Run the whole chain for a prepared ``ctx`` (see ``context()``)."""
+        chain = self._chain
+        if chain is None:
+            return await _invoke(ctx)
+        observer = self._observer
+        if observer is None:
+            return await chain(ctx)
+        try:
+            observer.start(ctx)
+        except Exception:
+            report_listener_error(observer)
+        try:
+            result = await chain(ctx)
+        except BaseException as exc:
+            try:
+                observer.end(ctx, exc)
+            except Exception:
+                report_listener_error(observer)
+            raise
+        try:
+            observer.end(ctx, None)
+        except Exception:
+            report_listener_error(observer)
+        return result
+
+    async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``await fn(*args, **kwargs)`` through the pipeline and return its result.
+
+        Raises:
+            Whatever the call finally raised (the last original exception when retries ran
+            out), or a ``RejectedError`` when a policy refused the call.
+        """
+        if self._chain is None:
+            return await fn(*args, **kwargs)
+        result: T = await self.run(self.context(fn, args, kwargs))
+        return result
+
+    def wrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        """Decorate an async function so every call runs through this pipeline.
+
+        The signature (for type checkers), name, docstring and ``__wrapped__`` are kept.
+
+        Raises:
+            TypeError: ``fn`` is not an async function (a sync function or an async
+                generator), at decoration time.
+        """
+        _check_async_callable(fn, f"Pipeline({self._name!r}).wrap")
+        operation = getattr(fn, "__qualname__", None) or "call"
+        run = self.run
+        context = self.context
+
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            result: T = await run(context(fn, args, kwargs, operation=operation))
+            return result
+
+        return wrapper
+
+    async def execute(self, call: Call, ctx: Context, /) -> Any:
+        """Run this pipeline's policies around ``call`` inside another pipeline's call."""
+        if not self._policies:
+            return await call(ctx)
+        return await _compose(self._policies, call)(ctx)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(type(p).__name__ for p in self._policies)
+        return f"Pipeline({inner}, name={self._name!r})"

@@ -1,0 +1,121 @@
+"""``Timeout``: bound a call (outermost) or each attempt (innermost) in time."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, ClassVar, final
+
+from . import _validate as check
+from ._context import Context, pop_deadline, push_deadline
+from ._events import TimeoutFired
+from ._exceptions import TimeoutExceeded
+from ._pipeline import Call, Policy
+
+__all__ = ["Timeout"]
+
+
+def _delegates(later: tuple[Policy, ...]) -> bool:
+    # An outer Timeout need not arm a timer of its own when an inner Timeout comes later and
+    # every policy in between honours ctx.deadline in its own waits: the inner timer is then
+    # armed at the tighter of the two deadlines. One armed timer per attempt is the floor.
+    for policy in later:
+        if isinstance(policy, Timeout):
+            return True
+        if not getattr(type(policy), "_deadline_aware", False):
+            return False
+    return False
+
+
+@final
+class Timeout:
+    """Cancel the rest of the chain when ``seconds`` have passed.
+
+    Placed first in a pipeline it bounds the whole call, retries and waits included; placed
+    last it bounds each attempt. It records its deadline in the call's context so inner
+    policies (a retry deciding whether to wait, a bulkhead queue) and nested pipelines see the
+    time left (``resilient.remaining()``); the tighter deadline always wins.
+
+    Only this policy's own expiry raises ``TimeoutExceeded`` (a ``RejectedError`` and a builtin
+    ``TimeoutError``). A ``TimeoutError`` raised by the wrapped code passes through untouched,
+    and an outer cancellation stays a cancellation, on asyncio and on trio.
+
+    Args:
+        seconds: the time allowed, > 0 (``math.inf`` is allowed and never fires).
+        name: the policy's name in events, errors and telemetry.
+
+    Raises:
+        ConfigurationError: ``seconds`` is not a positive number.
+    """
+
+    __slots__ = ("_seconds", "name")
+
+    _deadline_aware: ClassVar[bool] = True
+
+    def __init__(self, seconds: float, /, *, name: str = "timeout") -> None:
+        self._seconds = check.positive("Timeout.seconds", seconds, allow_inf=True)
+        self.name = check.name("Timeout.name", name)
+
+    @property
+    def seconds(self) -> float:
+        """The configured time limit."""
+        return self._seconds
+
+    def _bind(self, inner: Call, later: tuple[Policy, ...]) -> Call:
+        if _delegates(later):
+            return functools.partial(self._record, inner)
+        return functools.partial(self.execute, inner)
+
+    async def _record(self, call: Call, ctx: Context) -> Any:
+        saved = (ctx.deadline, ctx.deadline_source, ctx.deadline_timeout)
+        if not ctx.tighten(
+            ctx.clock.now() + self._seconds, source=self.name, timeout=self._seconds
+        ):
+            return await call(ctx)
+        try:
+            return await call(ctx)
+        finally:
+            ctx.deadline, ctx.deadline_source, ctx.deadline_timeout = saved
+
+    async def execute(self, call: Call, ctx: Context, /) -> Any:
+        """Run ``call`` with a timer armed at the tighter of this timeout and ``ctx.deadline``."""
+        clock = ctx.clock
+        now = clock.now()
+        saved = (ctx.deadline, ctx.deadline_source, ctx.deadline_timeout)
+        mine = ctx.tighten(now + self._seconds, source=self.name, timeout=self._seconds)
+        deadline = ctx.deadline
+        try:
+            if deadline <= now:
+                # An enclosing deadline already passed: do not start work that cannot finish.
+                raise ctx.deadline_exceeded()
+            token = push_deadline(ctx)
+            timer = clock.timeout_at(deadline)
+            try:
+                async with timer:
+                    return await call(ctx)
+            except TimeoutError:
+                if not timer.expired():
+                    raise  # the wrapped code's own TimeoutError: not ours to rename
+                if ctx.listening:
+                    ctx.emit(
+                        TimeoutFired(
+                            pipeline=ctx.pipeline,
+                            operation=ctx.operation,
+                            policy=ctx.deadline_source or self.name,
+                            at=clock.now(),
+                            timeout=ctx.deadline_timeout,
+                        )
+                    )
+                if mine:
+                    raise TimeoutExceeded(
+                        f"{self.name}: timed out after {self._seconds:g}s",
+                        policy=self.name,
+                        timeout=self._seconds,
+                    ) from None
+                raise ctx.deadline_exceeded() from None
+            finally:
+                pop_deadline(token)
+        finally:
+            ctx.deadline, ctx.deadline_source, ctx.deadline_timeout = saved
+
+    def __repr__(self) -> str:
+        return f"Timeout({self._seconds:g}, name={self.name!r})"
