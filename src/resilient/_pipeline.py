@@ -295,3 +295,25 @@ class Pipeline:
     def __repr__(self) -> str:
         inner = ", ".join(type(p).__name__ for p in self._policies)
         return f"Pipeline({inner}, name={self._name!r})"
+
+
+class PolicyDecorator:
+    """Mixin giving a policy the decorator form: ``@Retry(...)`` or ``policy.wrap(fn)``.
+
+    The decorated function runs through ``Pipeline(policy, name=policy.name)``; the policy
+    instance (and so its state: a breaker's window, a bucket's tokens) is shared by every
+    function it decorates.
+    """
+
+    __slots__ = ()
+
+    name: str
+
+    def wrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        """Decorate an async function with this policy alone (see ``Pipeline.wrap``)."""
+        _check_async_callable(fn, f"{type(self).__name__}({self.name!r})")
+        return Pipeline(self, name=self.name).wrap(fn)  # type: ignore[arg-type]
+
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        """Same as ``wrap``: lets the policy be used as ``@policy``."""
+        return self.wrap(fn)

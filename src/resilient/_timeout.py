@@ -9,7 +9,7 @@ from . import _validate as check
 from ._context import Context, pop_deadline, push_deadline
 from ._events import TimeoutFired
 from ._exceptions import TimeoutExceeded
-from ._pipeline import Call, Policy
+from ._pipeline import Call, Policy, PolicyDecorator
 
 __all__ = ["Timeout"]
 
@@ -27,7 +27,7 @@ def _delegates(later: tuple[Policy, ...]) -> bool:
 
 
 @final
-class Timeout:
+class Timeout(PolicyDecorator):
     """Cancel the rest of the chain when ``seconds`` have passed.
 
     Placed first in a pipeline it bounds the whole call, retries and waits included; placed
