@@ -357,11 +357,12 @@ def chart(
         top.text((begin + finish) / 2, 1.07, phase.name, ha="center", fontsize=8)
     for client in clients:
         points = buckets(client.records, end)
+        style = {"label": client.label, "color": colors[client.name], "lw": 2}
         top.plot([t + BUCKET / 2 for t, _ in points], [r for _, r in points],
-                 label=client.label, color=colors[client.name], lw=2, drawstyle="steps-mid")  # fmt: skip
+                 drawstyle="steps-mid", **style)  # fmt: skip
         received = load(upstream.arrivals[client.name], start, end)
         bottom.plot([t + BUCKET / 2 for t, _ in received], [r for _, r in received],
-                    label=client.label, color=colors[client.name], lw=2, drawstyle="steps-mid")  # fmt: skip
+                    drawstyle="steps-mid", **style)  # fmt: skip
     top.set_ylabel("success rate")
     top.set_ylim(-0.02, 1.13)
     top.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
