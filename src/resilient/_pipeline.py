@@ -47,10 +47,10 @@ def install_observer_factory(factory: ObserverFactory | None) -> None:
     _observer_factory = factory
 
 
-async def _invoke(ctx: Context) -> Any:
-    # The innermost step: the user's function. Kept as a coroutine function so that policies
-    # can rely on `await call(ctx)` and never hold an un-awaited coroutine.
-    return await ctx.fn(*ctx.args, **ctx.kwargs)  # type: ignore[misc]
+def _invoke(ctx: Context) -> Awaitable[Any]:
+    # The innermost step: the user's function. A plain function returning the awaitable saves
+    # a coroutine frame per attempt; every policy awaits what `call(ctx)` returns at once.
+    return ctx.fn(*ctx.args, **ctx.kwargs)  # type: ignore[misc,no-any-return]
 
 
 def _bind(policy: Policy, inner: Call, later: tuple[Policy, ...]) -> Call:
