@@ -116,7 +116,25 @@ async def _measure(quick: bool) -> dict[str, float]:
     )
     if p.has("RateLimiter"):
         await measure(OURS_LIMITER, p.limiter_policy, _via_pipeline)
+        out[OURS_KEYED] = await _per_key(count)
     return out
+
+
+async def _per_key(count: int) -> float:
+    """Bytes one more key costs in a keyed RateLimiter (``per_key=True``, keys = ctx.key)."""
+    limiter = p.limiter_policy(per_key=True)
+    pipeline = resilient.Pipeline(limiter, name="m", telemetry=False)
+    # count + 1 keys: bytes_per_instance warms up with one call first. The key strings
+    # belong to the caller and are built before the measurement.
+    keys = [f"client-{i:06d}" for i in range(count + 1)]
+    made = 0
+
+    async def use(_: object) -> None:
+        nonlocal made
+        await pipeline.run(pipeline.context(p.f, key=keys[made]))
+        made += 1
+
+    return await bytes_per_instance(lambda: None, count=count, exercise=use)
 
 
 async def _record(breaker: Any) -> None:
