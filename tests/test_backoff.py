@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -135,3 +138,28 @@ def test_the_goodness_of_fit_check_rejects_a_skewed_distribution() -> None:
     """The chi-square check has teeth: squared draws over the same range fail it."""
     samples = _samples(lambda d: full_jitter(3, 0.1, 5.0, d * d))
     assert chi_square_uniform(samples, 0.0, 0.8, bins=20) > CHI2_CRITICAL_0_001[19]
+
+
+def _jitter_suite() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "suite_jitter.py"
+    spec = importlib.util.spec_from_file_location("suite_jitter", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_brookers_simulation_ranks_the_library_strategies_as_published() -> None:
+    """Calls at N=50 and N=100: full < equal < decorrelated < exponential < none."""
+    suite = _jitter_suite()
+    results = suite.run_all(repetitions=20)
+    order = ["full jitter", "equal jitter", "decorrelated jitter", "exponential, no jitter"]
+    order.append("no backoff")
+    for clients in (50, 100):
+        calls = [results[f"{name} N={clients} calls"] for name in order]
+        assert calls == sorted(calls)
+        assert len(set(calls)) == len(calls)
+    full = results["full jitter N=100 calls"]
+    assert full < 0.5 * results["exponential, no jitter N=100 calls"]
+    assert "| full jitter |" in suite.markdown(results)

@@ -9,6 +9,7 @@ import pytest
 
 from resilient import (
     Classification,
+    Classifier,
     Pipeline,
     Retry,
     RetryGaveUp,
@@ -16,6 +17,7 @@ from resilient import (
     Timeout,
     TimeoutExceeded,
     Verdict,
+    on_result,
 )
 from resilient.testing import EventRecorder, FakeClock
 
@@ -191,3 +193,34 @@ async def test_a_hint_within_the_deadline_is_honoured(clock: FakeClock) -> None:
     with pytest.raises(ConnectionError):
         await pipeline(Timeout(5.0), retry, clock=clock).call(Failing(clock))
     assert clock.sleeps == [4.0]
+
+
+@pytest.mark.parametrize("per_attempt", [False, True], ids=["total", "total+attempt"])
+async def test_a_slow_on_discard_is_cut_at_the_deadline(
+    clock: FakeClock, per_attempt: bool
+) -> None:
+    """With an inner Timeout the outer one arms no timer: Retry bounds its own waits."""
+
+    class Response:
+        status = 503
+
+    async def slow_close(response: object) -> None:
+        await clock.sleep(100.0)
+
+    rules = Classifier(on_result(lambda r: r.status == 503, verdict=Verdict.TRANSIENT))
+    retry = Retry(classify=rules, on_discard=slow_close, budget=None)
+    calls = 0
+
+    async def fn() -> Response:
+        nonlocal calls
+        calls += 1
+        return Response()
+
+    policies: list[Any] = [Timeout(5.0, name="total"), retry]
+    if per_attempt:
+        policies.append(Timeout(1.0))
+    with pytest.raises(TimeoutExceeded) as caught:
+        await pipeline(*policies, clock=clock).call(fn)
+    assert caught.value.policy == "total"
+    assert clock.now() == 5.0  # not 100: the wait ended at the deadline
+    assert calls == 1

@@ -245,6 +245,8 @@ class Retry(PolicyDecorator):
         classifier = self._classifier
         if classifier is None:
             classifier = ctx.classifier
+        classify_result = classifier.classify_result
+        classify_exception = classifier.classify_exception
         attempts = self._attempts
         jitter, base, cap, draw = self._jitter, self._base, self._cap, ctx.random
         listening = ctx.listening  # fixed for the call (an observer decides before the chain)
@@ -280,9 +282,9 @@ class Retry(PolicyDecorator):
                         error = exc
                         result = None
                 if error is None:
-                    classification = classifier.classify_result(result)
+                    classification = classify_result(result)
                 else:
-                    classification = classifier.classify_exception(error)
+                    classification = classify_exception(error)
                 verdict = classification.verdict
                 if timed:
                     timed = False
@@ -351,7 +353,12 @@ class Retry(PolicyDecorator):
                         )
                     )
                 if error is None and self._on_discard is not None:
-                    await self._discard(result)
+                    await self._discard(result, ctx)
+                    deadline = ctx.deadline
+                    if deadline != _INF and clock.now() + delay >= deadline:
+                        # Releasing the result took the time the retry needed; the result is
+                        # gone, so the deadline is the failure left to report.
+                        raise ctx.deadline_exceeded()
                 result = error = None
                 if delay > 0.0:
                     await clock.sleep(delay)
@@ -365,12 +372,18 @@ class Retry(PolicyDecorator):
         finally:
             error = None
 
-    async def _discard(self, result: Any) -> None:
+    async def _discard(self, result: Any, ctx: Context) -> None:
         on_discard = self._on_discard
         try:
             outcome = on_discard(result)  # type: ignore[misc]
             if inspect.isawaitable(outcome):
-                await outcome
+                deadline = ctx.deadline
+                if deadline == _INF:
+                    await outcome
+                else:
+                    # Every wait of a deadline-aware policy ends by the deadline, this one too.
+                    async with ctx.clock.timeout_at(deadline):
+                        await outcome
         except Exception:
             logger.exception(
                 "resilient: %s on_discard %r raised; the retry goes on", self.name, on_discard
