@@ -51,7 +51,15 @@ def ceiling(n: int, base: float, cap: float) -> float:
 
 def full_jitter(n: int, base: float, cap: float, draw: float, previous: float = 0.0) -> float:
     """Uniform in ``[0, min(cap, base * 2**n)]`` (AWS "full jitter"; the default)."""
-    delay = draw * ceiling(n, base, cap)
+    # ceiling(n, base, cap), inlined: the default strategy runs once per retry.
+    if n <= 0:
+        high = base
+    else:
+        try:
+            high = ldexp(base, n)
+        except OverflowError:
+            high = cap
+    delay = draw * (high if high < cap else cap)
     if 0.0 <= delay <= cap:
         return delay
     return cap if delay > cap else 0.0

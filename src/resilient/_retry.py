@@ -18,6 +18,7 @@ from ._classify import (
     Outcome,
     Verdict,
     as_classifier,
+    default_exception_verdict,
 )
 from ._context import Context
 from ._events import AttemptEnded, AttemptStarted, BudgetRefused, RetryGaveUp, RetryScheduled
@@ -246,9 +247,14 @@ class Retry(PolicyDecorator):
         if classifier is None:
             classifier = ctx.classifier
         classify_result = classifier.classify_result
-        classify_exception = classifier.classify_exception
+        classify_exception = (
+            default_exception_verdict  # what the rule-less default classifier ends up calling
+            if classifier is DEFAULT_CLASSIFIER
+            else classifier.classify_exception
+        )
         attempts = self._attempts
         jitter, base, cap, draw = self._jitter, self._base, self._cap, ctx.random
+        transient, inf = _TRANSIENT, _INF
         listening = ctx.listening  # fixed for the call (an observer decides before the chain)
         attempt = 1
         previous = 0.0
@@ -301,7 +307,7 @@ class Retry(PolicyDecorator):
                             error_type=_error_type(error),
                         )
                     )
-                if verdict is not _TRANSIENT:
+                if verdict is not transient:
                     if verdict is _SUCCESS or verdict is _CLIENT_ERROR:
                         if budget is not None and budget._tokens < budget._reserve:
                             budget.record_success(clock.now())
@@ -322,7 +328,7 @@ class Retry(PolicyDecorator):
                     else:
                         delay = hint = min(seconds, self._max_retry_after)
                 deadline = ctx.deadline
-                if deadline != _INF and clock.now() + delay >= deadline:
+                if deadline != inf and clock.now() + delay >= deadline:
                     reason = "deadline"
                     break
                 if budget is not None and not budget.try_withdraw(clock.now()):
@@ -355,7 +361,7 @@ class Retry(PolicyDecorator):
                 if error is None and self._on_discard is not None:
                     await self._discard(result, ctx)
                     deadline = ctx.deadline
-                    if deadline != _INF and clock.now() + delay >= deadline:
+                    if deadline != inf and clock.now() + delay >= deadline:
                         # Releasing the result took the time the retry needed; the result is
                         # gone, so the deadline is the failure left to report.
                         raise ctx.deadline_exceeded()
