@@ -197,6 +197,19 @@ async def test_a_transient_result_then_a_success_returns_the_success(clock: Fake
     assert result.status == 200
 
 
+async def test_each_result_is_classified_once(clock: FakeClock) -> None:
+    seen: list[int] = []
+
+    def unavailable(response: Response) -> bool:
+        seen.append(response.status)
+        return response.status == 503
+
+    rules = Classifier(on_result(unavailable, verdict=Verdict.TRANSIENT))
+    fn = Script(Response(503), Response(503), Response(200))
+    await pipeline(Retry(classify=rules), clock=clock).call(fn)
+    assert seen == [503, 503, 200]
+
+
 async def test_on_discard_gets_every_dropped_result_but_not_the_returned_one(
     clock: FakeClock,
 ) -> None:

@@ -193,7 +193,7 @@ class Retry(PolicyDecorator):
     async def execute(self, call: Call, ctx: Context, /) -> Any:
         """Run ``call`` and retry it while its outcome is TRANSIENT (see the class docstring)."""
         if ctx.listening:
-            return await self._run(call, ctx, None, None, False)
+            return await self._run(call, ctx, None, None, pending=False, classification=None)
         budget = self._budget
         if budget is not None:
             # budget.deposit(now), inlined: the clock is read once every FOLD_EVERY calls.
@@ -210,10 +210,13 @@ class Retry(PolicyDecorator):
             classifier = self._classifier
             if classifier is None:
                 classifier = ctx.classifier
+            first: Classification | None
             if classifier is DEFAULT_CLASSIFIER:
                 verdict = _SUCCESS  # it has no result rules: every returned value is a success
+                first = None
             else:
-                verdict = classifier.classify_result(result).verdict
+                first = classifier.classify_result(result)
+                verdict = first.verdict
             if verdict is not _TRANSIENT:
                 if (
                     budget is not None
@@ -223,8 +226,9 @@ class Retry(PolicyDecorator):
                     budget.record_success(ctx.clock.now())
                 return result
             error = None
+            return await self._run(call, ctx, result, None, pending=True, classification=first)
         try:
-            return await self._run(call, ctx, result, error, True)
+            return await self._run(call, ctx, None, error, pending=True, classification=None)
         finally:
             error = None  # no reference cycle through this frame's traceback
 
@@ -234,12 +238,14 @@ class Retry(PolicyDecorator):
         ctx: Context,
         result: Any,
         error: Exception | None,
+        *,
         pending: bool,
+        classification: Classification | None,
     ) -> Any:
         """The general loop: events, classification, backoff, deadline and budget.
 
         ``pending`` means attempt 1 already ran (without events) and produced ``result`` or
-        ``error``; otherwise attempt 1 runs here.
+        ``error`` (and, for a result, its ``classification``); otherwise attempt 1 runs here.
         """
         clock = ctx.clock
         budget = self._budget
@@ -287,10 +293,11 @@ class Retry(PolicyDecorator):
                     except Exception as exc:
                         error = exc
                         result = None
-                if error is None:
-                    classification = classify_result(result)
-                else:
-                    classification = classify_exception(error)
+                if classification is None:
+                    if error is None:
+                        classification = classify_result(result)
+                    else:
+                        classification = classify_exception(error)
                 verdict = classification.verdict
                 if timed:
                     timed = False
@@ -365,7 +372,7 @@ class Retry(PolicyDecorator):
                         # Releasing the result took the time the retry needed; the result is
                         # gone, so the deadline is the failure left to report.
                         raise ctx.deadline_exceeded()
-                result = error = None
+                result = error = classification = None
                 if delay > 0.0:
                     await clock.sleep(delay)
                 # A zero delay retries at once: yielding to the event loop here would cost more
