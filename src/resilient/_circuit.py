@@ -437,61 +437,87 @@ class CircuitBreaker(PolicyDecorator):
         finish = self._finish
         tripped = self._tripped
         move = self._move
-        timed = self._timed
         roll = self._roll
         size = self._size
+        # Module constants as closure variables: cheaper to read than globals.
+        closed = CLOSED
+        default_classifier = DEFAULT_CLASSIFIER
+        success = _SUCCESS
+        one_call = _CALL
 
-        async def run(ctx: Context) -> Any:
+        async def run_timed(ctx: Context) -> Any:
             key = ctx.key
             st = default if key is None or not per_key else keyed(key, ctx)
-            if st.kind is not CLOSED:
+            if st.kind is not closed:
                 return await guarded(inner, ctx, st)
             gen = st.gen
             try:
                 result = await inner(ctx)
             except Exception as exc:
                 verdict = (own or ctx.classifier).classify_exception(exc).verdict
-                finish(st, gen, CLOSED, verdict, 0.0, ctx)
+                finish(st, gen, closed, verdict, 0.0, ctx)
                 raise
             classifier = own or ctx.classifier
-            if classifier is not DEFAULT_CLASSIFIER:
+            if classifier is not default_classifier:
                 verdict = classifier.classify_result(result).verdict
-                if verdict is not _SUCCESS:
-                    finish(st, gen, CLOSED, verdict, 0.0, ctx)
+                if verdict is not success:
+                    finish(st, gen, closed, verdict, 0.0, ctx)
                     return result
             if st.gen != gen:
-                finish(st, gen, CLOSED, _SUCCESS, 0.0, ctx)
+                finish(st, gen, closed, success, 0.0, ctx)
                 return result
-            # The closed-state success path, inlined: record one success in the window.
-            if timed:
-                now = ctx.clock.now()
-                if now >= st.edge:
-                    roll(st, now)
-                st.ring[st.pos] += 1
-                st.calls += 1
-                # A success can complete minimum_calls while the failure rate is at its
-                # threshold: that opens the breaker too (this call still returns its result).
-                if st.failures and tripped(st):
-                    move(st, OPEN, ctx, now)
-            else:
-                ring = st.ring
-                pos = st.pos
-                old = ring[pos]
-                ring[pos] = _CALL
-                pos += 1
-                st.pos = 0 if pos == size else pos
-                if old == 0:
-                    st.calls += 1
-                elif old != _CALL:
-                    if old & _FAILED:
-                        st.failures -= 1
-                    if old & _SLOW:
-                        st.slow -= 1
-                if st.failures and tripped(st):
-                    move(st, OPEN, ctx, ctx.clock.now())
+            # The closed-state success path, inlined: one success in the newest bucket.
+            now = ctx.clock.now()
+            if now >= st.edge:
+                roll(st, now)
+            st.ring[st.pos] += 1
+            st.calls += 1
+            # A success can complete minimum_calls while the failure rate is at its threshold:
+            # that opens the breaker too (this call still returns its result).
+            if st.failures and tripped(st):
+                move(st, OPEN, ctx, now)
             return result
 
-        return run
+        async def run_counted(ctx: Context) -> Any:
+            key = ctx.key
+            st = default if key is None or not per_key else keyed(key, ctx)
+            if st.kind is not closed:
+                return await guarded(inner, ctx, st)
+            gen = st.gen
+            try:
+                result = await inner(ctx)
+            except Exception as exc:
+                verdict = (own or ctx.classifier).classify_exception(exc).verdict
+                finish(st, gen, closed, verdict, 0.0, ctx)
+                raise
+            classifier = own or ctx.classifier
+            if classifier is not default_classifier:
+                verdict = classifier.classify_result(result).verdict
+                if verdict is not success:
+                    finish(st, gen, closed, verdict, 0.0, ctx)
+                    return result
+            if st.gen != gen:
+                finish(st, gen, closed, success, 0.0, ctx)
+                return result
+            # The closed-state success path, inlined: overwrite the oldest outcome. No clock.
+            ring = st.ring
+            pos = st.pos
+            old = ring[pos]
+            ring[pos] = one_call
+            pos += 1
+            st.pos = 0 if pos == size else pos
+            if old == 0:
+                st.calls += 1
+            elif old != one_call:
+                if old & _FAILED:
+                    st.failures -= 1
+                if old & _SLOW:
+                    st.slow -= 1
+            if st.failures and tripped(st):
+                move(st, OPEN, ctx, ctx.clock.now())
+            return result
+
+        return run_timed if self._timed else run_counted
 
     async def _guarded(self, call: Call, ctx: Context, st: _State) -> Any:
         # Every state but a plain closed one, and the closed state when slowness is tracked.
