@@ -18,8 +18,8 @@ Cases (ns per successful call, one asyncio loop, interleaved rounds, fastest rou
   no native asyncio: its sync ``calling()`` context manager around the await).
 
 The memory figures (bytes per breaker, tracemalloc) are reported as pseudo-cases ``mem: ...``
-(the runner prints every figure divided by 1,000: for these, kilobytes)
-in bytes, not ns; their gates compare them with a 1,024-byte reference.
+in bytes, not ns (the runner prints every figure divided by 1,000: for these, kilobytes);
+their gates compare them with a 1,024-byte reference.
 """
 
 from __future__ import annotations
