@@ -407,6 +407,9 @@ class CircuitBreaker(PolicyDecorator):
                 slot taken.
             Whatever ``call`` raised (recorded first), including the error of the call that
                 trips the breaker.
+
+        A pipeline composes the breaker's step once (``_bind``); calling ``execute`` directly
+        works the same but builds that step on every call.
         """
         return await self._runner(call)(ctx)
 
