@@ -48,9 +48,8 @@ def install_observer_factory(factory: ObserverFactory | None) -> None:
 
 
 def _invoke(ctx: Context) -> Awaitable[Any]:
-    # The innermost step: the user's function. A plain function returning the user's
-    # awaitable, so `await call(ctx)` in the innermost policy awaits it with no extra coroutine
-    # frame in between (one frame less per call; policies always await what `call` returns).
+    # The innermost step: the user's function. A plain function returning the awaitable saves
+    # a coroutine frame per attempt; every policy awaits what `call(ctx)` returns at once.
     return ctx.fn(*ctx.args, **ctx.kwargs)  # type: ignore[misc,no-any-return]
 
 
@@ -215,17 +214,17 @@ class Pipeline:
         if operation is None:
             operation = getattr(fn, "__qualname__", None) or "call"
         return Context(
-            pipeline=self._name,
-            operation=operation,
-            clock=self._clock,
-            random=self._random,
-            classifier=classify if classify is not None else self._classifier,
-            fn=fn,
-            args=args,
-            kwargs=kwargs,
-            key=key,
-            listeners=self._listeners,
-            observer=self._observer,
+            self._name,
+            operation,
+            self._clock,
+            self._random,
+            classify if classify is not None else self._classifier,
+            fn,
+            args,
+            kwargs,
+            key,
+            self._listeners,
+            self._observer,
         )
 
     async def run(self, ctx: Context) -> Any:
@@ -233,9 +232,13 @@ class Pipeline:
         chain = self._chain
         if chain is None:
             return await _invoke(ctx)
-        observer = self._observer
-        if observer is None:
+        if self._observer is None:
             return await chain(ctx)
+        return await self._observed(chain, ctx)
+
+    async def _observed(self, chain: Call, ctx: Context) -> Any:
+        observer = self._observer
+        assert observer is not None
         try:
             observer.start(ctx)
         except Exception:
@@ -278,10 +281,10 @@ class Pipeline:
             self._observer,
         )
         if self._observer is None:
-            result: T = await chain(ctx)  # run() without its own coroutine layer
-        else:
-            result = await self.run(ctx)
-        return result
+            result: T = await chain(ctx)
+            return result
+        observed: T = await self._observed(chain, ctx)
+        return observed
 
     def wrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate an async function so every call runs through this pipeline.
@@ -294,31 +297,12 @@ class Pipeline:
         """
         _check_async_callable(fn, f"Pipeline({self._name!r}).wrap")
         operation = getattr(fn, "__qualname__", None) or "call"
-        # Without an observer, the composed chain is all run() would do.
-        run = self._chain if self._chain is not None and self._observer is None else self.run
-        name = self._name
-        clock = self._clock
-        random = self._random
-        classifier = self._classifier
-        listeners = self._listeners
-        observer = self._observer
+        run = self.run
+        context = self.context
 
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            ctx = Context(
-                name,
-                operation,
-                clock,
-                random,
-                classifier,
-                fn,
-                args,
-                kwargs,
-                None,
-                listeners,
-                observer,
-            )
-            result: T = await run(ctx)
+            result: T = await run(context(fn, args, kwargs, operation=operation))
             return result
 
         return wrapper
