@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import anyio
@@ -85,7 +86,7 @@ async def failed_results() -> None:
         return Response(503)
 
     response = await pipeline.call(unavailable)
-    print(f"  -> got status {response.status}; {len(closed)} earlier responses handed to on_discard")
+    print(f"  -> got status {response.status}; {len(closed)} earlier ones went to on_discard")
 
 
 async def server_hint() -> None:
@@ -123,10 +124,8 @@ async def budget() -> None:
     orders = Pipeline(Retry(attempts=3, base_delay=0.0, budget=shared), name="orders")
     dead = Flaky(failures=10**9)
     for i in range(200):
-        try:
+        with contextlib.suppress(ConnectionError):
             await (users if i % 2 else orders).call(dead)
-        except ConnectionError:
-            pass
     print(f"  -> 200 calls made {dead.calls} attempts ({dead.calls / 200:.2f} per call)")
 
 
