@@ -25,6 +25,9 @@ from typing import Any
 
 SUITES = [
     "suite_core",
+    "suite_breaker",
+    "suite_retry",
+    "suite_jitter",
     "suite_stacks",
     "suite_policies",
     "suite_failure",
