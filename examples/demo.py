@@ -383,7 +383,7 @@ def chart(
 # --------------------------------------------------------------------------------------------
 
 
-async def run(*, rate: float, scale: float) -> int:
+async def run(*, rate: float, scale: float, output: Path) -> int:
     scenario = incident(scale)
     duration = scenario.duration
     outage_end = scenario.timeline()[3][1]
@@ -425,7 +425,7 @@ async def run(*, rate: float, scale: float) -> int:
         scenario=scenario,
         start=start,
         end=end,
-        path=OUTPUT / "demo.png",
+        path=output / "demo.png",
     )
     print(f"\nchart: {path}")
     return 0
@@ -435,8 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=20.0, help="requests/s per client")
     parser.add_argument("--scale", type=float, default=1.0, help="stretch the incident")
+    parser.add_argument("--output", type=Path, default=OUTPUT, help="where the chart goes")
     args = parser.parse_args(argv)
-    return asyncio.run(run(rate=args.rate, scale=args.scale))
+    return asyncio.run(run(rate=args.rate, scale=args.scale, output=args.output))
 
 
 if __name__ == "__main__":
