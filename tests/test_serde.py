@@ -14,6 +14,8 @@ import dataclasses
 import json
 import pickle
 import random
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -817,3 +819,13 @@ def test_step_failure_on_read_is_malformed_and_does_not_echo_values() -> None:
         users(3).loads(b'@v2:{"id":1,"secret":"hunter2"}')  # no "name": up_to_v3 fails
     assert isinstance(info.value.__cause__, KeyError)
     assert "hunter2" not in str(info.value)
+
+
+def test_rollback_example_runs_the_whole_story() -> None:
+    """examples/rollback.py: v1 fleet, phase one, phase two, rollback; exits 0."""
+    example = Path(__file__).parent.parent / "examples" / "rollback.py"
+    result = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "rollback to phase one" in result.stdout
+    assert "All data stayed readable" in result.stdout

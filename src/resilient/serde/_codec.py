@@ -171,7 +171,7 @@ class JsonCodec:
         )
         # The C scanner behind JSONDecoder.raw_decode (set by JSONDecoder.__init__ since
         # Python 2.6); it raises StopIteration(index) where no value starts.
-        self._scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once
+        self._scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"JsonCodec(ensure_ascii={self.ensure_ascii}, sort_keys={self.sort_keys})"
@@ -200,52 +200,76 @@ class JsonCodec:
             MalformedPayloadError: invalid UTF-8 or JSON, duplicate keys, NaN or infinity,
                 trailing data; ``NestingTooDeepError`` past ``limits.max_depth``.
         """
-        return self._decode_at(data, 0, limits)
+        return self._reader(limits)(data, 0)
 
-    def _decode_at(self, payload: bytes, start: int, limits: Limits) -> Any:
-        # Decoding the whole payload (an ASCII tag plus the body) and starting the scanner at
-        # `start` saves a copy of the body, and calling the scanner directly skips json.loads'
-        # two regex passes and raw_decode's Python frame.
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MalformedPayloadError(
-                f"payload is not valid UTF-8 (byte {exc.start - start} of the body)"
-            ) from exc
-        # A version tag holds no bracket, so counting from 0 is the same as from `start`.
-        if payload.count(b"{") + payload.count(b"[") > limits.max_depth:
-            _check_exact_depth(payload, start, limits)
-        try:
+    def _reader(self, limits: Limits) -> Callable[[bytes, int], Any]:
+        """Return ``read(payload, start)`` decoding the JSON document at ``start``.
+
+        The serializer builds one per version at construction: locals instead of attribute
+        lookups on the hot path. Decoding the whole payload (an ASCII tag plus the body) and
+        starting the scanner at ``start`` saves a copy of the body; calling the C scanner
+        directly skips ``json.loads``' two regex passes and ``raw_decode``'s Python frame.
+        """
+        scan = self._scan
+        max_depth = limits.max_depth
+
+        def read(payload: bytes, start: int) -> Any:
             try:
-                value, end = self._scan(text, start)
-            except StopIteration:
-                # Leading whitespace is valid JSON but never written by us: slow path only.
-                skipped = _WHITESPACE.match(text, start).end()  # type: ignore[union-attr]
-                if skipped == start:
-                    raise
-                value, end = self._scan(text, skipped)
-        except SerdeError:
-            raise
-        except StopIteration as exc:  # the scanner's "no JSON value starts here"
-            raise MalformedPayloadError(
-                f"payload is not valid JSON: expecting a value at character {exc.value - start}"
-            ) from None
-        except json.JSONDecodeError as exc:
-            raise MalformedPayloadError(
-                f"payload is not valid JSON: {exc.msg} at character {exc.pos - start}"
-            ) from exc
-        except RecursionError as exc:
-            raise NestingTooDeepError(
-                f"payload nests deeper than the parser allows (max_depth={limits.max_depth})",
-                limit=limits.max_depth,
-            ) from exc
-        except ValueError as exc:  # e.g. an integer longer than the interpreter's digit limit
-            raise MalformedPayloadError(f"payload holds an invalid value: {exc}") from exc
-        if end != len(text) and text[end:].strip(" \t\n\r"):
-            raise MalformedPayloadError(
-                f"unexpected data after the JSON document at character {end - start}"
-            )
-        return value
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise MalformedPayloadError(
+                    f"payload is not valid UTF-8 (byte {exc.start - start} of the body)"
+                ) from exc
+            # A version tag holds no bracket: counting from 0 equals counting from `start`.
+            if payload.count(b"{") + payload.count(b"[") > max_depth:
+                _check_exact_depth(payload, start, limits)
+            try:
+                value, end = scan(text, start)
+            except Exception as exc:
+                value, end = _rescan(exc, scan, text, start, limits)
+            if end != len(text) and text[end:].strip(" \t\n\r"):
+                raise MalformedPayloadError(
+                    f"unexpected data after the JSON document at character {end - start}"
+                )
+            return value
+
+        return read
+
+
+def _rescan(
+    exc: Exception,
+    scan: Callable[[str, int], tuple[Any, int]],
+    text: str,
+    start: int,
+    limits: Limits,
+) -> tuple[Any, int]:
+    """The scanner failed at ``start``: retry after leading whitespace, else map the error."""
+    if isinstance(exc, StopIteration):
+        # Leading whitespace is valid JSON but never written by us: slow path only.
+        skipped = _WHITESPACE.match(text, start).end()  # type: ignore[union-attr]
+        if skipped != start:
+            try:
+                return scan(text, skipped)
+            except Exception as again:
+                exc = again
+    if isinstance(exc, SerdeError):  # raised by our hooks: duplicate key, NaN, overflow
+        raise exc
+    if isinstance(exc, StopIteration):  # the scanner's "no JSON value starts here"
+        raise MalformedPayloadError(
+            f"payload is not valid JSON: expecting a value at character {exc.value - start}"
+        ) from None
+    if isinstance(exc, json.JSONDecodeError):
+        raise MalformedPayloadError(
+            f"payload is not valid JSON: {exc.msg} at character {exc.pos - start}"
+        ) from exc
+    if isinstance(exc, RecursionError):
+        raise NestingTooDeepError(
+            f"payload nests deeper than the parser allows (max_depth={limits.max_depth})",
+            limit=limits.max_depth,
+        ) from exc
+    if isinstance(exc, ValueError):  # e.g. an integer longer than the interpreter's limit
+        raise MalformedPayloadError(f"payload holds an invalid value: {exc}") from exc
+    raise exc
 
 
 @final

@@ -105,7 +105,7 @@ class _FunctionReader:
 class _State:
     """Everything needed to read or write one version, resolved at construction."""
 
-    __slots__ = ("codec", "downgrades", "fast_decode", "header", "number", "upgrades")
+    __slots__ = ("codec", "downgrades", "header", "number", "read", "upgrades")
 
     def __init__(
         self,
@@ -114,6 +114,8 @@ class _State:
         codec: Codec | _FunctionReader,
         upgrades: tuple[tuple[int, Step], ...],
         downgrades: tuple[tuple[int, Step], ...],
+        *,
+        limits: Limits,
     ) -> None:
         self.number = number
         self.header = header
@@ -122,7 +124,29 @@ class _State:
         # newest -> this version on write.
         self.upgrades = upgrades
         self.downgrades = downgrades
-        self.fast_decode = codec._decode_at if type(codec) is JsonCodec else None
+        self.read = _reader(codec, number, limits)
+
+
+def _reader(
+    codec: Codec | _FunctionReader, number: int, limits: Limits
+) -> Callable[[bytes, int], Any]:
+    """``read(payload, start)`` for one version: the JSON fast path, or any codec with every
+    exception it raises reported as ``MalformedPayloadError``."""
+    if type(codec) is JsonCodec:
+        return codec._reader(limits)
+    decode = codec.decode
+
+    def read(payload: bytes, start: int) -> Any:
+        try:
+            return decode(payload[start:] if start else payload, limits)
+        except SerdeError:
+            raise
+        except Exception as exc:
+            raise MalformedPayloadError(
+                f"{codec!r} cannot decode a version {number} payload ({type(exc).__name__})"
+            ) from exc
+
+    return read
 
 
 def _versions_list(numbers: Iterable[int]) -> str:
@@ -338,11 +362,14 @@ class VersionedSerializer(Generic[T]):
             )
 
         self._readable = {
-            n: _State(n, _tag(n), declared[n].codec, upgrades(n), ()) for n in readable
+            n: _State(n, _tag(n), declared[n].codec, upgrades(n), (), limits=self._limits)
+            for n in readable
         }
         self._fast = {s.header: s for s in self._readable.values() if len(s.header) == 4}
         self._writable = {
-            n: _State(n, _tag(n), declared[n].codec, upgrades(n), downgrades(n))
+            n: _State(
+                n, _tag(n), declared[n].codec, upgrades(n), downgrades(n), limits=self._limits
+            )
             for n in writable_versions
         }
 
@@ -376,7 +403,7 @@ class VersionedSerializer(Generic[T]):
                 )
             self._legacy_version = legacy_version
             self._legacy_state = _State(
-                legacy_version, b"", legacy_codec, upgrades(legacy_version), ()
+                legacy_version, b"", legacy_codec, upgrades(legacy_version), (), limits=self._limits
             )
             if not isinstance(write_legacy, bool):
                 raise ConfigurationError(p + "write_legacy", write_legacy, "expected a bool")
@@ -400,6 +427,7 @@ class VersionedSerializer(Generic[T]):
                     legacy_codec,
                     upgrades(legacy_version),
                     downgrades(legacy_version),
+                    limits=self._limits,
                 )
 
         self._read_versions = readable
@@ -512,11 +540,7 @@ class VersionedSerializer(Generic[T]):
                 state, start = self._locate(payload)
             else:
                 start = 4
-            decode = state.fast_decode
-            if decode is not None:
-                data = decode(payload, start, self._limits)
-            else:
-                data = self._decode_other(state, payload, start)
+            data = state.read(payload, start)
             if type(data) is not dict:
                 raise MalformedPayloadError(
                     f"version {state.number} payload holds a {type(data).__name__}, "
@@ -597,17 +621,6 @@ class VersionedSerializer(Generic[T]):
                 supported=self._read_versions,
             )
         return state, match.end()
-
-    def _decode_other(self, state: _State, payload: bytes, start: int) -> Any:
-        try:
-            return state.codec.decode(payload[start:] if start else payload, self._limits)
-        except SerdeError:
-            raise
-        except Exception as exc:
-            raise MalformedPayloadError(
-                f"{state.codec!r} cannot decode a version {state.number} payload "
-                f"({type(exc).__name__})"
-            ) from exc
 
     # --- writing -------------------------------------------------------------------------
 
