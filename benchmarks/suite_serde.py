@@ -104,5 +104,5 @@ GATES = [
 
 
 def run(*, quick: bool) -> dict[str, float]:
-    results = run_cases(cases(), calls=4_000 if quick else 40_000, rounds=7 if quick else 15)
+    results = run_cases(cases(), calls=5_000 if quick else 40_000, rounds=9 if quick else 15)
     return {name: r.median_ns for name, r in results.items()}

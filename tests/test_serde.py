@@ -525,7 +525,7 @@ def test_loads_accepts_bytes_like_and_text() -> None:
 
 
 def test_introspection() -> None:
-    serializer = users(3, write=2, read=(2, 3), max_size=1000, max_depth=8)
+    serializer = users(3, write=2, read=(2, 3), legacy=None, max_size=1000, max_depth=8)
     assert serializer.newest == 3
     assert serializer.read_versions == (2, 3)
     assert serializer.writable_versions == (2,)
@@ -537,7 +537,7 @@ def test_introspection() -> None:
 
 
 def test_a_version_left_out_of_read_is_refused() -> None:
-    serializer = users(3, write=3, read=(2, 3))
+    serializer = users(3, write=3, read=(2, 3), legacy=None)
     with pytest.raises(UnsupportedVersionError, match="no longer reads"):
         serializer.loads(b'@v1:{"id":1,"name":"a"}')
 
@@ -678,6 +678,13 @@ CONFIG_ERRORS: list[tuple[str, Callable[[], object], str]] = [
         "legacy_version unreadable",
         lambda: VersionedSerializer(
             versions=[Version(1)], write=1, legacy=JsonCodec(), legacy_version=2
+        ),
+        "VersionedSerializer.legacy_version",
+    ),
+    (
+        "legacy default unreadable",
+        lambda: VersionedSerializer(
+            versions=[Version(1), Version(2, upgrade=_step)], write=2, read={2}, legacy=JsonCodec()
         ),
         "VersionedSerializer.legacy_version",
     ),
@@ -829,3 +836,28 @@ def test_rollback_example_runs_the_whole_story() -> None:
     )
     assert "rollback to phase one" in result.stdout
     assert "All data stayed readable" in result.stdout
+
+
+def test_serde_namespace_is_sorted_and_complete() -> None:
+    from resilient import serde
+
+    assert list(serde.__all__) == sorted(set(serde.__all__))
+    public = {
+        name
+        for name, value in vars(serde).items()
+        if not name.startswith("_") and not isinstance(value, type(serde))
+    }
+    assert public - {"annotations"} == set(serde.__all__)
+
+
+def test_import_resilient_does_not_load_serde_and_serde_does_not_load_pydantic() -> None:
+    code = (
+        "import sys, resilient\n"
+        "print('resilient.serde' in sys.modules)\n"
+        "import resilient.serde\n"
+        "print('pydantic' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", "False"]

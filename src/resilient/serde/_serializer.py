@@ -387,11 +387,12 @@ class VersionedSerializer(Generic[T]):
         else:
             if legacy_version is None:
                 legacy_version = numbers[0]
-            elif legacy_version not in readable:
+            if legacy_version not in readable:
                 raise ConfigurationError(
                     p + "legacy_version",
                     legacy_version,
-                    f"must be one of the readable versions {_versions_list(readable)}",
+                    f"must be one of the readable versions {_versions_list(readable)} "
+                    "(the default is the oldest declared version)",
                 )
             if isinstance(legacy, Codec):
                 legacy_codec: Codec | _FunctionReader = legacy
@@ -636,7 +637,8 @@ class VersionedSerializer(Generic[T]):
                 a step failed, or the payload would exceed ``max_size``/``max_depth``;
                 ``LossyWriteError`` when an older version cannot hold the record.
             UnsupportedVersionError: ``version`` (or the ``write`` callable's answer) is not
-                writable.
+                writable. An exception raised by the ``write`` callable itself propagates
+                unchanged.
         """
         try:
             if version is None:
