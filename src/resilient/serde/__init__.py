@@ -12,8 +12,9 @@ users = VersionedSerializer(
     versions=[
         Version(1),
         # v2 adds "email"; v1 keeps it as an extra field when set, so nothing is lost.
-        Version(2, upgrade=lambda d: {**d, "email": d.get("email")},
-                   downgrade=lambda d: {k: v for k, v in d.items() if k != "email" or v}),
+        Version(2,
+                upgrade=lambda d: {**d, "email": d.get("email")},
+                downgrade=lambda d: {k: v for k, v in d.items() if v is not None or k != "email"}),
     ],
     write=1,            # phase one: read {1, 2}, write 1
     name="user",
