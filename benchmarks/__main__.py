@@ -23,17 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-SUITES = [
-    "suite_core",
-    "suite_breaker",
-    "suite_retry",
-    "suite_jitter",
-    "suite_stacks",
-    "suite_policies",
-    "suite_failure",
-    "suite_memory",
-    "suite_chaos",
-]
+SUITES = ["suite_core", "suite_breaker", "suite_retry", "suite_jitter", "suite_serde"]
+# The cross-cutting comparisons (issue 10): five policies together, each policy vs its peers,
+# the failure path, memory, chaos switched off. Feature suites go in the list above.
+SUITES += ["suite_stacks", "suite_policies", "suite_failure", "suite_memory", "suite_chaos"]
 QUICK_MARGIN = 1.5  # quick mode fails only past 1.5x the target: noisy shared machines
 SUITE_TIMEOUT = {True: 120.0, False: 1800.0}  # seconds per suite process, quick / full
 ROOT = Path(__file__).resolve().parent.parent
