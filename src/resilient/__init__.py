@@ -6,6 +6,7 @@ and deadlines, composed into a ``Pipeline`` that runs on asyncio and trio (throu
 
 from __future__ import annotations
 
+from ._bulkhead import Bulkhead, BulkheadSnapshot
 from ._classify import (
     Classification,
     Classifier,
@@ -41,6 +42,13 @@ from ._exceptions import (
     TimeoutExceeded,
 )
 from ._pipeline import Call, Pipeline, Policy
+from ._ratelimit import (
+    BucketStore,
+    MemoryBucketStore,
+    RateLimiter,
+    RateLimiterSnapshot,
+    RateLimitStatus,
+)
 from ._timeout import Timeout
 
 __version__ = "0.1.0.dev0"
@@ -48,8 +56,11 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AttemptEnded",
     "AttemptStarted",
+    "BucketStore",
     "BudgetRefused",
+    "Bulkhead",
     "BulkheadFullError",
+    "BulkheadSnapshot",
     "Call",
     "CallObserver",
     "CallRejected",
@@ -63,10 +74,14 @@ __all__ = [
     "Context",
     "Event",
     "Listener",
+    "MemoryBucketStore",
     "Outcome",
     "Pipeline",
     "Policy",
+    "RateLimitStatus",
     "RateLimitedError",
+    "RateLimiter",
+    "RateLimiterSnapshot",
     "RejectedError",
     "ResilientError",
     "RetryGaveUp",
