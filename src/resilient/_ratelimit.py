@@ -22,6 +22,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, ClassVar, Protocol, final, runtime_checkable
 
 import anyio
@@ -71,10 +72,9 @@ def bucket_take(
     elif full_at - now > tau:
         full_at = now + tau
     new = full_at + cost / rate
-    wait = new - now - tau
-    if wait * rate > TOLERANCE:
-        return full_at, wait
-    return new, 0.0
+    if new - now <= (burst + TOLERANCE) / rate:
+        return new, 0.0
+    return full_at, new - now - tau
 
 
 def bucket_tokens(full_at: float, now: float, rate: float, burst: float) -> float:
@@ -311,16 +311,20 @@ class RateLimiter(PolicyDecorator):
 
     __slots__ = (
         "_burst",
+        "_cell",
         "_clock",
         "_cost",
         "_cost_fn",
+        "_limit",
         "_max_wait",
         "_memory",
         "_per_key",
         "_queues",
         "_rate",
+        "_step",
         "_store",
         "_take_now",
+        "_unit",
         "name",
     )
 
@@ -369,6 +373,12 @@ class RateLimiter(PolicyDecorator):
         self._store: BucketStore = store
         self._memory = store if isinstance(store, MemoryBucketStore) else None
         self._take_now = self._memory.take_now if self._memory is not None else None
+        # The unkeyed in-memory bucket is stepped inline on the fast paths: the same
+        # expressions as bucket_take, so both agree to the last bit.
+        self._cell = self._memory._cell if self._memory is not None else None
+        self._step = self._cost / self._rate
+        self._unit = 1.0 / self._rate
+        self._limit = (self._burst + TOLERANCE) / self._rate
         if clock is not None and not callable(getattr(clock, "now", None)):
             raise ConfigurationError("RateLimiter.clock", clock, "expected a Clock")
         self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
@@ -417,15 +427,18 @@ class RateLimiter(PolicyDecorator):
         return functools.partial(self.execute, inner)
 
     async def _run_simple(self, call: Call, ctx: Context) -> Any:
-        # Unkeyed, in-memory, constant cost: the common case, kept to one clock read and
-        # one store call.
-        if self._queues:
-            await self._acquire_slow(None, self._cost, ctx, None, 0.0)
-        else:
+        # Unkeyed, in-memory, constant cost: the common case. One clock read, no call.
+        if not self._queues:
+            cell: _Cell = self._cell  # type: ignore[assignment]
             now = ctx.clock.now()
-            wait = self._take_now(None, self._cost, self._rate, self._burst, now)  # type: ignore[misc]
-            if wait:
-                await self._acquire_slow(None, self._cost, ctx, wait, now)
+            full_at = cell.full_at
+            if full_at < now:  # noqa: PLR1730 - max() is a call: slower on the hot path
+                full_at = now
+            full_at += self._step
+            if full_at - now <= self._limit:
+                cell.full_at = full_at
+                return await call(ctx)
+        await self._acquire_slow(None, self._cost, ctx, None, 0.0)
         return await call(ctx)
 
     async def execute(self, call: Call, ctx: Context, /) -> Any:
@@ -551,16 +564,24 @@ class RateLimiter(PolicyDecorator):
             RateLimitedError: the token will not come within ``max_wait``.
             TimeoutExceeded: an enclosing resilient deadline ended the wait.
         """
-        take_now = self._take_now
-        if take_now is None or self._queues:
-            await self._acquire(None, 1.0, self._clock, None)
-            return
-        now = self._clock.now()
-        wait = take_now(None, 1.0, self._rate, self._burst, now)
-        if wait:
-            await self._acquire_slow(None, 1.0, self._direct_context(), wait, now)
+        cell = self._cell
+        if cell is not None and not self._queues:
+            now = self._clock.now()
+            full_at = cell.full_at
+            if full_at < now:  # noqa: PLR1730 - max() is a call: slower on the hot path
+                full_at = now
+            full_at += self._unit
+            if full_at - now <= self._limit:
+                cell.full_at = full_at
+                return
+        await self._acquire(None, 1.0, self._clock, None)
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         return None
 
     def snapshot(self, key: str | None = None, *, now: float | None = None) -> RateLimiterSnapshot:
