@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -29,8 +30,8 @@ async def settle(rounds: int = 20) -> None:
 class CountingClock:
     """A FakeClock that counts reads and armed timers."""
 
-    def __init__(self, inner: FakeClock | None = None) -> None:
-        self.inner = inner or FakeClock()
+    def __init__(self, inner: Any = None) -> None:
+        self.inner = inner if inner is not None else FakeClock()
         self.reads = 0
         self.armed: list[float] = []
 
@@ -44,3 +45,39 @@ class CountingClock:
     def timeout_at(self, deadline: float) -> TimerScope:
         self.armed.append(deadline)
         return self.inner.timeout_at(deadline)
+
+
+class ManualClock:
+    """Virtual time that moves only when the test calls ``advance()``.
+
+    Unlike ``FakeClock`` (whose sleeps return at once), a sleep here blocks until the test
+    moves time past its end, so several callers can be waiting at the same moment.
+    """
+
+    def __init__(self) -> None:
+        self.inner = FakeClock()
+
+    def now(self) -> float:
+        return self.inner.now()
+
+    def advance(self, seconds: float) -> None:
+        self.inner.advance(seconds)
+
+    async def sleep(self, seconds: float) -> None:
+        try:
+            async with self.inner.timeout_at(self.inner.now() + max(seconds, 0.0)):
+                await anyio.sleep_forever()
+        except TimeoutError:
+            pass
+
+    def timeout_at(self, deadline: float) -> TimerScope:
+        return self.inner.timeout_at(deadline)
+
+    async def run_until(self, done: Callable[[], bool], *, step: float, limit: int = 1000) -> None:
+        """Advance by ``step`` (letting tasks run in between) until ``done()``."""
+        for _ in range(limit):
+            await settle()
+            if done():
+                return
+            self.advance(step)
+        raise AssertionError("not done after advancing the clock")
