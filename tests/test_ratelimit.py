@@ -43,9 +43,7 @@ async def noop() -> None:
 def drained(clock: resilient.Clock, **options: Any) -> RateLimiter:
     """A limiter on ``clock`` whose bucket is empty at ``clock.now()``."""
     limiter = RateLimiter(clock=clock, **options)
-    store = limiter.store
-    assert isinstance(store, MemoryBucketStore)
-    assert store.take_now(None, limiter.burst, limiter.rate, limiter.burst, clock.now()) == 0
+    assert limiter._take_now(None, limiter.burst, clock.now()) == 0.0
     return limiter
 
 
@@ -376,7 +374,7 @@ async def test_random_cancellations_take_tokens_only_for_admitted_calls(mode: st
     for at, cost in log:
         state, wait = bucket_take(state, at, cost, rate, burst)
         assert wait == 0.0
-    assert limiter.store._cell.full_at == state  # type: ignore[attr-defined]
+    assert limiter._full_at == state
     assert len(log) > 400
 
 
@@ -410,23 +408,20 @@ async def test_keyed_buckets_are_bounded_in_number(clock: FakeClock) -> None:
 async def test_idle_eviction_drops_only_full_buckets(clock: FakeClock) -> None:
     limiter = RateLimiter(rate=1.0, burst=2, max_wait=0, clock=clock)
     await limiter.acquire("spent", cost=2)
-    store = limiter.store
-    assert isinstance(store, MemoryBucketStore)
     # Default idle_ttl is burst / rate = 2 s: after 1 s the bucket is not full, and kept.
     clock.advance(1.0)
     await limiter.acquire("other")
     assert (await limiter.status("spent")).remaining == pytest.approx(1.0)
-    assert len(store) == 2
+    assert limiter.snapshot().keys == 2
     clock.advance(1.5)
     await limiter.acquire("third")
-    assert len(store) == 2  # "spent" was full again, so dropping it lost nothing
+    assert limiter.snapshot().keys == 2  # "spent" was full again, so dropping it lost nothing
     assert (await limiter.status("spent")).remaining == 2
 
 
 def test_memory_per_keyed_bucket_is_at_most_300_bytes() -> None:
     limiter = RateLimiter(rate=10.0, burst=5, per_key=True, max_keys=100_000)
-    store = limiter.store
-    assert isinstance(store, MemoryBucketStore)
+    store = limiter._keyed()
     keys = [f"10.1.{i // 256}.{i % 256}" for i in range(20_000)]  # the caller's strings
     gc.collect()
     tracemalloc.start()
@@ -646,7 +641,7 @@ def test_inline_fast_paths_agree_with_the_reference_arithmetic(
                     await admit(through_pipeline)
                 assert info.value.retry_after == wait
             state = expected
-            assert limiter.store._cell.full_at == max(state, -math.inf)  # type: ignore[attr-defined]
+            assert limiter._full_at == state
 
     anyio.run(main)
 

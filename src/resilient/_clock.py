@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol, final, runtime_checkable
 
@@ -18,6 +20,8 @@ __all__ = ["Clock", "SystemClock", "TimerScope"]
 
 _running_loop = asyncio._get_running_loop  # C function: the cheapest "are we on asyncio?" test
 _get_ident = threading.get_ident
+_base_time = asyncio.BaseEventLoop.time
+_monotonic = time.monotonic  # what BaseEventLoop.time() returns, without its Python frame
 
 
 @runtime_checkable
@@ -145,25 +149,31 @@ class SystemClock:
     construction: one instance serves successive ``asyncio.run()`` calls and trio alike.
     """
 
-    __slots__ = ("_loop",)
+    __slots__ = ("_cache",)
 
     def __init__(self) -> None:
-        # The asyncio loop last seen running, revalidated on every read (never trusted
-        # across loops or threads): asyncio._get_running_loop() makes a getpid() system
-        # call on Python 3.11, which made now() cost 3-5x loop.time() itself.
-        self._loop: Any = None
+        # (loop, its time function) for the asyncio loop last seen running, revalidated on
+        # every read and never trusted across loops or threads: asyncio._get_running_loop()
+        # makes a getpid() system call on Python 3.11, which made now() cost 3-5x the time
+        # read itself. One tuple, so threads sharing this clock never see a torn pair.
+        self._cache: tuple[Any, Callable[[], float]] | None = None
 
     def now(self) -> float:
-        loop = self._loop
-        if loop is not None and loop._thread_id == _get_ident():
-            return loop.time()  # type: ignore[no-any-return]
+        cache = self._cache
+        if cache is not None and cache[0]._thread_id == _get_ident():
+            return cache[1]()
         loop = _running_loop()
         if loop is None:
-            self._loop = None
+            self._cache = None
             return anyio.current_time()
         # A running BaseEventLoop records its thread in _thread_id and clears it when it
         # stops, so the check above fails as soon as this loop is no longer running here.
-        self._loop = loop if getattr(loop, "_thread_id", None) == _get_ident() else None
+        # Its time() is time.monotonic(); other loops (uvloop) keep their own time().
+        if getattr(loop, "_thread_id", None) == _get_ident():
+            read = _monotonic if type(loop).time is _base_time else loop.time
+            self._cache = (loop, read)
+        else:
+            self._cache = None
         return loop.time()
 
     async def sleep(self, seconds: float) -> None:

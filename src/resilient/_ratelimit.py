@@ -66,15 +66,14 @@ def bucket_take(
     base changed (a new trio run starts its clock at a random offset); the bucket then
     counts as empty, never as a free refill.
     """
-    tau = burst / rate
     if full_at < now:
         full_at = now
-    elif full_at - now > tau:
-        full_at = now + tau
-    new = full_at + cost / rate
-    if new - now <= (burst + TOLERANCE) / rate:
-        return new, 0.0
-    return full_at, new - now - tau
+    elif (full_at - now) * rate > burst:
+        full_at = now + burst / rate
+    short = (full_at - now) * rate + cost - burst  # tokens missing (<= 0: enough)
+    if short <= TOLERANCE:
+        return full_at + cost / rate, 0.0
+    return full_at, short / rate
 
 
 def bucket_tokens(full_at: float, now: float, rate: float, burst: float) -> float:
@@ -115,12 +114,15 @@ class BucketStore(Protocol):
         ...
 
 
+_EMPTY = -math.inf  # the state of a bucket never used: full at any time
+
+
 @final
 class _Cell:
     __slots__ = ("full_at",)
 
     def __init__(self, _key: str = "") -> None:
-        self.full_at = -math.inf
+        self.full_at = _EMPTY
 
 
 @final
@@ -129,7 +131,8 @@ class MemoryBucketStore:
 
     A bucket that is full is identical to a new one, so idle eviction drops only full
     buckets (lossless); the ``max_keys`` bound evicts the least recently used bucket
-    regardless, which at worst refills that key early.
+    regardless, which at worst refills that key early. Pass one instance to several limiters
+    to make them share quotas (keys are not namespaced).
 
     Args:
         max_keys: the most keyed buckets kept (>= 1).
@@ -139,18 +142,14 @@ class MemoryBucketStore:
         ConfigurationError: an option is out of range.
     """
 
-    __slots__ = ("_cell", "_keys", "_now")
+    __slots__ = ("_cell", "_idle_ttl", "_keys", "_max_keys", "_now")
 
     def __init__(self, *, max_keys: int = 10_000, idle_ttl: float = 60.0) -> None:
+        self._max_keys = check.integer("MemoryBucketStore.max_keys", max_keys, minimum=1)
+        self._idle_ttl = check.positive("MemoryBucketStore.idle_ttl", idle_ttl)
         self._cell = _Cell()
-        self._now = -math.inf
-        self._keys: BoundedKeyMap[_Cell] = BoundedKeyMap(
-            _Cell,
-            max_keys=max_keys,
-            idle_ttl=idle_ttl,
-            evictable=self._is_full,
-            parameter="MemoryBucketStore.max_keys",
-        )
+        self._now = _EMPTY
+        self._keys: BoundedKeyMap[_Cell] | None = None  # built on the first keyed call
 
     def _is_full(self, cell: _Cell) -> bool:
         return cell.full_at <= self._now
@@ -158,8 +157,13 @@ class MemoryBucketStore:
     def _get(self, key: str | None, now: float) -> _Cell:
         if key is None:
             return self._cell
+        keys = self._keys
+        if keys is None:
+            keys = self._keys = BoundedKeyMap(
+                _Cell, max_keys=self._max_keys, idle_ttl=self._idle_ttl, evictable=self._is_full
+            )
         self._now = now
-        return self._keys.get(key, now)
+        return keys.get(key, now)
 
     def take_now(
         self, key: str | None, cost: float, rate: float, burst: float, now: float
@@ -171,7 +175,10 @@ class MemoryBucketStore:
 
     def tokens_now(self, key: str | None, rate: float, burst: float, now: float) -> float:
         """Synchronous ``tokens``; does not create a bucket for an unknown key."""
-        cell = self._cell if key is None else self._keys.peek(key)
+        if key is None:
+            cell: _Cell | None = self._cell
+        else:
+            cell = self._keys.peek(key) if self._keys is not None else None
         if cell is None:
             return burst
         return bucket_tokens(cell.full_at, now, rate, burst)
@@ -188,7 +195,7 @@ class MemoryBucketStore:
 
     def __len__(self) -> int:
         """Keyed buckets currently kept."""
-        return len(self._keys)
+        return len(self._keys) if self._keys is not None else 0
 
 
 # -- results -------------------------------------------------------------------------------
@@ -282,7 +289,7 @@ class RateLimiter(PolicyDecorator):
     the httpx transport to the host, the ASGI middleware to the client address), bounded in
     number with idle eviction. Outside a pipeline use ``await limiter.acquire(key)``,
     ``await limiter.try_acquire(key)`` (never waits; returns the numbers for RateLimit
-    headers) or ``async with limiter:``.
+    headers) or ``async with limiter:``; these always use the bucket of the key passed.
 
     The same instance may be created at import time and shared by tasks, pipelines,
     successive ``asyncio.run()`` calls and trio: it captures no event loop.
@@ -295,11 +302,11 @@ class RateLimiter(PolicyDecorator):
         cost: tokens each call takes through a pipeline: a number in (0, burst], or a
             function of the call's ``Context`` returning one.
         per_key: one bucket per ``ctx.key``; calls without a key share one bucket.
-        max_keys: the most keyed buckets kept by the default store.
-        idle_ttl: seconds before an unused keyed bucket may be evicted by the default
-            store; default ``burst / rate`` (the time to refill: evicting then loses
-            nothing).
-        store: where bucket state lives (default: a ``MemoryBucketStore`` of this limiter).
+        max_keys: the most keyed buckets kept in memory (default store only).
+        idle_ttl: seconds before an unused keyed bucket may be evicted (default store
+            only); default ``burst / rate``, the time to refill: evicting then loses nothing.
+        store: where bucket state lives (default: buckets in this process; see
+            ``BucketStore``).
         clock: clock for the direct API (``acquire``, ``try_acquire``, ``status``,
             ``snapshot``, ``async with``); default the event loop's. Inside a pipeline the
             pipeline's clock is used. Use one time base per limiter.
@@ -309,22 +316,22 @@ class RateLimiter(PolicyDecorator):
         ConfigurationError: an option is out of range or of the wrong type (naming it).
     """
 
+    # Memory matters (one limiter per host or tenant is common): no precomputed floats, no
+    # bound methods, and the map of keyed buckets is built only when a key is first used.
     __slots__ = (
         "_burst",
-        "_cell",
         "_clock",
         "_cost",
         "_cost_fn",
-        "_limit",
+        "_full_at",
+        "_idle_ttl",
+        "_max_keys",
         "_max_wait",
         "_memory",
         "_per_key",
         "_queues",
         "_rate",
-        "_step",
         "_store",
-        "_take_now",
-        "_unit",
         "name",
     )
 
@@ -357,28 +364,19 @@ class RateLimiter(PolicyDecorator):
         if not isinstance(per_key, bool):
             raise ConfigurationError("RateLimiter.per_key", per_key, "expected True or False")
         self._per_key = per_key
-        check.integer("RateLimiter.max_keys", max_keys, minimum=1)
-        ttl = check.optional(check.positive, "RateLimiter.idle_ttl", idle_ttl)
-        if store is None:
-            store = MemoryBucketStore(
-                max_keys=max_keys,
-                idle_ttl=ttl if ttl is not None else self._burst / self._rate,
-            )
-        elif not (
+        self._max_keys = check.integer("RateLimiter.max_keys", max_keys, minimum=1)
+        self._idle_ttl = check.optional(check.positive, "RateLimiter.idle_ttl", idle_ttl)
+        if store is not None and not (
             callable(getattr(store, "take", None)) and callable(getattr(store, "tokens", None))
         ):
             raise ConfigurationError(
                 "RateLimiter.store", store, "expected a BucketStore (take() and tokens())"
             )
-        self._store: BucketStore = store
+        self._store = store
+        # Buckets read synchronously: the caller's MemoryBucketStore, or ours (made lazily).
         self._memory = store if isinstance(store, MemoryBucketStore) else None
-        self._take_now = self._memory.take_now if self._memory is not None else None
-        # The unkeyed in-memory bucket is stepped inline on the fast paths: the same
-        # expressions as bucket_take, so both agree to the last bit.
-        self._cell = self._memory._cell if self._memory is not None else None
-        self._step = self._cost / self._rate
-        self._unit = 1.0 / self._rate
-        self._limit = (self._burst + TOLERANCE) / self._rate
+        # The default store's unkeyed bucket lives here, read and stepped inline.
+        self._full_at = _EMPTY
         if clock is not None and not callable(getattr(clock, "now", None)):
             raise ConfigurationError("RateLimiter.clock", clock, "expected a Clock")
         self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
@@ -393,6 +391,15 @@ class RateLimiter(PolicyDecorator):
                 f"a call costing more than burst={self._burst:g} tokens could never be admitted",
             )
         return value
+
+    def _cost_arg(self, cost: object) -> float:
+        if (
+            isinstance(cost, int | float)
+            and not isinstance(cost, bool)
+            and 0.0 < cost <= self._burst
+        ):
+            return float(cost)
+        return self._check_cost(cost)
 
     @property
     def rate(self) -> float:
@@ -411,32 +418,34 @@ class RateLimiter(PolicyDecorator):
 
     @property
     def per_key(self) -> bool:
-        """Whether the limiter keeps one bucket per key."""
+        """Whether pipeline calls use one bucket per ``ctx.key``."""
         return self._per_key
 
     @property
-    def store(self) -> BucketStore:
-        """Where bucket state lives."""
+    def store(self) -> BucketStore | None:
+        """The store given at construction (``None``: buckets kept in this process)."""
         return self._store
 
     # -- pipeline path ---------------------------------------------------------------------
 
     def _bind(self, inner: Call, later: tuple[Policy, ...]) -> Call:
-        if self._take_now is not None and not self._per_key and self._cost_fn is None:
+        if self._store is None and not self._per_key and self._cost_fn is None:
             return functools.partial(self._run_simple, inner)
         return functools.partial(self.execute, inner)
 
     async def _run_simple(self, call: Call, ctx: Context) -> Any:
-        # Unkeyed, in-memory, constant cost: the common case. One clock read, no call.
+        # Unkeyed, in-memory, constant cost: the common case. One clock read, no call; the
+        # same arithmetic as bucket_take, expression for expression (a test checks it).
         if not self._queues:
-            cell: _Cell = self._cell  # type: ignore[assignment]
             now = ctx.clock.now()
-            full_at = cell.full_at
-            if full_at < now:  # noqa: PLR1730 - max() is a call: slower on the hot path
-                full_at = now
-            full_at += self._step
-            if full_at - now <= self._limit:
-                cell.full_at = full_at
+            full_at = self._full_at
+            if full_at <= now:  # full: cost <= burst always fits
+                self._full_at = now + self._cost / self._rate
+                return await call(ctx)
+            rate = self._rate
+            cost = self._cost
+            if (full_at - now) * rate + cost - self._burst <= 1e-9:  # TOLERANCE, inlined
+                self._full_at = full_at + cost / rate
                 return await call(ctx)
         await self._acquire_slow(None, self._cost, ctx, None, 0.0)
         return await call(ctx)
@@ -452,42 +461,26 @@ class RateLimiter(PolicyDecorator):
         """
         cost = self._cost
         if self._cost_fn is not None:
-            cost = self._call_cost(ctx)
+            cost = self._cost_arg(self._cost_fn(ctx))
         key = ctx.key if self._per_key else None
         await self._acquire(key, cost, ctx.clock, ctx)
         return await call(ctx)
 
-    def _call_cost(self, ctx: Context) -> float:
-        return self._cost_arg(self._cost_fn(ctx))  # type: ignore[misc]
-
-    def _cost_arg(self, cost: object) -> float:
-        if (
-            isinstance(cost, int | float)
-            and not isinstance(cost, bool)
-            and 0.0 < cost <= self._burst
-        ):
-            return float(cost)
-        return self._check_cost(cost)
-
     async def _acquire(
         self, key: str | None, cost: float, clock: Clock, ctx: Context | None
     ) -> None:
-        take_now = self._take_now
         queues = self._queues
         if queues and key in queues:
-            await self._acquire_slow(
-                key, cost, ctx if ctx is not None else self._direct_context(), None, 0.0
-            )
-            return
-        now = clock.now()
-        if take_now is not None:
-            wait = take_now(key, cost, self._rate, self._burst, now)
+            wait = None
+            now = 0.0
         else:
-            wait = await self._store.take(key, cost, rate=self._rate, burst=self._burst, now=now)
-        if wait:
-            await self._acquire_slow(
-                key, cost, ctx if ctx is not None else self._direct_context(), wait, now
-            )
+            now = clock.now()
+            wait = await self._take(key, cost, now)
+            if not wait:
+                return
+        await self._acquire_slow(
+            key, cost, ctx if ctx is not None else self._direct_context(), wait, now
+        )
 
     # -- direct use ------------------------------------------------------------------------
 
@@ -524,12 +517,8 @@ class RateLimiter(PolicyDecorator):
             tokens = await self._tokens(key, now)
             wait = max(0.0, (queue.pending + cost - tokens) / self._rate)
             return self._status(False, tokens, wait)
-        if self._take_now is not None:
-            wait = self._take_now(key, cost, self._rate, self._burst, now)
-        else:
-            wait = await self._store.take(key, cost, rate=self._rate, burst=self._burst, now=now)
-        tokens = await self._tokens(key, now)
-        return self._status(not wait, tokens, wait)
+        wait = await self._take(key, cost, now)
+        return self._status(not wait, await self._tokens(key, now), wait)
 
     async def status(self, key: str | None = None, *, cost: float = 1.0) -> RateLimitStatus:
         """The bucket's numbers now, taking nothing (``allowed``: ``cost`` tokens are there).
@@ -541,10 +530,8 @@ class RateLimiter(PolicyDecorator):
         now = self._clock.now()
         tokens = await self._tokens(key, now)
         queue = self._queues.get(key) if self._queues else None
-        ahead = queue.pending if queue is not None else 0.0
-        wait = max(0.0, (ahead + cost - tokens) / self._rate)
-        if wait * self._rate <= TOLERANCE:
-            wait = 0.0
+        short = (queue.pending if queue is not None else 0.0) + cost - tokens
+        wait = short / self._rate if short > TOLERANCE else 0.0
         return self._status(not wait, tokens, wait)
 
     def _status(self, allowed: bool, tokens: float, wait: float) -> RateLimitStatus:
@@ -564,15 +551,15 @@ class RateLimiter(PolicyDecorator):
             RateLimitedError: the token will not come within ``max_wait``.
             TimeoutExceeded: an enclosing resilient deadline ended the wait.
         """
-        cell = self._cell
-        if cell is not None and not self._queues:
+        if self._store is None and not self._queues:
             now = self._clock.now()
-            full_at = cell.full_at
-            if full_at < now:  # noqa: PLR1730 - max() is a call: slower on the hot path
-                full_at = now
-            full_at += self._unit
-            if full_at - now <= self._limit:
-                cell.full_at = full_at
+            full_at = self._full_at
+            if full_at <= now:  # full: one token always fits
+                self._full_at = now + 1.0 / self._rate
+                return
+            rate = self._rate
+            if (full_at - now) * rate + 1.0 - self._burst <= 1e-9:  # TOLERANCE, inlined
+                self._full_at = full_at + 1.0 / rate
                 return
         await self._acquire(None, 1.0, self._clock, None)
 
@@ -594,21 +581,20 @@ class RateLimiter(PolicyDecorator):
         """
         queue = self._queues.get(key) if self._queues else None
         tokens = math.nan
-        memory = self._memory
-        if memory is not None:
+        if self._store is None or self._memory is not None:
             if now is None:
                 try:
                     now = self._clock.now()
                 except Exception:
                     now = None  # no event loop in this thread (a metrics exporter thread)
             if now is not None:
-                tokens = memory.tokens_now(key, self._rate, self._burst, now)
+                tokens = self._tokens_now(key, now)
         return RateLimiterSnapshot(
             tokens=tokens,
             rate=self._rate,
             burst=self._burst,
             waiting=len(queue.waiters) if queue is not None else 0,
-            keys=len(memory) if memory is not None else 0,
+            keys=len(self._memory) if self._memory is not None else 0,
         )
 
     def _direct_context(self) -> Context:
@@ -620,17 +606,43 @@ class RateLimiter(PolicyDecorator):
             classifier=DEFAULT_CLASSIFIER,
         )
 
-    # -- contended path --------------------------------------------------------------------
+    # -- where the buckets are ---------------------------------------------------------------
+
+    def _keyed(self) -> MemoryBucketStore:
+        memory = self._memory
+        if memory is None:
+            memory = self._memory = MemoryBucketStore(
+                max_keys=self._max_keys,
+                idle_ttl=self._idle_ttl if self._idle_ttl is not None else self._burst / self._rate,
+            )
+        return memory
+
+    def _take_now(self, key: str | None, cost: float, now: float) -> float:
+        if key is None and self._store is None:
+            self._full_at, wait = bucket_take(self._full_at, now, cost, self._rate, self._burst)
+            return wait
+        return self._keyed().take_now(key, cost, self._rate, self._burst, now)
+
+    def _tokens_now(self, key: str | None, now: float) -> float:
+        if key is None and self._store is None:
+            return bucket_tokens(self._full_at, now, self._rate, self._burst)
+        if self._memory is None:
+            return self._burst  # no keyed bucket yet: every one is full
+        return self._memory.tokens_now(key, self._rate, self._burst, now)
 
     async def _take(self, key: str | None, cost: float, now: float) -> float:
-        if self._take_now is not None:
-            return self._take_now(key, cost, self._rate, self._burst, now)
-        return await self._store.take(key, cost, rate=self._rate, burst=self._burst, now=now)
+        store = self._store
+        if store is None or self._memory is not None:
+            return self._take_now(key, cost, now)
+        return await store.take(key, cost, rate=self._rate, burst=self._burst, now=now)
 
     async def _tokens(self, key: str | None, now: float) -> float:
-        if self._memory is not None:
-            return self._memory.tokens_now(key, self._rate, self._burst, now)
-        return await self._store.tokens(key, rate=self._rate, burst=self._burst, now=now)
+        store = self._store
+        if store is None or self._memory is not None:
+            return self._tokens_now(key, now)
+        return await store.tokens(key, rate=self._rate, burst=self._burst, now=now)
+
+    # -- contended path --------------------------------------------------------------------
 
     async def _acquire_slow(
         self, key: str | None, cost: float, ctx: Context, wait: float | None, now: float
