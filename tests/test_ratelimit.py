@@ -714,3 +714,34 @@ async def test_deadline_ends_a_wait_in_progress_with_the_deadlines_timeout(
         await pipeline.call(noop)
     assert info.value.policy == "total"
     assert clock.now() <= 1.0
+
+
+def test_system_clock_follows_the_running_loop_across_runs_threads_and_trio() -> None:
+    """The default clock caches the running asyncio loop, but never past its run."""
+    trio = pytest.importorskip("trio")
+    import threading
+
+    from trio.testing import MockClock
+
+    clock = resilient.SystemClock()
+
+    async def read() -> tuple[float, float]:
+        now = clock.now()
+        return now, asyncio.get_running_loop().time()
+
+    for _ in range(2):
+        now, loop_time = asyncio.run(read())
+        assert now <= loop_time < now + 60.0
+    in_thread: list[tuple[float, float]] = []
+    thread = threading.Thread(target=lambda: in_thread.append(asyncio.run(read())))
+    thread.start()
+    thread.join()
+    assert in_thread[0][0] <= in_thread[0][1]
+
+    async def trio_now() -> float:
+        return clock.now()
+
+    # A frozen MockClock reads 0.0: the stale asyncio loop must not answer under trio.
+    assert trio.run(trio_now, clock=MockClock()) == 0.0
+    with pytest.raises(Exception, match="async"):
+        clock.now()  # outside any event loop

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Protocol, final, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Protocol, final, runtime_checkable
 
 import anyio
 
@@ -201,13 +201,13 @@ class MemoryBucketStore:
 # -- results -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RateLimitStatus:
+class RateLimitStatus(NamedTuple):
     """The answer of ``RateLimiter.try_acquire`` / ``status``, with the numbers for headers.
 
     Maps onto the IETF RateLimit header fields: ``limit`` is the quota (``burst``),
     ``remaining`` the tokens left, ``reset`` the seconds until the bucket is full again;
-    ``retry_after`` feeds ``Retry-After`` on refusal.
+    ``retry_after`` feeds ``Retry-After`` on refusal. (A named tuple: built on every request
+    by servers, so kept cheap.)
 
     Attributes:
         allowed: whether the tokens were taken (``try_acquire``) or are available now
@@ -517,8 +517,14 @@ class RateLimiter(PolicyDecorator):
             tokens = await self._tokens(key, now)
             wait = max(0.0, (queue.pending + cost - tokens) / self._rate)
             return self._status(False, tokens, wait)
-        wait = await self._take(key, cost, now)
-        return self._status(not wait, await self._tokens(key, now), wait)
+        store = self._store
+        if store is None or self._memory is not None:
+            wait = self._take_now(key, cost, now)
+            tokens = self._tokens_now(key, now)
+        else:
+            wait = await store.take(key, cost, rate=self._rate, burst=self._burst, now=now)
+            tokens = await store.tokens(key, rate=self._rate, burst=self._burst, now=now)
+        return self._status(not wait, tokens, wait)
 
     async def status(self, key: str | None = None, *, cost: float = 1.0) -> RateLimitStatus:
         """The bucket's numbers now, taking nothing (``allowed``: ``cost`` tokens are there).
@@ -535,14 +541,9 @@ class RateLimiter(PolicyDecorator):
         return self._status(not wait, tokens, wait)
 
     def _status(self, allowed: bool, tokens: float, wait: float) -> RateLimitStatus:
-        return RateLimitStatus(
-            allowed=allowed,
-            limit=self._burst,
-            remaining=tokens,
-            reset=(self._burst - tokens) / self._rate,
-            retry_after=wait,
-            rate=self._rate,
-        )
+        burst = self._burst
+        rate = self._rate
+        return RateLimitStatus(allowed, burst, tokens, (burst - tokens) / rate, wait, rate)
 
     async def __aenter__(self) -> None:
         """Take one token from the unkeyed bucket for ``async with limiter:``.
