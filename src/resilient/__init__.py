@@ -6,7 +6,9 @@ and deadlines, composed into a ``Pipeline`` that runs on asyncio and trio (throu
 
 from __future__ import annotations
 
+from ._budget import RetryBudget
 from ._bulkhead import Bulkhead, BulkheadSnapshot
+from ._circuit import CircuitBreaker, CircuitSnapshot
 from ._classify import (
     Classification,
     Classifier,
@@ -49,6 +51,7 @@ from ._ratelimit import (
     RateLimiterSnapshot,
     RateLimitStatus,
 )
+from ._retry import Retry
 from ._timeout import Timeout
 
 __version__ = "0.1.0.dev0"
@@ -64,7 +67,9 @@ __all__ = [
     "Call",
     "CallObserver",
     "CallRejected",
+    "CircuitBreaker",
     "CircuitOpenError",
+    "CircuitSnapshot",
     "CircuitStateChanged",
     "Classification",
     "Classifier",
@@ -84,6 +89,8 @@ __all__ = [
     "RateLimiterSnapshot",
     "RejectedError",
     "ResilientError",
+    "Retry",
+    "RetryBudget",
     "RetryGaveUp",
     "RetryScheduled",
     "SystemClock",

@@ -233,7 +233,7 @@ class RateLimiterSnapshot:
 
     Attributes:
         tokens: tokens available now (``nan`` when the store cannot be read synchronously
-            or no clock is running in this thread).
+            or the clock cannot be read in this thread).
         rate: tokens added per second.
         burst: the bucket size.
         waiting: callers queued for tokens on this bucket.
@@ -587,7 +587,7 @@ class RateLimiter(PolicyDecorator):
                 try:
                     now = self._clock.now()
                 except Exception:
-                    now = None  # no event loop in this thread (a metrics exporter thread)
+                    now = None  # a clock that cannot be read in this thread
             if now is not None:
                 tokens = self._tokens_now(key, now)
         return RateLimiterSnapshot(
