@@ -123,6 +123,18 @@ def test_bucket_arithmetic_reference() -> None:
     assert (state, wait) == (102.0, 0.25)  # empty: one token in a quarter second
 
 
+@pytest.mark.parametrize(("now", "rate"), [(0.1, 10.0), (137.1, 20.0), (100_000.3, 10.0)])
+def test_a_refused_take_never_changes_the_state(now: float, rate: float) -> None:
+    """Float noise can leave a drained bucket a hair past one full refill; that must not
+    look like a clock that went backwards."""
+    state = -math.inf
+    for _ in range(3):
+        state, wait = bucket_take(state, now, 1.0, rate, 3.0)
+        assert wait == 0.0
+    assert (state - now) * rate > 3.0  # the noise this test is about
+    assert bucket_take(state, now, 1.0, rate, 3.0) == (state, pytest.approx(1.0 / rate))
+
+
 def test_clock_going_backwards_counts_as_empty_never_as_a_refill() -> None:
     # A state far ahead of now (a new trio run, whose clock starts at a random offset).
     state, wait = bucket_take(50_000.0, 10.0, 1.0, rate=1.0, burst=5.0)
@@ -276,6 +288,22 @@ async def test_cancelled_waiter_consumes_nothing_and_leaves_at_once() -> None:
     assert admitted == [1.0]  # the second caller got the token the first never took
     assert limiter.snapshot().waiting == 0
     assert limiter.snapshot(now=2.0).tokens == pytest.approx(1.0)
+
+
+async def test_a_queue_on_one_key_never_delays_another_key() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter(rate=1.0, burst=1, max_wait=10.0, clock=clock)  # type: ignore[arg-type]
+    pipeline = Pipeline(limiter, clock=clock)  # type: ignore[arg-type]
+    await limiter.acquire("busy")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(limiter.acquire, "busy")
+        await until(lambda: limiter.snapshot("busy").waiting == 1)
+        await limiter.acquire("idle")  # admitted at once, no wait
+        await pipeline.call(noop)  # the unkeyed bucket too
+        assert clock.now() == 0.0
+        assert not limiter._inline  # unkeyed calls take the slow path while anyone queues
+        await clock.run_until(lambda: limiter.snapshot("busy").waiting == 0, step=0.5)
+    assert limiter._inline  # and the fast path is back once the queue is gone
 
 
 async def test_one_grant_wakes_one_waiter() -> None:

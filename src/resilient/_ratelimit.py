@@ -62,13 +62,14 @@ def bucket_take(
     the new ``full_at``; otherwise nothing was taken, ``state`` is the state to keep and
     ``wait`` is exactly how many seconds until ``cost`` tokens are available.
 
-    A state more than ``burst / rate`` ahead of ``now`` can only come from a clock whose
-    base changed (a new trio run starts its clock at a random offset); the bucket then
-    counts as empty, never as a free refill.
+    A grant leaves the state at most one refill (``burst / rate``, plus float noise) ahead
+    of ``now``; a state two refills ahead can only come from a clock whose base changed (a
+    new trio run starts its clock at a random offset). The bucket then counts as empty,
+    never as a free refill.
     """
     if full_at < now:
         full_at = now
-    elif (full_at - now) * rate > burst:
+    elif (full_at - now) * rate > 2.0 * burst:
         full_at = now + burst / rate
     short = (full_at - now) * rate + cost - burst  # tokens missing (<= 0: enough)
     if short <= TOLERANCE:
@@ -325,6 +326,7 @@ class RateLimiter(PolicyDecorator):
         "_cost_fn",
         "_full_at",
         "_idle_ttl",
+        "_inline",
         "_max_keys",
         "_max_wait",
         "_memory",
@@ -381,6 +383,10 @@ class RateLimiter(PolicyDecorator):
             raise ConfigurationError("RateLimiter.clock", clock, "expected a Clock")
         self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
         self._queues: dict[str | None, _Queue] | None = None
+        # True while the fast paths may step the unkeyed bucket inline: the default store
+        # and nobody queued (a queue for any key sends unkeyed calls down the slow path,
+        # which is correct, only slower).
+        self._inline = store is None
 
     def _check_cost(self, cost: object) -> float:
         value = check.positive("RateLimiter.cost", cost)
@@ -436,7 +442,7 @@ class RateLimiter(PolicyDecorator):
     async def _run_simple(self, call: Call, ctx: Context) -> Any:
         # Unkeyed, in-memory, constant cost: the common case. One clock read, no call; the
         # same arithmetic as bucket_take, expression for expression (a test checks it).
-        if not self._queues:
+        if self._inline:
             now = ctx.clock.now()
             full_at = self._full_at
             if full_at <= now:  # full: cost <= burst always fits
@@ -552,7 +558,7 @@ class RateLimiter(PolicyDecorator):
             RateLimitedError: the token will not come within ``max_wait``.
             TimeoutExceeded: an enclosing resilient deadline ended the wait.
         """
-        if self._store is None and not self._queues:
+        if self._inline:
             now = self._clock.now()
             full_at = self._full_at
             if full_at <= now:  # full: one token always fits
@@ -677,6 +683,7 @@ class RateLimiter(PolicyDecorator):
             queues = self._queues = {}
         if queue is None:
             queue = queues[key] = _Queue()
+            self._inline = False
         waiters = queue.waiters
         waiter = _Waiter(cost, anyio.Event() if waiters else None)
         waiters.append(waiter)
@@ -723,6 +730,7 @@ class RateLimiter(PolicyDecorator):
                 queue.pending = 0.0
                 if queues.get(key) is queue:
                     del queues[key]
+                    self._inline = self._store is None and not queues
         waited = clock.now() - start
         if not admitted:
             if by_deadline:
