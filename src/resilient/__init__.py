@@ -44,6 +44,7 @@ from ._exceptions import (
     TimeoutExceeded,
 )
 from ._pipeline import Call, Pipeline, Policy
+from ._presets import standard
 from ._ratelimit import (
     BucketStore,
     MemoryBucketStore,
@@ -103,4 +104,5 @@ __all__ = [
     "on_exception",
     "on_result",
     "remaining",
+    "standard",
 ]
