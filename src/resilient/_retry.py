@@ -425,7 +425,13 @@ class Retry(PolicyDecorator):
                 )
             )
         if error is not None and (attempt > 1 or verdict is _TRANSIENT):
-            error.add_note(_note(self.name, attempt, reason))
+            note = _note(self.name, attempt, reason)
+            # The same exception object may come back again (a shared instance raised on every
+            # call, or nested retries re-raising it): one copy of a note is enough, and notes
+            # must not grow with the number of calls.
+            notes = getattr(error, "__notes__", None)
+            if notes is None or note not in notes:
+                error.add_note(note)
 
     def __repr__(self) -> str:
         return (
