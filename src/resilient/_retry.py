@@ -371,7 +371,10 @@ class Retry(PolicyDecorator):
                     if deadline != inf and clock.now() + delay >= deadline:
                         # Releasing the result took the time the retry needed; the result is
                         # gone, so the deadline is the failure left to report.
-                        raise ctx.deadline_exceeded()
+                        error = ctx.deadline_exceeded()
+                        result = None
+                        reason = "deadline"
+                        break
                 result = error = classification = None
                 if delay > 0.0:
                     await clock.sleep(delay)
