@@ -146,6 +146,29 @@ async def test_a_non_retryable_failure_after_retries_says_how_many_attempts(
     assert caught.value.__notes__ == ["resilient: 'retry' made 2 attempts; not retryable"]
 
 
+@pytest.mark.parametrize("listening", [False, True], ids=["fast_path", "listening"])
+async def test_an_exception_object_raised_again_and_again_keeps_one_note_per_message(
+    clock: FakeClock, listening: bool
+) -> None:
+    """A shared exception instance re-raised on every call (or through nested retries) does
+    not collect one more copy of the same note per call: its notes stay bounded."""
+    shared = ConnectionError("shared instance")
+    fn = Script(shared)
+    listeners = [EventRecorder()] if listening else []
+    outer = Retry(attempts=2, base_delay=0.0, budget=None, name="outer")
+    inner = Retry(attempts=3, base_delay=0.0, budget=None, name="inner")
+    p = pipeline(outer, inner, clock=clock, listeners=listeners)
+    for _ in range(5):
+        with pytest.raises(ConnectionError) as caught:
+            await p.call(fn)
+        assert caught.value is shared
+    assert fn.calls == 5 * 2 * 3
+    assert shared.__notes__ == [
+        "resilient: 'inner' made 3 attempts; gave up: no attempts left",
+        "resilient: 'outer' made 2 attempts; gave up: no attempts left",
+    ]
+
+
 async def test_a_per_attempt_timeout_is_retried(clock: FakeClock) -> None:
     calls = 0
 

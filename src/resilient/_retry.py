@@ -371,7 +371,10 @@ class Retry(PolicyDecorator):
                     if deadline != inf and clock.now() + delay >= deadline:
                         # Releasing the result took the time the retry needed; the result is
                         # gone, so the deadline is the failure left to report.
-                        raise ctx.deadline_exceeded()
+                        error = ctx.deadline_exceeded()
+                        result = None
+                        reason = "deadline"
+                        break
                 result = error = classification = None
                 if delay > 0.0:
                     await clock.sleep(delay)
@@ -425,7 +428,13 @@ class Retry(PolicyDecorator):
                 )
             )
         if error is not None and (attempt > 1 or verdict is _TRANSIENT):
-            error.add_note(_note(self.name, attempt, reason))
+            note = _note(self.name, attempt, reason)
+            # The same exception object may come back again (a shared instance raised on every
+            # call, or nested retries re-raising it): one copy of a note is enough, and notes
+            # must not grow with the number of calls.
+            notes = getattr(error, "__notes__", None)
+            if notes is None or note not in notes:
+                error.add_note(note)
 
     def __repr__(self) -> str:
         return (
