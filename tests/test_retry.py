@@ -611,3 +611,19 @@ def test_bad_options_raise_configuration_error_naming_parameter_and_value(
 def test_max_delay_below_base_delay_is_refused() -> None:
     with pytest.raises(ConfigurationError, match=r"Retry.max_delay=0.5 .*base_delay"):
         Retry(base_delay=1.0, max_delay=0.5)
+
+
+async def test_a_rejection_after_real_failures_keeps_the_last_failure_as_context(
+    clock: FakeClock,
+) -> None:
+    """An inner breaker opening mid-retry: the caller's error still leads to the real failure."""
+    from resilient import CircuitOpenError
+
+    outcomes: list[Exception] = [ConnectionResetError("reset by peer"), CircuitOpenError("open")]
+
+    async def flaky() -> None:
+        raise outcomes.pop(0)
+
+    with pytest.raises(CircuitOpenError) as info:
+        await Pipeline(Retry(attempts=5, budget=None), clock=clock).call(flaky)
+    assert isinstance(info.value.__context__, ConnectionResetError)

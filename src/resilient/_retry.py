@@ -32,6 +32,7 @@ logger = logging.getLogger("resilient")
 _TRANSIENT: Final = Verdict.TRANSIENT
 _SUCCESS: Final = Verdict.SUCCESS
 _CLIENT_ERROR: Final = Verdict.CLIENT_ERROR
+_REJECTED: Final = Verdict.REJECTED
 _INF: Final = math.inf
 
 
@@ -264,6 +265,7 @@ class Retry(PolicyDecorator):
         listening = ctx.listening  # fixed for the call (an observer decides before the chain)
         attempt = 1
         previous = 0.0
+        last_error: Exception | None = None
         started = 0.0
         timed = False
         reason: str | None
@@ -375,12 +377,25 @@ class Retry(PolicyDecorator):
                         result = None
                         reason = "deadline"
                         break
+                if error is not None:
+                    last_error = error
                 result = error = classification = None
                 if delay > 0.0:
                     await clock.sleep(delay)
                 # A zero delay retries at once: yielding to the event loop here would cost more
                 # than the retry itself, and the number of attempts is bounded.
                 attempt += 1
+            if (
+                verdict is _REJECTED
+                and error is not None
+                and last_error is not None
+                and error is not last_error
+                and error.__context__ is None
+            ):
+                # An inner policy refused a retry (an open circuit): keep the dependency's own
+                # last failure reachable from what the caller gets.
+                error.__context__ = last_error
+            last_error = None
             self._ended(ctx, attempt, error, reason, verdict)
             if error is not None:
                 raise error
