@@ -23,7 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-SUITES = ["suite_core", "suite_breaker", "suite_retry", "suite_jitter", "suite_serde"]
+SUITES = [
+    "suite_core",
+    "suite_breaker",
+    "suite_retry",
+    "suite_jitter",
+    "suite_serde",
+    "suite_limits",
+]
 # The cross-cutting comparisons (issue 10): five policies together, each policy vs its peers,
 # the failure path, memory, chaos switched off. Feature suites go in the list above.
 SUITES += ["suite_stacks", "suite_policies", "suite_failure", "suite_memory", "suite_chaos"]
