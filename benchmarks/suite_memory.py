@@ -33,7 +33,7 @@ NOTES = {
 GATES = [
     (OURS_BREAKER, "breaker: pyresilience CircuitBreaker", 3.2),
     (OURS_LIMITER, "limiter: hyx tokenbucket", 1.15),
-    (OURS_KEYED, "limiter: aiolimiter AsyncLimiter", 1.0),
+    (OURS_KEYED, "limiter: hyx tokenbucket", 1.15),
 ]
 
 
@@ -124,7 +124,9 @@ async def _measure(quick: bool) -> dict[str, float]:
 
 async def _per_key(count: int) -> float:
     """Bytes one more key costs in a keyed RateLimiter (``per_key=True``, keys = ctx.key)."""
-    limiter = p.limiter_policy(per_key=True)
+    # A realistic quota: a bucket that is full again is dropped (it equals a new one), so
+    # a never-limiting rate would keep no per-key state at all.
+    limiter = p.limiter_policy(per_key=True, rate=10.0, burst=10)
     pipeline = resilient.Pipeline(limiter, name="m", telemetry=False)
     # count + 1 keys: bytes_per_instance warms up with one call first. The key strings
     # belong to the caller and are built before the measurement.
