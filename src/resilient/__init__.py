@@ -42,6 +42,7 @@ from ._exceptions import (
 )
 from ._pipeline import Call, Pipeline, Policy
 from ._timeout import Timeout
+from .telemetry import Telemetry
 
 __version__ = "0.1.0.dev0"
 
@@ -72,6 +73,7 @@ __all__ = [
     "RetryGaveUp",
     "RetryScheduled",
     "SystemClock",
+    "Telemetry",
     "Timeout",
     "TimeoutExceeded",
     "TimeoutFired",

@@ -68,7 +68,9 @@ class Context:
         classifier: the classifier for this call (the pipeline's, or an integration's).
         key: partition key for keyed policies (for example the host), or ``None``.
         listening: whether anyone observes events; policies build events only when true.
-        span: per-call slot for the telemetry observer.
+        span: the call's OpenTelemetry span while it is recording, else ``None`` (set by the
+            telemetry observer; integrations parent their own spans on it).
+        telemetry: private per-call state of the telemetry observer.
         extra: per-call slot for integrations (for example the httpx request), or ``None``.
     """
 
@@ -91,6 +93,7 @@ class Context:
         "pipeline",
         "random",
         "span",
+        "telemetry",
     )
 
     def __init__(
@@ -122,6 +125,7 @@ class Context:
         self.observer = observer
         self.listening = bool(listeners) or observer is not None
         self.span: Any = None
+        self.telemetry: Any = None
         self.extra: Any = None
         inherited = _DEADLINE.get()
         if inherited is not None and inherited.clock is clock:

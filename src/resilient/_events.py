@@ -155,13 +155,15 @@ class CallObserver(Protocol):
     """Seam for telemetry: sees every call of a pipeline and every event of those calls.
 
     ``start`` may set ``ctx.listening`` to ``False`` to opt out of events for that call (for
-    example when nothing is recording) and may store per-call state in ``ctx.span``. Exceptions
+    example when nothing is recording), may publish the call's span in ``ctx.span`` and may
+    keep private per-call state in ``ctx.telemetry``. ``end`` receives the exception the call
+    raised (``None`` on return) and the returned value (``None`` when it raised). Exceptions
     raised by an observer are logged and swallowed by the pipeline.
     """
 
     def start(self, ctx: Context, /) -> None: ...
 
-    def end(self, ctx: Context, error: BaseException | None, /) -> None: ...
+    def end(self, ctx: Context, error: BaseException | None, result: object, /) -> None: ...
 
     def event(self, ctx: Context, event: Event, /) -> None: ...
 
