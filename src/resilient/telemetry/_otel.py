@@ -41,14 +41,14 @@ from . import _names as n
 if TYPE_CHECKING:
     from .._pipeline import Pipeline
 
-try:  # the API's process-wide provider slots: reading them is the cheapest "is an SDK set?"
-    from opentelemetry.metrics import _internal as _otel_metrics_internal
+# The API's process-wide provider slots (None until an application sets a provider): reading
+# one is the cheapest "is an SDK installed yet?" test. Without them (a future API) the observer
+# uses the API's proxies instead, which is correct but costs a no-op span per call.
+from opentelemetry.metrics import _internal as _otel_metrics_internal
 
-    _HAS_GLOBAL_SLOTS = hasattr(_otel_trace, "_TRACER_PROVIDER") and hasattr(
-        _otel_metrics_internal, "_METER_PROVIDER"
-    )
-except ImportError:  # pragma: no cover - a future API without these internals
-    _HAS_GLOBAL_SLOTS = False
+_HAS_GLOBAL_SLOTS = hasattr(_otel_trace, "_TRACER_PROVIDER") and hasattr(
+    _otel_metrics_internal, "_METER_PROVIDER"
+)
 
 __all__ = ["Telemetry"]
 
@@ -64,15 +64,11 @@ AttributeMap = Mapping[str, str | bool | int | float]
 
 
 def _installed_tracer_provider() -> _TracerProvider | None:
-    if not _HAS_GLOBAL_SLOTS:  # pragma: no cover - degrade to the API's proxy (still correct)
-        return _otel_trace.get_tracer_provider()
     return _otel_trace._TRACER_PROVIDER  # type: ignore[attr-defined,no-any-return]
 
 
 def _installed_meter_provider() -> MeterProvider | None:
-    if not _HAS_GLOBAL_SLOTS:  # pragma: no cover
-        return _otel_metrics.get_meter_provider()
-    return _otel_metrics_internal._METER_PROVIDER  # type: ignore[attr-defined,no-any-return]
+    return _otel_metrics_internal._METER_PROVIDER  # type: ignore[no-any-return]
 
 
 def _tracer_from(provider: _TracerProvider) -> Tracer | None:
@@ -194,9 +190,7 @@ class _Instruments:
             if state is None:
                 continue
             states = _KNOWN_STATES if state in _KNOWN_STATES else (*_KNOWN_STATES, state)
-            out.extend(
-                Observation(1 if s == state else 0, {**attrs, n.STATE: s}) for s in states
-            )
+            out.extend(Observation(1 if s == state else 0, {**attrs, n.STATE: s}) for s in states)
         return out
 
     def _number(self, field: str) -> list[Observation]:
@@ -268,11 +262,11 @@ class Telemetry:
         for parameter, value in (("tracing", tracing), ("metrics", metrics)):
             if not isinstance(value, bool):
                 raise ConfigurationError(f"Telemetry.{parameter}", value, "expected a bool")
-        if tracer_provider is not None and not callable(getattr(tracer_provider, "get_tracer")):
+        if tracer_provider is not None and not callable(getattr(tracer_provider, "get_tracer", None)):
             raise ConfigurationError(
                 "Telemetry.tracer_provider", tracer_provider, "expected a TracerProvider"
             )
-        if meter_provider is not None and not callable(getattr(meter_provider, "get_meter")):
+        if meter_provider is not None and not callable(getattr(meter_provider, "get_meter", None)):
             raise ConfigurationError(
                 "Telemetry.meter_provider", meter_provider, "expected a MeterProvider"
             )
@@ -284,15 +278,18 @@ class Telemetry:
         elif tracer_provider is not None:
             self._tracer = _tracer_from(tracer_provider)
         else:
-            _otel_trace.get_tracer_provider()  # loads an OTEL_PYTHON_TRACER_PROVIDER, once
-            self._tracer = _PENDING
+            global_provider = _otel_trace.get_tracer_provider()  # loads OTEL_PYTHON_TRACER_PROVIDER
+            # Without the API's slot, the global proxy tracer follows a later SDK installation.
+            self._tracer = _PENDING if _HAS_GLOBAL_SLOTS else _tracer_from(global_provider)
         if not metrics:
             self._instruments = None
         elif meter_provider is not None:
             self._instruments = _instruments_for(meter_provider)
         else:
-            _otel_metrics.get_meter_provider()
-            self._instruments = _PENDING
+            global_meter_provider = _otel_metrics.get_meter_provider()
+            self._instruments = (
+                _PENDING if _HAS_GLOBAL_SLOTS else _instruments_for(global_meter_provider)
+            )
 
     def __call__(self, pipeline: Pipeline) -> _Observer | None:
         """The observer for one pipeline (``Pipeline`` calls this when it is built)."""
@@ -369,7 +366,15 @@ _State = tuple[float, Span | None, object, _Instruments | None, _Op]
 class _Observer:
     """Observes the calls of one pipeline (the ``CallObserver`` installed in it)."""
 
-    __slots__ = ("__weakref__", "_attrs", "_max_operations", "_ops", "_pipeline", "_stateful", "_telemetry")
+    __slots__ = (
+        "__weakref__",
+        "_attrs",
+        "_max_operations",
+        "_ops",
+        "_pipeline",
+        "_stateful",
+        "_telemetry",
+    )
 
     def __init__(self, telemetry: Telemetry, pipeline: Pipeline) -> None:
         self._telemetry = telemetry
@@ -385,11 +390,15 @@ class _Observer:
         """Open the call's span (current only if it records) and note the start time."""
         telemetry = self._telemetry
         tracer = telemetry._tracer
-        if tracer is _PENDING:
-            tracer = telemetry._poll_tracer()
+        if tracer is _PENDING:  # inlined check: one module-global read while no SDK is set
+            tracer = None if _otel_trace._TRACER_PROVIDER is None else telemetry._poll_tracer()  # type: ignore[attr-defined]
         instruments = telemetry._instruments
         if instruments is _PENDING:
-            instruments = telemetry._poll_instruments()
+            instruments = (
+                None
+                if _otel_metrics_internal._METER_PROVIDER is None  # type: ignore[attr-defined]
+                else telemetry._poll_instruments()
+            )
         if tracer is None and instruments is None:
             if not ctx.listeners:
                 ctx.listening = False  # nothing records: policies skip building events
