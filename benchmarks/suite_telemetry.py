@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 
 import resilient
 from benchmarks._harness import Case, run_cases
-from resilient.testing import EventRecorder
 from resilient.telemetry import _names as names
+from resilient.testing import EventRecorder
 
 
 async def _f() -> int:
@@ -128,7 +128,7 @@ GATES = [
 
 
 def run(*, quick: bool) -> dict[str, float]:
-    results = run_cases(cases(), calls=3_000 if quick else 20_000, rounds=7 if quick else 11)
+    results = run_cases(cases(), calls=1_000 if quick else 10_000, rounds=15 if quick else 21)
     medians = {name: r.median_ns for name, r in results.items()}
     off = medians["standard, telemetry=False"]
     medians["telemetry cost with SDK (delta)"] = medians["standard, telemetry on, SDK"] - off

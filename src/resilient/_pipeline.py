@@ -283,11 +283,29 @@ class Pipeline:
             self._listeners,
             self._observer,
         )
-        if self._observer is None:
+        observer = self._observer
+        if observer is None:
             result: T = await chain(ctx)
             return result
-        observed: T = await self._observed(chain, ctx)
-        return observed
+        # The observed path, inlined (not `await self._observed(...)`): telemetry is on by
+        # default, so this is every user's hot path and a coroutine frame is ~0.3 us.
+        try:
+            observer.start(ctx)
+        except Exception:
+            report_listener_error(observer)
+        try:
+            result = await chain(ctx)
+        except BaseException as exc:
+            try:
+                observer.end(ctx, exc, None)
+            except Exception:
+                report_listener_error(observer)
+            raise
+        try:
+            observer.end(ctx, None, result)
+        except Exception:
+            report_listener_error(observer)
+        return result
 
     def wrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate an async function so every call runs through this pipeline.

@@ -11,7 +11,8 @@ pipeline; ``Pipeline(telemetry=Telemetry(...))`` sends it elsewhere.
 
 from __future__ import annotations
 
-from .._pipeline import install_observer_factory
+from resilient._pipeline import install_observer_factory
+
 from ._names import METRICS, MetricInfo
 from ._otel import Telemetry, error_type
 

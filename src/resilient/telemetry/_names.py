@@ -1,4 +1,4 @@
-"""Stable telemetry names: instruments, attributes, span events. Renaming any is a breaking change."""
+"""Stable telemetry names: instruments, attributes, span events (renaming one breaks users)."""
 
 from __future__ import annotations
 

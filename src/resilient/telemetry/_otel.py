@@ -22,9 +22,9 @@ from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, NoOpMet
 from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace import TracerProvider as _TracerProvider
 
-from .. import _validate as check
-from .._context import Context
-from .._events import (
+from resilient import _validate as check
+from resilient._context import Context
+from resilient._events import (
     AttemptEnded,
     BudgetRefused,
     CallRejected,
@@ -35,11 +35,12 @@ from .._events import (
     TimeoutFired,
     WaitEnded,
 )
-from .._exceptions import ConfigurationError
+from resilient._exceptions import ConfigurationError
+
 from . import _names as n
 
 if TYPE_CHECKING:
-    from .._pipeline import Pipeline
+    from resilient._pipeline import Pipeline
 
 # The API's process-wide provider slots (None until an application sets a provider): reading
 # one is the cheapest "is an SDK installed yet?" test. Without them (a future API) the observer
@@ -64,11 +65,11 @@ AttributeMap = Mapping[str, str | bool | int | float]
 
 
 def _installed_tracer_provider() -> _TracerProvider | None:
-    return _otel_trace._TRACER_PROVIDER  # type: ignore[attr-defined,no-any-return]
+    return _otel_trace._TRACER_PROVIDER
 
 
 def _installed_meter_provider() -> MeterProvider | None:
-    return _otel_metrics_internal._METER_PROVIDER  # type: ignore[no-any-return]
+    return _otel_metrics_internal._METER_PROVIDER
 
 
 def _tracer_from(provider: _TracerProvider) -> Tracer | None:
@@ -262,7 +263,9 @@ class Telemetry:
         for parameter, value in (("tracing", tracing), ("metrics", metrics)):
             if not isinstance(value, bool):
                 raise ConfigurationError(f"Telemetry.{parameter}", value, "expected a bool")
-        if tracer_provider is not None and not callable(getattr(tracer_provider, "get_tracer", None)):
+        if tracer_provider is not None and not callable(
+            getattr(tracer_provider, "get_tracer", None)
+        ):
             raise ConfigurationError(
                 "Telemetry.tracer_provider", tracer_provider, "expected a TracerProvider"
             )
@@ -359,7 +362,7 @@ class _Op:
 
 # Per-call state in ctx.telemetry: (started, span or None, context token or None,
 # instruments or None, operation).
-_State = tuple[float, Span | None, object, _Instruments | None, _Op]
+_State = tuple[float, Span | None, Any, _Instruments | None, _Op]
 
 
 @final
@@ -391,12 +394,12 @@ class _Observer:
         telemetry = self._telemetry
         tracer = telemetry._tracer
         if tracer is _PENDING:  # inlined check: one module-global read while no SDK is set
-            tracer = None if _otel_trace._TRACER_PROVIDER is None else telemetry._poll_tracer()  # type: ignore[attr-defined]
+            tracer = None if _otel_trace._TRACER_PROVIDER is None else telemetry._poll_tracer()
         instruments = telemetry._instruments
         if instruments is _PENDING:
             instruments = (
                 None
-                if _otel_metrics_internal._METER_PROVIDER is None  # type: ignore[attr-defined]
+                if _otel_metrics_internal._METER_PROVIDER is None
                 else telemetry._poll_instruments()
             )
         if tracer is None and instruments is None:

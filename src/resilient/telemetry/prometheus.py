@@ -28,8 +28,9 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import REGISTRY, CollectorRegistry, make_asgi_app
 from prometheus_client import start_http_server as _start_http_server
 
-from .. import _validate as check
-from .._exceptions import ConfigurationError
+from resilient import _validate as check
+from resilient._exceptions import ConfigurationError
+
 from ._otel import _installed_meter_provider
 
 __all__ = ["MetricsServer", "asgi_app", "install", "meter_provider", "start_http_server"]
@@ -87,10 +88,12 @@ def install() -> MeterProvider:
             if current is provider:
                 _installed = provider
                 return provider
-        config = getattr(current, "_sdk_config", None)
-        readers = getattr(config, "metric_readers", ())
+        # The SDK keeps its readers privately (the attribute moved between releases).
+        readers: Any = getattr(current, "_metric_readers", None) or getattr(
+            getattr(current, "_sdk_config", None), "metric_readers", None
+        )
         if isinstance(current, MeterProvider) and any(
-            isinstance(reader, PrometheusMetricReader) for reader in readers
+            isinstance(reader, PrometheusMetricReader) for reader in readers or ()
         ):
             _installed = current
             return current
