@@ -858,3 +858,38 @@ def test_an_explicit_noop_global_provider_turns_reporting_off() -> None:
         """
     )
     assert out == "[(False, None)]"
+
+
+def test_gauges_report_pipelines_built_before_the_sdk_and_never_called() -> None:
+    """A pipeline built before the global meter provider is set shows in the gauges at once."""
+    out = _run(
+        """
+        import anyio, resilient
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        class Snap:
+            running, waiting = 4, 0
+        class Pool:
+            name = "pool"
+            def snapshot(self):
+                return Snap()
+            async def execute(self, call, ctx):
+                return await call(ctx)
+
+        early = resilient.Pipeline(Pool(), name="early", telemetry=resilient.Telemetry())
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader])
+        metrics.set_meter_provider(provider)
+        # Another pipeline's first call creates the instruments on the new provider.
+        async def f():
+            return 1
+        anyio.run(resilient.Pipeline(name="other").call, f)
+        data = reader.get_metrics_data()
+        print([(dict(p.attributes), p.value) for rm in data.resource_metrics
+               for sm in rm.scope_metrics for m in sm.metrics
+               if m.name == "resilient.bulkhead.running" for p in m.data.data_points])
+        """
+    )
+    assert out == "[({'resilient.pipeline': 'early', 'resilient.policy': 'pool'}, 4)]"

@@ -81,10 +81,14 @@ def _tracer_from(provider: _TracerProvider) -> Tracer | None:
 # Instruments: one set per meter provider, shared by every Telemetry that reports to it (the
 # SDK keeps the first observable instrument of a name, so callbacks must not be registered twice).
 
+# Two locks. Gauge callbacks run inside the SDK's collection lock and take only
+# `_observers_lock`, which is never held while calling the SDK; `_registry_lock` is held while
+# registering instruments with the SDK but never taken by a callback: no lock-order inversion.
 _registry_lock = threading.Lock()
 _instruments_by_provider: weakref.WeakKeyDictionary[MeterProvider, _Instruments | None] = (
     weakref.WeakKeyDictionary()
 )
+_observers_lock = threading.Lock()
 _observers: weakref.WeakSet[_Observer] = weakref.WeakSet()
 
 
@@ -96,6 +100,8 @@ def _instruments_for(provider: MeterProvider) -> _Instruments | None:
             pass
         except TypeError:  # pragma: no cover - a provider that cannot be weakly referenced
             return _Instruments.create(provider)
+        # Created under the lock: the SDK keeps the first observable instrument of a name, so
+        # a second set racing this one would have its callbacks silently dropped.
         instruments = _Instruments.create(provider)
         _instruments_by_provider[provider] = instruments
         return instruments
@@ -110,6 +116,7 @@ class _Instruments:
 
     __slots__ = (
         "__weakref__",
+        "_provider",
         "attempt_duration",
         "budget_refusals",
         "call_duration",
@@ -126,9 +133,11 @@ class _Instruments:
         meter = provider.get_meter(n.SCOPE, _VERSION)
         if isinstance(meter, NoOpMeter):
             return None
-        return cls(meter)
+        return cls(meter, provider)
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(self, meter: Meter, provider: MeterProvider) -> None:
+        self._provider = weakref.ref(provider)
+
         def histogram(name: str) -> Any:
             info = _INFO[name]
             return meter.create_histogram(
@@ -172,10 +181,16 @@ class _Instruments:
 
     def _snapshots(self) -> Iterator[tuple[dict[str, str], object]]:
         """(attributes, snapshot) for each stateful policy of each live pipeline reporting here."""
-        with _registry_lock:
+        with _observers_lock:
             observers = list(_observers)
         for observer in observers:
-            if observer._telemetry._current_instruments() is not self:
+            telemetry = observer._telemetry
+            instruments = telemetry._instruments
+            if instruments is _PENDING and _installed_meter_provider() is self._provider():
+                # Built before the global provider was set and not called since: it reports
+                # here from now on.
+                telemetry._instruments = instruments = self
+            if instruments is not self:
                 continue
             for policy_name, policy in observer._stateful:
                 try:
@@ -299,7 +314,7 @@ class Telemetry:
         if self._tracer is None and self._instruments is None:
             return None
         observer = _Observer(self, pipeline)
-        with _registry_lock:
+        with _observers_lock:
             _observers.add(observer)
         return observer
 
@@ -318,12 +333,6 @@ class Telemetry:
         instruments = _instruments_for(provider)
         self._instruments = instruments
         return instruments
-
-    def _current_instruments(self) -> _Instruments | None:
-        instruments = self._instruments
-        if instruments is _PENDING:
-            return self._poll_instruments()
-        return instruments  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         def show(value: object) -> str:
