@@ -14,8 +14,8 @@ from __future__ import annotations
 from resilient._pipeline import install_observer_factory
 
 from ._names import METRICS, MetricInfo
-from ._otel import Telemetry, error_type
+from ._otel import Telemetry
 
-__all__ = ["METRICS", "MetricInfo", "Telemetry", "error_type"]
+__all__ = ["METRICS", "MetricInfo", "Telemetry"]
 
 install_observer_factory(Telemetry())

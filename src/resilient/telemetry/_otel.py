@@ -27,6 +27,7 @@ from resilient._context import Context
 from resilient._events import (
     AttemptEnded,
     BudgetRefused,
+    CallObserver,
     CallRejected,
     CircuitStateChanged,
     Event,
@@ -309,7 +310,7 @@ class Telemetry:
                 _PENDING if _HAS_GLOBAL_SLOTS else _instruments_for(global_meter_provider)
             )
 
-    def __call__(self, pipeline: Pipeline) -> _Observer | None:
+    def __call__(self, pipeline: Pipeline) -> CallObserver | None:
         """The observer for one pipeline (``Pipeline`` calls this when it is built)."""
         if self._tracer is None and self._instruments is None:
             return None
@@ -344,7 +345,7 @@ class Telemetry:
 _error_types: dict[type[BaseException], str] = {}
 
 
-def error_type(exc: BaseException) -> str:
+def _error_type(exc: BaseException) -> str:
     """The ``error.type`` of an exception: its class's qualified name (cached, bounded)."""
     cls = type(exc)
     name = _error_types.get(cls)
@@ -683,7 +684,7 @@ def _outcome(ctx: Context, error: BaseException | None, result: object) -> tuple
             return "success", None  # it returned; a broken classifier does not make it fail
     if not isinstance(error, Exception):
         return n.CANCELLED, None  # the caller's cancellation: not an error of the call
-    kind = error_type(error)
+    kind = _error_type(error)
     try:
         return ctx.classifier.classify_exception(error).verdict.value, kind
     except Exception:
