@@ -6,6 +6,8 @@ and deadlines, composed into a ``Pipeline`` that runs on asyncio and trio (throu
 
 from __future__ import annotations
 
+from ._budget import RetryBudget
+from ._circuit import CircuitBreaker, CircuitSnapshot
 from ._classify import (
     Classification,
     Classifier,
@@ -41,6 +43,7 @@ from ._exceptions import (
     TimeoutExceeded,
 )
 from ._pipeline import Call, Pipeline, Policy
+from ._retry import Retry
 from ._timeout import Timeout
 from .telemetry import Telemetry
 
@@ -54,7 +57,9 @@ __all__ = [
     "Call",
     "CallObserver",
     "CallRejected",
+    "CircuitBreaker",
     "CircuitOpenError",
+    "CircuitSnapshot",
     "CircuitStateChanged",
     "Classification",
     "Classifier",
@@ -70,6 +75,8 @@ __all__ = [
     "RateLimitedError",
     "RejectedError",
     "ResilientError",
+    "Retry",
+    "RetryBudget",
     "RetryGaveUp",
     "RetryScheduled",
     "SystemClock",
