@@ -222,7 +222,10 @@ async def test_timeout_records_an_event_a_counter_and_an_error(
     }
     assert otel.values(CALL) == {
         attrs(
-            pipeline="search", operation="slow", verdict="transient", error_type="TimeoutExceeded"
+            pipeline="search",
+            operation="slow",
+            verdict="transient",
+            error_type="resilient.TimeoutExceeded",
         ): (1, 1.0)
     }
 
@@ -411,7 +414,7 @@ async def test_open_breaker_rejection_and_transition(otel: Otel) -> None:
             {
                 "resilient.policy": "breaker",
                 "resilient.reason": "open",
-                "error.type": "CircuitOpenError",
+                "error.type": "resilient.CircuitOpenError",
                 "resilient.retry_after": 4.0,
             },
         ),
@@ -422,7 +425,7 @@ async def test_open_breaker_rejection_and_transition(otel: Otel) -> None:
             operation="charge",
             policy="breaker",
             reason="open",
-            error_type="CircuitOpenError",
+            error_type="resilient.CircuitOpenError",
         ): 1
     }
     assert otel.values("resilient.circuit.transitions") == {
@@ -456,7 +459,7 @@ async def test_full_bulkhead_records_the_wait_and_the_rejection(otel: Otel) -> N
             operation="charge",
             policy="pool",
             reason="full",
-            error_type="BulkheadFullError",
+            error_type="resilient.BulkheadFullError",
         ): 1
     }
 
@@ -484,7 +487,7 @@ async def test_rate_limited_call_is_a_rejection_per_policy(otel: Otel) -> None:
             operation="charge",
             policy="limiter",
             reason="rate_limited",
-            error_type="RateLimitedError",
+            error_type="resilient.RateLimitedError",
         ): 1
     }
     assert list(otel.values(CALL)) == [
@@ -492,7 +495,7 @@ async def test_rate_limited_call_is_a_rejection_per_policy(otel: Otel) -> None:
             pipeline="payments",
             operation="charge",
             verdict="rejected",
-            error_type="RateLimitedError",
+            error_type="resilient.RateLimitedError",
         )
     ]
 
@@ -639,7 +642,7 @@ def test_metric_names_are_stable() -> None:
         ("resilient.timeouts", "{timeout}"),
         ("resilient.wait.duration", "s"),
         ("resilient.circuit.transitions", "{transition}"),
-        ("resilient.circuit.state", "1"),
+        ("resilient.circuit.state", "{circuit}"),
         ("resilient.bulkhead.running", "{call}"),
         ("resilient.bulkhead.waiting", "{call}"),
         ("resilient.ratelimiter.tokens", "{token}"),

@@ -114,8 +114,8 @@ async def test_metrics_endpoint_serves_every_metric_with_prometheus_names(
     assert counts == {
         ("payments", "success", ""): 1.0,
         ("payments", "transient", "ConnectionError"): 2.0,
-        ("payments", "transient", "TimeoutExceeded"): 1.0,
-        ("search", "rejected", "CircuitOpenError"): 1.0,
+        ("payments", "transient", "resilient.TimeoutExceeded"): 1.0,
+        ("search", "rejected", "resilient.CircuitOpenError"): 1.0,
     }
     retries = families["resilient_retries"]
     assert retries.type == "counter"

@@ -172,10 +172,11 @@ METRICS: Final = (
     ),
     MetricInfo(
         CIRCUIT_STATE,
-        "ObservableGauge",
-        "1",
+        "ObservableUpDownCounter",
+        "{circuit}",
         (PIPELINE, POLICY, STATE),
-        "1 for a breaker's current state, 0 for its other states (closed, open, half_open).",
+        "Circuits in each state (closed, open, half_open always reported): 1 for the state of "
+        "an unkeyed breaker, the number of keys in it for a keyed one.",
     ),
     MetricInfo(
         BULKHEAD_RUNNING,

@@ -22,6 +22,7 @@ from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, NoOpMet
 from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace import TracerProvider as _TracerProvider
 
+from resilient import _exceptions
 from resilient import _validate as check
 from resilient._context import Context
 from resilient._events import (
@@ -172,7 +173,11 @@ class _Instruments:
             return callback
 
         for name, method, create in (
-            (n.CIRCUIT_STATE, _Instruments._circuit_states, meter.create_observable_gauge),
+            (
+                n.CIRCUIT_STATE,
+                _Instruments._circuit_states,
+                meter.create_observable_up_down_counter,
+            ),
             (n.BULKHEAD_RUNNING, _Instruments._running, meter.create_observable_up_down_counter),
             (n.BULKHEAD_WAITING, _Instruments._waiting, meter.create_observable_up_down_counter),
             (n.RATELIMITER_TOKENS, _Instruments._tokens, meter.create_observable_gauge),
@@ -180,8 +185,12 @@ class _Instruments:
             info = _INFO[name]
             create(name, [observe(method)], unit=info.unit, description=info.description)
 
-    def _snapshots(self) -> Iterator[tuple[dict[str, str], object]]:
-        """(attributes, snapshot) for each stateful policy of each live pipeline reporting here."""
+    def _snapshots(self) -> Iterator[tuple[dict[str, str], list[object]]]:
+        """(attributes, snapshots) for each stateful policy of each live pipeline reporting here.
+
+        A keyed policy (a breaker per host) gives one snapshot per key through ``snapshots()``;
+        the gauges aggregate them, since a key is not a bounded attribute.
+        """
         with _observers_lock:
             observers = list(_observers)
         for observer in observers:
@@ -195,27 +204,36 @@ class _Instruments:
                 continue
             for policy_name, policy in observer._stateful:
                 try:
-                    snapshot = policy.snapshot()
+                    many = getattr(policy, "snapshots", None)
+                    snapshots = list(many()) if callable(many) else [policy.snapshot()]
                 except Exception:  # a policy's snapshot failing must not break the scrape
                     continue
-                yield {n.PIPELINE: observer._pipeline, n.POLICY: policy_name}, snapshot
+                yield {n.PIPELINE: observer._pipeline, n.POLICY: policy_name}, snapshots
 
     def _circuit_states(self) -> list[Observation]:
         out: list[Observation] = []
-        for attrs, snapshot in self._snapshots():
-            state = _state_name(getattr(snapshot, "state", None))
-            if state is None:
-                continue
-            states = _KNOWN_STATES if state in _KNOWN_STATES else (*_KNOWN_STATES, state)
-            out.extend(Observation(1 if s == state else 0, {**attrs, n.STATE: s}) for s in states)
+        for attrs, snapshots in self._snapshots():
+            counts = dict.fromkeys(_KNOWN_STATES, 0)
+            found = False
+            keyed = any(getattr(s, "key", None) is not None for s in snapshots)
+            for snapshot in snapshots:
+                if keyed and _unused_default(snapshot):
+                    continue  # a per-host breaker's never-used unkeyed state is not a circuit
+                state = _state_name(getattr(snapshot, "state", None))
+                if state is not None:
+                    found = True
+                    counts[state] = counts.get(state, 0) + 1
+            if found:
+                out.extend(Observation(c, {**attrs, n.STATE: s}) for s, c in counts.items())
         return out
 
     def _number(self, field: str) -> list[Observation]:
         out: list[Observation] = []
-        for attrs, snapshot in self._snapshots():
-            value = getattr(snapshot, field, None)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                out.append(Observation(value, attrs))
+        for attrs, snapshots in self._snapshots():
+            values = [getattr(snapshot, field, None) for snapshot in snapshots]
+            numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+            if numbers:
+                out.append(Observation(sum(numbers), attrs))
         return out
 
     def _running(self) -> list[Observation]:
@@ -225,7 +243,22 @@ class _Instruments:
         return self._number("waiting")
 
     def _tokens(self) -> list[Observation]:
-        return self._number("tokens")
+        out: list[Observation] = []
+        for attrs, snapshots in self._snapshots():
+            # Tokens of different keys do not add up: only an unkeyed bucket is reported.
+            if len(snapshots) == 1:
+                value = getattr(snapshots[0], "tokens", None)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    out.append(Observation(value, attrs))
+        return out
+
+
+def _unused_default(snapshot: object) -> bool:
+    return (
+        getattr(snapshot, "key", None) is None
+        and getattr(snapshot, "calls", None) == 0
+        and getattr(snapshot, "state", None) == "closed"
+    )
 
 
 def _state_name(state: object) -> str | None:
@@ -343,17 +376,49 @@ class Telemetry:
 
 
 _error_types: dict[type[BaseException], str] = {}
+_error_names: dict[str, str] = {}
+_OUR_EXCEPTIONS: Final = frozenset(
+    name for name, value in vars(_exceptions).items() if isinstance(value, type)
+)
+
+
+def _public_name(name: str) -> str:
+    """``error.type`` spelled by its public import path, whoever formatted it.
+
+    Private module components are dropped (``resilient._exceptions.TimeoutExceeded`` ->
+    ``resilient.TimeoutExceeded``, the name users import), and a bare name of one of the
+    library's own exceptions gets its package (``CircuitOpenError`` ->
+    ``resilient.CircuitOpenError``), so the same exception reads the same in span events,
+    call attributes and metrics. Builtins stay bare (``ConnectionError``).
+    """
+    found = _error_names.get(name)
+    if found is None:
+        if "." not in name:
+            found = f"resilient.{name}" if name in _OUR_EXCEPTIONS else name
+        else:
+            parts = name.split(".")
+            found = ".".join([p for p in parts[:-1] if not p.startswith("_")] + parts[-1:])
+        if len(_error_names) < _MAX_ERROR_TYPES:
+            _error_names[name] = found
+    return found
 
 
 def _error_type(exc: BaseException) -> str:
-    """The ``error.type`` of an exception: its class's qualified name (cached, bounded)."""
+    """The ``error.type`` of an exception: builtins by name, others by module and name."""
     cls = type(exc)
     name = _error_types.get(cls)
     if name is None:
-        name = cls.__qualname__
+        module = cls.__module__
+        name = _public_name(
+            cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+        )
         if len(_error_types) < _MAX_ERROR_TYPES:
             _error_types[cls] = name
     return name
+
+
+def _event_error(name: str | None) -> str | None:
+    return None if name is None else _public_name(name)
 
 
 @final
@@ -493,6 +558,7 @@ class _Observer:
 
     def _on_attempt_ended(self, state: _State, e: AttemptEnded) -> None:
         _, span, _, instruments, op = state
+        error = _event_error(e.error_type)
         verdict = e.verdict.value
         if span is not None:
             attrs: dict[str, str | int | float] = {
@@ -501,24 +567,25 @@ class _Observer:
                 n.VERDICT: verdict,
                 n.DURATION: e.duration,
             }
-            if e.error_type is not None:
-                attrs[n.ERROR_TYPE] = e.error_type
+            if error is not None:
+                attrs[n.ERROR_TYPE] = error
             span.add_event(n.EV_ATTEMPT, attrs)
         if instruments is not None:
             instruments.attempt_duration.record(
                 e.duration,
                 self._metric_attrs(
-                    ("attempt", op.name, e.policy, verdict, e.error_type),
+                    ("attempt", op.name, e.policy, verdict, error),
                     (n.PIPELINE, self._pipeline),
                     (n.OPERATION, op.name),
                     (n.POLICY, e.policy),
                     (n.VERDICT, verdict),
-                    (n.ERROR_TYPE, e.error_type),
+                    (n.ERROR_TYPE, error),
                 ),
             )
 
     def _on_retry(self, state: _State, e: RetryScheduled) -> None:
         _, span, _, instruments, op = state
+        error = _event_error(e.error_type)
         if span is not None:
             attrs: dict[str, str | int | float] = {
                 n.POLICY: e.policy,
@@ -526,8 +593,8 @@ class _Observer:
                 n.DELAY: e.delay,
                 n.VERDICT: e.verdict.value,
             }
-            if e.error_type is not None:
-                attrs[n.ERROR_TYPE] = e.error_type
+            if error is not None:
+                attrs[n.ERROR_TYPE] = error
             if e.retry_after is not None:
                 attrs[n.RETRY_AFTER] = e.retry_after
             span.add_event(n.EV_RETRY, attrs)
@@ -535,16 +602,17 @@ class _Observer:
             instruments.retries.add(
                 1,
                 self._metric_attrs(
-                    ("retry", op.name, e.policy, e.error_type),
+                    ("retry", op.name, e.policy, error),
                     (n.PIPELINE, self._pipeline),
                     (n.OPERATION, op.name),
                     (n.POLICY, e.policy),
-                    (n.ERROR_TYPE, e.error_type),
+                    (n.ERROR_TYPE, error),
                 ),
             )
 
     def _on_gave_up(self, state: _State, e: RetryGaveUp) -> None:
         _, span, _, instruments, op = state
+        error = _event_error(e.error_type)
         if span is not None:
             attrs: dict[str, str | int] = {
                 n.POLICY: e.policy,
@@ -552,19 +620,19 @@ class _Observer:
                 n.REASON: e.reason,
                 n.VERDICT: e.verdict.value,
             }
-            if e.error_type is not None:
-                attrs[n.ERROR_TYPE] = e.error_type
+            if error is not None:
+                attrs[n.ERROR_TYPE] = error
             span.add_event(n.EV_GAVE_UP, attrs)
         if instruments is not None:
             instruments.gave_up.add(
                 1,
                 self._metric_attrs(
-                    ("gave_up", op.name, e.policy, e.reason, e.error_type),
+                    ("gave_up", op.name, e.policy, e.reason, error),
                     (n.PIPELINE, self._pipeline),
                     (n.OPERATION, op.name),
                     (n.POLICY, e.policy),
                     (n.REASON, e.reason),
-                    (n.ERROR_TYPE, e.error_type),
+                    (n.ERROR_TYPE, error),
                 ),
             )
 
@@ -585,11 +653,12 @@ class _Observer:
 
     def _on_rejected(self, state: _State, e: CallRejected) -> None:
         _, span, _, instruments, op = state
+        error = _public_name(e.error_type)
         if span is not None:
             attrs: dict[str, str | float] = {
                 n.POLICY: e.policy,
                 n.REASON: e.reason,
-                n.ERROR_TYPE: e.error_type,
+                n.ERROR_TYPE: error,
             }
             if e.retry_after is not None:
                 attrs[n.RETRY_AFTER] = e.retry_after
@@ -598,12 +667,12 @@ class _Observer:
             instruments.rejections.add(
                 1,
                 self._metric_attrs(
-                    ("rejected", op.name, e.policy, e.reason, e.error_type),
+                    ("rejected", op.name, e.policy, e.reason, error),
                     (n.PIPELINE, self._pipeline),
                     (n.OPERATION, op.name),
                     (n.POLICY, e.policy),
                     (n.REASON, e.reason),
-                    (n.ERROR_TYPE, e.error_type),
+                    (n.ERROR_TYPE, error),
                 ),
             )
 
@@ -713,7 +782,9 @@ def _stateful_policies(policies: Iterable[object]) -> Iterator[tuple[str, Any]]:
         if id(policy) in seen:
             continue
         seen.add(id(policy))
-        if callable(getattr(policy, "snapshot", None)):
+        if callable(getattr(policy, "snapshot", None)) or callable(
+            getattr(policy, "snapshots", None)
+        ):
             yield str(getattr(policy, "name", type(policy).__name__)), policy
             continue
         inner = getattr(policy, "policies", None)
