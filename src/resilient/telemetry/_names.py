@@ -132,8 +132,8 @@ METRICS: Final = (
         "Counter",
         "{call}",
         (*_CALL, POLICY, REASON, ERROR_TYPE),
-        "Calls a Retry policy stopped retrying while the outcome was still a failure "
-        "(reason: attempts, deadline, budget, verdict).",
+        "Calls a Retry policy ended without success, by reason (attempts, deadline, budget, "
+        "verdict: the outcome was not retryable).",
     ),
     MetricInfo(
         BUDGET_REFUSALS,
@@ -197,7 +197,7 @@ METRICS: Final = (
         "ObservableGauge",
         "{token}",
         (PIPELINE, POLICY),
-        "Tokens available in a rate limiter's bucket.",
+        "Tokens available in a rate limiter's bucket (unkeyed limiters).",
     ),
 )
 """Every instrument the telemetry layer creates (the table in docs/telemetry.md)."""
