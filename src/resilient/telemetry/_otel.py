@@ -435,6 +435,27 @@ class _Op:
         self.attrs: dict[tuple[str, str | None], AttributeMap] = {}
 
 
+# Metric attribute sets by kind (besides resilient.pipeline), indexed by the kind's number.
+_ATTEMPT: Final = 0
+_RETRY: Final = 1
+_GAVE_UP: Final = 2
+_BUDGET: Final = 3
+_REJECTED: Final = 4
+_CIRCUIT: Final = 5
+_TIMEOUT: Final = 6
+_WAIT: Final = 7
+_METRIC_ATTRIBUTES: Final = (
+    (n.OPERATION, n.POLICY, n.VERDICT, n.ERROR_TYPE),
+    (n.OPERATION, n.POLICY, n.ERROR_TYPE),
+    (n.OPERATION, n.POLICY, n.REASON, n.ERROR_TYPE),
+    (n.OPERATION, n.POLICY),
+    (n.OPERATION, n.POLICY, n.REASON, n.ERROR_TYPE),
+    (n.POLICY, n.STATE, n.PREVIOUS_STATE),
+    (n.OPERATION, n.POLICY),
+    (n.OPERATION, n.POLICY, n.ADMITTED),
+)
+
+
 # Per-call state in ctx.telemetry: (started, span or None, context token or None,
 # instruments or None, operation).
 _State = tuple[float, Span | None, Any, _Instruments | None, _Op]
@@ -547,11 +568,16 @@ class _Observer:
             op.attrs[(verdict, error_kind)] = attrs
         return attrs
 
-    def _metric_attrs(self, key: tuple[object, ...], *pairs: tuple[str, object]) -> AttributeMap:
-        """Cached attribute set for a metric point; ``None`` values are left out."""
+    def _metric_attrs(self, *key: object) -> AttributeMap:
+        """The cached attribute set of a metric point: ``key`` is (kind, *values).
+
+        The key tuple is the only allocation on a hit; ``None`` values are left out.
+        """
         attrs = self._attrs.get(key)
         if attrs is None:
-            attrs = {k: v for k, v in pairs if v is not None}  # type: ignore[misc]
+            names: tuple[str, ...] = _METRIC_ATTRIBUTES[key[0]]  # type: ignore[call-overload]
+            attrs = {n.PIPELINE: self._pipeline}
+            attrs.update((k, v) for k, v in zip(names, key[1:], strict=True) if v is not None)  # type: ignore[misc]
             if len(self._attrs) < _MAX_ATTRIBUTE_SETS:
                 self._attrs[key] = attrs
         return attrs
@@ -573,14 +599,7 @@ class _Observer:
         if instruments is not None:
             instruments.attempt_duration.record(
                 e.duration,
-                self._metric_attrs(
-                    ("attempt", op.name, e.policy, verdict, error),
-                    (n.PIPELINE, self._pipeline),
-                    (n.OPERATION, op.name),
-                    (n.POLICY, e.policy),
-                    (n.VERDICT, verdict),
-                    (n.ERROR_TYPE, error),
-                ),
+                self._metric_attrs(_ATTEMPT, op.name, e.policy, verdict, error),
             )
 
     def _on_retry(self, state: _State, e: RetryScheduled) -> None:
@@ -601,13 +620,7 @@ class _Observer:
         if instruments is not None:
             instruments.retries.add(
                 1,
-                self._metric_attrs(
-                    ("retry", op.name, e.policy, error),
-                    (n.PIPELINE, self._pipeline),
-                    (n.OPERATION, op.name),
-                    (n.POLICY, e.policy),
-                    (n.ERROR_TYPE, error),
-                ),
+                self._metric_attrs(_RETRY, op.name, e.policy, error),
             )
 
     def _on_gave_up(self, state: _State, e: RetryGaveUp) -> None:
@@ -626,14 +639,7 @@ class _Observer:
         if instruments is not None:
             instruments.gave_up.add(
                 1,
-                self._metric_attrs(
-                    ("gave_up", op.name, e.policy, e.reason, error),
-                    (n.PIPELINE, self._pipeline),
-                    (n.OPERATION, op.name),
-                    (n.POLICY, e.policy),
-                    (n.REASON, e.reason),
-                    (n.ERROR_TYPE, error),
-                ),
+                self._metric_attrs(_GAVE_UP, op.name, e.policy, e.reason, error),
             )
 
     def _on_budget(self, state: _State, e: BudgetRefused) -> None:
@@ -643,12 +649,7 @@ class _Observer:
         if instruments is not None:
             instruments.budget_refusals.add(
                 1,
-                self._metric_attrs(
-                    ("budget", op.name, e.policy),
-                    (n.PIPELINE, self._pipeline),
-                    (n.OPERATION, op.name),
-                    (n.POLICY, e.policy),
-                ),
+                self._metric_attrs(_BUDGET, op.name, e.policy),
             )
 
     def _on_rejected(self, state: _State, e: CallRejected) -> None:
@@ -666,14 +667,7 @@ class _Observer:
         if instruments is not None:
             instruments.rejections.add(
                 1,
-                self._metric_attrs(
-                    ("rejected", op.name, e.policy, e.reason, error),
-                    (n.PIPELINE, self._pipeline),
-                    (n.OPERATION, op.name),
-                    (n.POLICY, e.policy),
-                    (n.REASON, e.reason),
-                    (n.ERROR_TYPE, error),
-                ),
+                self._metric_attrs(_REJECTED, op.name, e.policy, e.reason, error),
             )
 
     def _on_circuit(self, state: _State, e: CircuitStateChanged) -> None:
@@ -686,13 +680,7 @@ class _Observer:
         if instruments is not None:
             instruments.transitions.add(
                 1,
-                self._metric_attrs(
-                    ("circuit", e.policy, e.state, e.previous),
-                    (n.PIPELINE, self._pipeline),
-                    (n.POLICY, e.policy),
-                    (n.STATE, e.state),
-                    (n.PREVIOUS_STATE, e.previous),
-                ),
+                self._metric_attrs(_CIRCUIT, e.policy, e.state, e.previous),
             )
 
     def _on_timeout(self, state: _State, e: TimeoutFired) -> None:
@@ -702,12 +690,7 @@ class _Observer:
         if instruments is not None:
             instruments.timeouts.add(
                 1,
-                self._metric_attrs(
-                    ("timeout", op.name, e.policy),
-                    (n.PIPELINE, self._pipeline),
-                    (n.OPERATION, op.name),
-                    (n.POLICY, e.policy),
-                ),
+                self._metric_attrs(_TIMEOUT, op.name, e.policy),
             )
 
     def _on_wait(self, state: _State, e: WaitEnded) -> None:
@@ -719,13 +702,7 @@ class _Observer:
         if instruments is not None:
             instruments.wait_duration.record(
                 e.waited,
-                self._metric_attrs(
-                    ("wait", op.name, e.policy, e.admitted),
-                    (n.PIPELINE, self._pipeline),
-                    (n.OPERATION, op.name),
-                    (n.POLICY, e.policy),
-                    (n.ADMITTED, e.admitted),
-                ),
+                self._metric_attrs(_WAIT, op.name, e.policy, e.admitted),
             )
 
     def __repr__(self) -> str:
