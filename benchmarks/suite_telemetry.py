@@ -33,22 +33,9 @@ async def _f() -> int:
     return 1
 
 
-def _standard() -> list[Any]:
-    """The recommended order, with whichever policies exist on this branch."""
-    r: Any = resilient
-    policies: list[Any] = [r.Timeout(10.0)]
-    optional = (
-        ("Retry", {"attempts": 4, "base_delay": 0.1, "max_delay": 5.0}),
-        ("CircuitBreaker", {}),
-        ("RateLimiter", {"rate": 1e12, "burst": 1_000_000}),
-        ("Bulkhead", {"max_concurrent": 1_000}),
-    )
-    for name, kwargs in optional:
-        cls = getattr(r, name, None)
-        if cls is not None:
-            policies.append(cls(**kwargs))
-    policies.append(r.Timeout(2.0))
-    return policies
+def _standard(telemetry: Any) -> resilient.Pipeline:
+    """What ``resilient.standard()`` builds, with its defaults."""
+    return resilient.standard(name="bench", telemetry=telemetry)
 
 
 class _Discard(SpanExporter):
@@ -72,14 +59,14 @@ def cases() -> dict[str, Case]:
     meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     sdk = resilient.Telemetry(tracer_provider=tracer_provider, meter_provider=meter_provider)
 
-    off = resilient.Pipeline(*_standard(), name="bench", telemetry=False)
-    on_api = resilient.Pipeline(*_standard(), name="bench")  # global providers: none set
-    on_sdk = resilient.Pipeline(*_standard(), name="bench", telemetry=sdk)
+    off = _standard(False)
+    on_api = _standard(True)  # the global providers: none is set in this process
+    on_sdk = _standard(sdk)
 
     # What the observer does on this pipeline's success path, done by hand: the same span,
     # one span event and one histogram point per attempt event, the call histogram.
     recorder = EventRecorder()
-    probe = resilient.Pipeline(*_standard(), name="bench", telemetry=False, listeners=[recorder])
+    probe = resilient.standard(name="bench", telemetry=False, listeners=[recorder])
     asyncio.run(probe.call(_f))
     attempt_events = len(recorder.of_type(resilient.AttemptEnded))
 

@@ -646,6 +646,7 @@ def test_metric_names_are_stable() -> None:
         ("resilient.bulkhead.running", "{call}"),
         ("resilient.bulkhead.waiting", "{call}"),
         ("resilient.ratelimiter.tokens", "{token}"),
+        ("resilient.ratelimiter.waiting", "{call}"),
     ]
 
 

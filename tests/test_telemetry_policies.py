@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import math
+from collections.abc import Callable
 
+import anyio
+import anyio.lowlevel
 import pytest
 from opentelemetry.trace import StatusCode
 
 from resilient import (
+    Bulkhead,
+    BulkheadFullError,
     CircuitBreaker,
     CircuitOpenError,
     Pipeline,
+    RateLimitedError,
+    RateLimiter,
     Retry,
     RetryBudget,
     Timeout,
     TimeoutExceeded,
+    standard,
 )
 from resilient.testing import FakeClock
 from test_telemetry_support import Otel, attrs, event_dicts
@@ -229,3 +238,111 @@ async def test_keyed_breaker_gauge_counts_circuits_per_state(otel: Otel, clock: 
         "half_open": 0,
     }
     assert not any("example" in str(v) for k in values for _, v in k)
+
+
+async def test_full_bulkhead_rejects_and_the_gauges_show_running_and_waiting(
+    otel: Otel, clock: FakeClock
+) -> None:
+    """Real Bulkhead: running/waiting gauges while calls hold and queue; a full one rejects."""
+    bulkhead = Bulkhead(max_concurrent=1, max_waiting=1, max_wait=math.inf, name="pool")
+    pipeline = Pipeline(bulkhead, name="db", clock=clock, telemetry=otel.telemetry)
+    release = anyio.Event()
+
+    async def query() -> str:
+        await release.wait()
+        return "rows"
+
+    def gauge(name: str) -> dict[frozenset[tuple[str, object]], object]:
+        return otel.values(name)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pipeline.call, query)
+        await wait_until(lambda: bulkhead.snapshot().running == 1)
+        tg.start_soon(pipeline.call, query)
+        await wait_until(lambda: bulkhead.snapshot().waiting == 1)
+        assert gauge("resilient.bulkhead.running") == {attrs(pipeline="db", policy="pool"): 1}
+        assert gauge("resilient.bulkhead.waiting") == {attrs(pipeline="db", policy="pool"): 1}
+        with pytest.raises(BulkheadFullError):
+            await pipeline.call(query)
+        release.set()
+    assert gauge("resilient.bulkhead.running") == {attrs(pipeline="db", policy="pool"): 0}
+    assert otel.values("resilient.rejections") == {
+        attrs(
+            pipeline="db",
+            operation="test_full_bulkhead_rejects_and_the_gauges_show_running_and_waiting."
+            "<locals>.query",
+            policy="pool",
+            reason="full",
+            error_type="resilient.BulkheadFullError",
+        ): 1
+    }
+    waits = otel.values("resilient.wait.duration")
+    assert [dict(k)["resilient.admitted"] for k in waits] == [True]
+    rejected = [
+        s
+        for s in otel.spans()
+        if s.attributes and s.attributes.get("resilient.verdict") == "rejected"
+    ]
+    assert len(rejected) == 1
+    assert rejected[0].status.status_code is StatusCode.UNSET
+
+
+async def test_rate_limited_calls_and_the_tokens_gauge(otel: Otel, clock: FakeClock) -> None:
+    """Real RateLimiter: tokens gauge, a wait recorded when admitted late, then a rejection."""
+    limiter = RateLimiter(rate=1.0, burst=2, max_wait=1.0, name="quota")
+    pipeline = Pipeline(limiter, name="api", clock=clock, telemetry=otel.telemetry)
+    assert otel.values("resilient.ratelimiter.tokens") == {
+        attrs(pipeline="api", policy="quota"): 2.0
+    }
+    assert await pipeline.call(charge, clock, [], 0.0) == "ok"
+    assert await pipeline.call(charge, clock, [], 0.0) == "ok"
+    assert otel.values("resilient.ratelimiter.tokens") == {
+        attrs(pipeline="api", policy="quota"): 0.0
+    }
+    assert await pipeline.call(charge, clock, [], 0.0) == "ok"  # waits 1 s for a token
+    assert otel.values("resilient.wait.duration") == {
+        attrs(pipeline="api", operation="charge", policy="quota", admitted=True): (1, 1.0)
+    }
+    limiter_no_wait = RateLimiter(rate=1.0, burst=1, max_wait=0.0, name="strict")
+    strict = Pipeline(limiter_no_wait, name="api2", clock=clock, telemetry=otel.telemetry)
+    assert await strict.call(charge, clock, [], 0.0) == "ok"
+    with pytest.raises(RateLimitedError) as caught:
+        await strict.call(charge, clock, [], 0.0)
+    assert otel.values("resilient.rejections") == {
+        attrs(
+            pipeline="api2",
+            operation="charge",
+            policy="strict",
+            reason=caught.value.args and _reason(otel),
+            error_type="resilient.RateLimitedError",
+        ): 1
+    }
+    span = otel.spans("api2 charge")[-1]
+    ((name, event),) = event_dicts(span)
+    assert name == "resilient.rejected"
+    assert event["resilient.retry_after"] == pytest.approx(1.0)
+
+
+def _reason(otel: Otel) -> str:
+    (key,) = otel.values("resilient.rejections")
+    return str(dict(key)["resilient.reason"])
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    """Let other tasks run until ``predicate()`` holds (no time passes)."""
+    for _ in range(1000):
+        if predicate():
+            return
+        await anyio.lowlevel.checkpoint()
+    raise AssertionError("condition never held")
+
+
+async def test_standard_pipeline_reports_through_every_policy(otel: Otel, clock: FakeClock) -> None:
+    """resilient.standard(): one span per call; a retried failure shows attempt and retry."""
+    pipeline = standard(name="payments", clock=clock, telemetry=otel.telemetry)
+    assert await pipeline.call(charge, clock, [ConnectionError("reset")]) == "ok"
+    span = otel.span("payments charge")
+    names = [name for name, _ in event_dicts(span)]
+    assert names.count("resilient.attempt") == 2
+    assert names.count("resilient.retry") == 1
+    assert span.status.status_code is StatusCode.UNSET

@@ -13,16 +13,20 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from resilient import (
+    Bulkhead,
+    CircuitBreaker,
     CircuitOpenError,
     ConfigurationError,
     Pipeline,
+    RateLimiter,
+    Retry,
+    RetryBudget,
     Telemetry,
     Timeout,
     TimeoutExceeded,
 )
 from resilient.telemetry import METRICS, prometheus
 from resilient.testing import FakeClock
-from test_telemetry_support import FakeRetry, Refuse, Snapshot, Stateful
 
 
 def _families(text: str) -> dict[str, Any]:
@@ -40,39 +44,39 @@ async def stuck(clock: FakeClock) -> None:
 
 
 async def _exercise(telemetry: Telemetry, clock: FakeClock) -> list[Pipeline]:
-    """Calls that touch every instrument; returns the pipelines (gauges need them alive)."""
-    stateful = Pipeline(
-        Stateful("breaker", Snapshot(state="open")),
-        Stateful("limiter", Snapshot(tokens=3.0)),
-        Stateful("pool", Snapshot(running=2, waiting=5)),
-        FakeRetry(2, delay=0.1, budget=1),
+    """Calls through the real policies touching every instrument; returns the pipelines
+    (the gauges report live pipelines only)."""
+    payments = Pipeline(
+        Retry(
+            attempts=2,
+            base_delay=0.1,
+            jitter="none",
+            budget=RetryBudget(ratio=0.0, reserve=1),
+        ),
+        CircuitBreaker(minimum_calls=100, name="breaker"),
+        RateLimiter(rate=1.0, burst=3, max_wait=5.0, name="limiter"),
+        Bulkhead(max_concurrent=4, name="pool"),
         Timeout(1.0),
         name="payments",
         clock=clock,
         telemetry=telemetry,
     )
-    assert await stateful.call(flaky, [ConnectionError("x")]) == "ok"
-    with pytest.raises(ConnectionError):
-        await stateful.call(flaky, [ConnectionError("x"), ConnectionError("y")])
-    with pytest.raises(ConnectionError):  # the budget (1 retry) is spent: refused
-        await stateful.call(flaky, [ConnectionError("x"), ConnectionError("y")])
-    with pytest.raises(TimeoutExceeded):
-        await stateful.call(stuck, clock)
-    refusing = Pipeline(
-        Refuse(
-            CircuitOpenError("open", policy="breaker"),
-            reason="open",
-            name="breaker",
-            waited=0.05,
-            transition=("closed", "open"),
-        ),
+    assert await payments.call(flaky, [ConnectionError("x")]) == "ok"  # retried once
+    with pytest.raises(ConnectionError):  # the budget's only token is spent: refused
+        await payments.call(flaky, [ConnectionError("x"), ConnectionError("y")])
+    with pytest.raises(TimeoutExceeded):  # the limiter is empty: this call waits first
+        await payments.call(stuck, clock)
+    search = Pipeline(
+        CircuitBreaker(minimum_calls=1, failure_rate=0.5, name="breaker"),
         name="search",
         clock=clock,
         telemetry=telemetry,
     )
+    with pytest.raises(ConnectionError):  # opens the circuit
+        await search.call(flaky, [ConnectionError("x")])
     with pytest.raises(CircuitOpenError):
-        await refusing.call(flaky, [])
-    return [stateful, refusing]
+        await search.call(flaky, [])
+    return [payments, search]
 
 
 async def test_metrics_endpoint_serves_every_metric_with_prometheus_names(
@@ -113,22 +117,37 @@ async def test_metrics_endpoint_serves_every_metric_with_prometheus_names(
     }
     assert counts == {
         ("payments", "success", ""): 1.0,
-        ("payments", "transient", "ConnectionError"): 2.0,
+        ("payments", "transient", "ConnectionError"): 1.0,
         ("payments", "transient", "resilient.TimeoutExceeded"): 1.0,
+        ("search", "transient", "ConnectionError"): 1.0,
         ("search", "rejected", "resilient.CircuitOpenError"): 1.0,
     }
     retries = families["resilient_retries"]
     assert retries.type == "counter"
     assert sum(s.value for s in retries.samples if s.name == "resilient_retries_total") == 1.0
     states = {
-        s.labels["resilient_circuit_state"]: s.value
+        (s.labels["resilient_pipeline"], s.labels["resilient_circuit_state"]): s.value
         for s in families["resilient_circuit_state"].samples
     }
-    assert states == {"closed": 0.0, "open": 1.0, "half_open": 0.0}
+    assert states == {
+        ("payments", "closed"): 1.0,
+        ("payments", "open"): 0.0,
+        ("payments", "half_open"): 0.0,
+        ("search", "closed"): 0.0,
+        ("search", "open"): 1.0,
+        ("search", "half_open"): 0.0,
+    }
     (waiting,) = families["resilient_bulkhead_waiting"].samples
-    assert waiting.value == 5.0
+    assert waiting.value == 0.0
     assert waiting.labels["resilient_policy"] == "pool"
     assert waiting.labels["otel_scope_name"] == "resilient"
+    (wait,) = [
+        s for s in families["resilient_wait_duration_seconds"].samples if s.name.endswith("_count")
+    ]
+    assert wait.labels["resilient_policy"] == "limiter"
+    assert wait.labels["resilient_admitted"] == "true"
+    refusals = families["resilient_retry_budget_refusals"].samples
+    assert sum(s.value for s in refusals if s.name.endswith("_total")) == 2.0
     assert len(pipelines) == 2
 
 

@@ -58,6 +58,7 @@ CIRCUIT_STATE: Final = "resilient.circuit.state"
 BULKHEAD_RUNNING: Final = "resilient.bulkhead.running"
 BULKHEAD_WAITING: Final = "resilient.bulkhead.waiting"
 RATELIMITER_TOKENS: Final = "resilient.ratelimiter.tokens"
+RATELIMITER_WAITING: Final = "resilient.ratelimiter.waiting"
 
 # Seconds: from 1 ms to 1 min, the range of a dependency call (OTel's default boundaries are
 # meant for milliseconds and would put every call in the first bucket).
@@ -198,6 +199,13 @@ METRICS: Final = (
         "{token}",
         (PIPELINE, POLICY),
         "Tokens available in a rate limiter's bucket (unkeyed limiters).",
+    ),
+    MetricInfo(
+        RATELIMITER_WAITING,
+        "ObservableUpDownCounter",
+        "{call}",
+        (PIPELINE, POLICY),
+        "Calls waiting for rate-limiter tokens.",
     ),
 )
 """Every instrument the telemetry layer creates (the table in docs/telemetry.md)."""

@@ -10,6 +10,8 @@ made current only when it records.
 
 from __future__ import annotations
 
+import inspect
+import math
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -181,6 +183,11 @@ class _Instruments:
             (n.BULKHEAD_RUNNING, _Instruments._running, meter.create_observable_up_down_counter),
             (n.BULKHEAD_WAITING, _Instruments._waiting, meter.create_observable_up_down_counter),
             (n.RATELIMITER_TOKENS, _Instruments._tokens, meter.create_observable_gauge),
+            (
+                n.RATELIMITER_WAITING,
+                _Instruments._limiter_waiting,
+                meter.create_observable_up_down_counter,
+            ),
         ):
             info = _INFO[name]
             create(name, [observe(method)], unit=info.unit, description=info.description)
@@ -202,13 +209,20 @@ class _Instruments:
                 telemetry._instruments = instruments = self
             if instruments is not self:
                 continue
-            for policy_name, policy in observer._stateful:
+            if not observer._stateful:
+                continue
+            try:
+                # The pipeline's clock: a limiter's tokens and a breaker's window are counted
+                # on it (it may not be readable from the collecting thread).
+                now: float | None = observer._clock.now()
+            except Exception:
+                now = None
+            for stateful in observer._stateful:
                 try:
-                    many = getattr(policy, "snapshots", None)
-                    snapshots = list(many()) if callable(many) else [policy.snapshot()]
+                    snapshots = stateful.snapshots(now)
                 except Exception:  # a policy's snapshot failing must not break the scrape
                     continue
-                yield {n.PIPELINE: observer._pipeline, n.POLICY: policy_name}, snapshots
+                yield {n.PIPELINE: observer._pipeline, n.POLICY: stateful.name}, snapshots
 
     def _circuit_states(self) -> list[Observation]:
         out: list[Observation] = []
@@ -227,28 +241,45 @@ class _Instruments:
                 out.extend(Observation(c, {**attrs, n.STATE: s}) for s, c in counts.items())
         return out
 
-    def _number(self, field: str) -> list[Observation]:
+    def _number(self, kind: str, field: str) -> list[Observation]:
+        """Sum of ``field`` over the snapshots of policies of one kind (``kind`` is a field
+        only that kind's snapshots have: ``running`` for bulkheads, ``tokens`` for limiters)."""
         out: list[Observation] = []
         for attrs, snapshots in self._snapshots():
-            values = [getattr(snapshot, field, None) for snapshot in snapshots]
-            numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+            numbers = [
+                value
+                for snapshot in snapshots
+                if isinstance(getattr(snapshot, kind, None), int | float)
+                for value in (getattr(snapshot, field, None),)
+                if isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            ]
             if numbers:
                 out.append(Observation(sum(numbers), attrs))
         return out
 
     def _running(self) -> list[Observation]:
-        return self._number("running")
+        return self._number("running", "running")
 
     def _waiting(self) -> list[Observation]:
-        return self._number("waiting")
+        return self._number("running", "waiting")
+
+    def _limiter_waiting(self) -> list[Observation]:
+        return self._number("tokens", "waiting")
 
     def _tokens(self) -> list[Observation]:
         out: list[Observation] = []
         for attrs, snapshots in self._snapshots():
-            # Tokens of different keys do not add up: only an unkeyed bucket is reported.
+            # Tokens of different keys do not add up: only an unkeyed bucket is reported, and
+            # not when it cannot be read from the collecting thread (nan).
             if len(snapshots) == 1:
                 value = getattr(snapshots[0], "tokens", None)
-                if isinstance(value, int | float) and not isinstance(value, bool):
+                if (
+                    isinstance(value, int | float)
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                ):
                     out.append(Observation(value, attrs))
         return out
 
@@ -468,6 +499,7 @@ class _Observer:
     __slots__ = (
         "__weakref__",
         "_attrs",
+        "_clock",
         "_max_operations",
         "_ops",
         "_pipeline",
@@ -481,6 +513,7 @@ class _Observer:
         self._max_operations = telemetry._max_operations
         self._ops: dict[str, _Op] = {}
         self._attrs: dict[tuple[object, ...], AttributeMap] = {}
+        self._clock = pipeline.clock
         self._stateful = tuple(_stateful_policies(pipeline.policies))
 
     # -- the hot path ---------------------------------------------------------------------
@@ -750,8 +783,29 @@ def _finish_span(span: Span, verdict: str, error_kind: str | None, attempts: int
         span.end()
 
 
-def _stateful_policies(policies: Iterable[object]) -> Iterator[tuple[str, Any]]:
-    """(name, policy) for each policy exposing ``snapshot()``, nested pipelines included."""
+@final
+class _Stateful:
+    """A policy the gauges read: how to take its snapshots."""
+
+    __slots__ = ("many", "name", "read", "takes_now")
+
+    def __init__(self, name: str, read: Callable[..., Any], many: bool) -> None:
+        self.name = name
+        self.read = read
+        self.many = many
+        try:
+            self.takes_now = "now" in inspect.signature(read).parameters
+        except (TypeError, ValueError):
+            self.takes_now = False
+
+    def snapshots(self, now: float | None) -> list[object]:
+        """One snapshot per key (a keyed policy with ``snapshots()``) or the one snapshot."""
+        result = self.read(now=now) if self.takes_now and now is not None else self.read()
+        return list(result) if self.many else [result]
+
+
+def _stateful_policies(policies: Iterable[object]) -> Iterator[_Stateful]:
+    """The policies exposing ``snapshots()`` or ``snapshot()``, nested pipelines included."""
     seen: set[int] = set()
     stack = list(policies)[::-1]
     while stack:
@@ -759,10 +813,14 @@ def _stateful_policies(policies: Iterable[object]) -> Iterator[tuple[str, Any]]:
         if id(policy) in seen:
             continue
         seen.add(id(policy))
-        if callable(getattr(policy, "snapshot", None)) or callable(
-            getattr(policy, "snapshots", None)
-        ):
-            yield str(getattr(policy, "name", type(policy).__name__)), policy
+        name = str(getattr(policy, "name", type(policy).__name__))
+        many = getattr(policy, "snapshots", None)
+        if callable(many):
+            yield _Stateful(name, many, many=True)
+            continue
+        one = getattr(policy, "snapshot", None)
+        if callable(one):
+            yield _Stateful(name, one, many=False)
             continue
         inner = getattr(policy, "policies", None)
         if isinstance(inner, tuple):
