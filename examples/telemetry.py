@@ -29,40 +29,58 @@ trace.set_tracer_provider(tracer_provider)
 #    (In a Starlette/FastAPI app: app.mount("/metrics", prometheus.asgi_app()).)
 server = prometheus.start_http_server(0, "127.0.0.1")  # port 0: any free port
 
-# 3. A pipeline, built as usual: no telemetry code at all.
-pipeline = resilient.Pipeline(resilient.Timeout(0.05, name="deadline"), name="inventory")
+# 3. Pipelines, built as usual: no telemetry code at all.
+inventory = resilient.standard("inventory", attempt_timeout=0.05)
+failures = [ConnectionError("connection reset")]
 
 
 async def get_stock(sku: str) -> int:
+    if sku == "flaky" and failures:
+        raise failures.pop()  # fails once: retried
     if sku == "slow":
-        await anyio.sleep(1.0)  # longer than the 50 ms timeout
+        await anyio.sleep(1.0)  # longer than the 50 ms attempt timeout, every attempt
     return 42
 
 
 async def main() -> None:
     tracer = trace.get_tracer("shop")
     with tracer.start_as_current_span("GET /cart"):  # the caller's own span: the parent
-        print("stock:", await pipeline.call(get_stock, "sku-1"))
+        print("stock:", await inventory.call(get_stock, "sku-1"))
+        print("stock after a retry:", await inventory.call(get_stock, "flaky"))
         try:
-            await pipeline.call(get_stock, "slow")
+            await inventory.call(get_stock, "slow")
         except resilient.TimeoutExceeded as exc:
-            print("timed out:", exc)
+            print("timed out:", str(exc).splitlines()[0])
 
     print("\nspans:")
     for span in spans.get_finished_spans():
         attrs = dict(span.attributes or {})
-        events = [e.name for e in span.events]
         print(
-            f"  {span.name:<22} status={span.status.status_code.name:<5} "
-            f"verdict={attrs.get('resilient.verdict', '-'):<9} events={events}"
+            f"  {span.name:<20} status={span.status.status_code.name:<5} "
+            f"verdict={attrs.get('resilient.verdict', '-'):<9} "
+            f"attempts={attrs.get('resilient.attempts', '-')}"
         )
+        for event in span.events:
+            details = {
+                key.removeprefix("resilient."): round(v, 4) if isinstance(v, float) else v
+                for key, v in (event.attributes or {}).items()
+            }
+            print(f"      {event.name:<18} {details}")
 
     async with httpx.AsyncClient() as client:
         text = (await client.get(server.url)).text
     print(f"\nscraped {server.url} (resilient_* samples):")
     for line in text.splitlines():
         if line.startswith("resilient_") and ("_count" in line or "_total" in line):
-            print("  " + line)
+            print("  " + _without_scope_labels(line))
+
+
+def _without_scope_labels(line: str) -> str:
+    # The exporter adds otel_scope_* labels to every sample; hidden here for readability.
+    head, _, rest = line.partition("{")
+    labels, _, value = rest.partition("}")
+    kept = [label for label in labels.split(",") if not label.startswith("otel_scope")]
+    return f"{head}{{{','.join(kept)}}}{value}"
 
 
 anyio.run(main)
