@@ -176,7 +176,9 @@ class Pipeline:
             observer = telemetry(self)
         else:
             raise ConfigurationError(
-                "Pipeline.telemetry", telemetry, "expected True, False, a Telemetry or a CallObserver"
+                "Pipeline.telemetry",
+                telemetry,
+                "expected True, False, a Telemetry or a CallObserver",
             )
         self._observer = observer
         self._chain: Call | None = (
