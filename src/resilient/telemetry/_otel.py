@@ -38,6 +38,7 @@ from resilient._events import (
     RetryScheduled,
     TimeoutFired,
     WaitEnded,
+    error_type,
 )
 from resilient._exceptions import ConfigurationError
 
@@ -406,7 +407,6 @@ class Telemetry:
         return f"<Telemetry tracing={show(self._tracer)} metrics={show(self._instruments)}>"
 
 
-_error_types: dict[type[BaseException], str] = {}
 _error_names: dict[str, str] = {}
 _OUR_EXCEPTIONS: Final = frozenset(
     name for name, value in vars(_exceptions).items() if isinstance(value, type)
@@ -435,17 +435,8 @@ def _public_name(name: str) -> str:
 
 
 def _error_type(exc: BaseException) -> str:
-    """The ``error.type`` of an exception: builtins by name, others by module and name."""
-    cls = type(exc)
-    name = _error_types.get(cls)
-    if name is None:
-        module = cls.__module__
-        name = _public_name(
-            cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-        )
-        if len(_error_types) < _MAX_ERROR_TYPES:
-            _error_types[cls] = name
-    return name
+    """The ``error.type`` of an exception (see ``resilient._events.error_type``)."""
+    return _public_name(error_type(exc))
 
 
 def _event_error(name: str | None) -> str | None:
