@@ -30,6 +30,7 @@ SUITES = [
     "suite_jitter",
     "suite_serde",
     "suite_limits",
+    "suite_telemetry",
 ]
 # The cross-cutting comparisons (issue 10): five policies together, each policy vs its peers,
 # the failure path, memory, chaos switched off. Feature suites go in the list above.
