@@ -184,19 +184,34 @@ def retrying_client(base: str) -> Client:
     return Client("retries", "httpx-retries", http)
 
 
+# The resilient client's settings. Everything not listed keeps resilient.standard()'s
+# documented defaults (retry budget of 10 % of traffic, bulkhead of 100, ...). The timeouts
+# are what any service sets for a dependency that answers in milliseconds; the breaker's
+# window and open time are scaled to this short incident (3-second phases; defaults: 30 s / 5 s).
+RESILIENT_OPTIONS: dict[str, Any] = {
+    "total_timeout": 2.0,  # the caller waits at most this long, retries included
+    "attempt_timeout": 0.25,  # a slow attempt is cut and retried
+    "attempts": 3,
+    "base_delay": 0.05,
+    "max_delay": 0.5,
+    "window": 2.0,
+    "minimum_calls": 10,
+    "open_for": 1.0,
+}
+
+
 def resilient_client(base: str) -> Client | None:
-    """``resilient.httpx`` with ``resilient.standard()``; ``None`` until both exist."""
-    standard = getattr(resilient, "standard", None)
+    """``resilient.httpx.standard()``; ``None`` when the httpx integration is missing."""
     try:
-        from resilient.httpx import ResilientTransport  # type: ignore[import-not-found]
+        from resilient.httpx import standard  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         return None
-    if standard is None:
-        return None
     counters = Counters()
-    pipeline = standard(name="demo", listeners=[counters])
-    transport = ResilientTransport(
-        pipeline, transport=httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=200))
+    transport = standard(
+        httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=200)),
+        name="demo",
+        listeners=[counters],
+        **RESILIENT_OPTIONS,
     )
     http = httpx.AsyncClient(base_url=f"{base}/resilient", transport=transport)
     return Client("resilient", "resilient", http, counters)
@@ -248,11 +263,11 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def buckets(records: list[tuple[float, float, bool]], end: float) -> list[tuple[float, float]]:
+def buckets(records: list[tuple[float, Any, bool]], end: float) -> list[tuple[float, float]]:
     """(bucket start, success rate) of the requests started in each bucket."""
     out = []
     for i in range(math.ceil(end / BUCKET)):
-        inside = [ok for began, _, ok in records if i * BUCKET <= began < (i + 1) * BUCKET]
+        inside = [r[-1] for r in records if i * BUCKET <= r[0] < (i + 1) * BUCKET]
         if inside:
             out.append((i * BUCKET, sum(inside) / len(inside)))
     return out
@@ -272,9 +287,10 @@ def summarize(client: Client, arrivals: list[float], outage_end: float, end: flo
     records = client.records
     latencies = [seconds for _, seconds, _ in records]
     recovery = None
-    for began, rate in buckets(records, end):
-        if began >= outage_end and rate >= RECOVERED:
-            recovery = began - outage_end
+    after = [(began - outage_end, ok) for began, _, ok in records if began >= outage_end]
+    for offset, rate in buckets(after, end - outage_end):  # buckets start at the outage's end
+        if rate >= RECOVERED:
+            recovery = offset
             break
     counters = client.counters
     retries: int | None
@@ -381,6 +397,41 @@ def chart(
 
 
 # --------------------------------------------------------------------------------------------
+# the library's metrics, served on /metrics while the demo runs
+
+_SHOWN = (
+    "resilient_call_duration_seconds_count",
+    "resilient_retries_total",
+    "resilient_retry_budget_refusals_total",
+    "resilient_retry_gave_up_total",
+    "resilient_rejections_total",
+    "resilient_circuit_transitions_total",
+    "resilient_timeouts_total",
+)
+
+
+def start_metrics() -> Any | None:
+    """Serve the library's metrics (``resilient.telemetry.prometheus``) on a free port."""
+    try:
+        from resilient.telemetry import prometheus
+    except ImportError:  # the prometheus extra is not installed
+        return None
+    return prometheus.start_http_server(0, "127.0.0.1")
+
+
+def metrics_excerpt(url: str, limit: int = 12) -> list[str]:
+    """A few of the demo pipeline's samples, as Prometheus serves them."""
+    text = httpx.get(url, timeout=5.0).text
+    lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith(_SHOWN) and 'resilient_pipeline="demo"' in line
+    ]
+    lines.sort(key=lambda line: (_SHOWN.index(line.split("{", 1)[0]), line))
+    return lines[:limit]
+
+
+# --------------------------------------------------------------------------------------------
 
 
 async def run(*, rate: float, scale: float, output: Path) -> int:
@@ -389,6 +440,7 @@ async def run(*, rate: float, scale: float, output: Path) -> int:
     outage_end = scenario.timeline()[3][1]
     names = ["plain", "retries", "resilient"]
     upstream = Upstream(names, scenario)
+    metrics = start_metrics()
     with Server(upstream) as server:
         print(f"upstream: uvicorn on {server.url}, playing: "
               + " -> ".join(f"{p.name} ({p.duration:g} s)" for p in scenario.phases))  # fmt: skip
@@ -403,6 +455,8 @@ async def run(*, rate: float, scale: float, output: Path) -> int:
             await client.http.get("/warmup")
         for name in upstream.arrivals:
             upstream.arrivals[name].clear()
+        if metrics is not None:
+            print(f"metrics: {metrics.url} (resilient's own metrics, while the demo runs)")
         print(f"workload: {rate:g} requests/s per client for {duration:g} s, open loop, "
               f"{len(clients)} clients at once ...")  # fmt: skip
         upstream.start_incident()
@@ -428,6 +482,11 @@ async def run(*, rate: float, scale: float, output: Path) -> int:
         path=output / "demo.png",
     )
     print(f"\nchart: {path}")
+    if metrics is not None:
+        print(f"\n{metrics.url} (an excerpt):")
+        for line in metrics_excerpt(metrics.url):
+            print(f"  {line}")
+        metrics.close()
     return 0
 
 
