@@ -147,7 +147,6 @@ class Exchange:
         "extra_headers",
         "fired_phase",
         "gone",
-        "gone_event",
         "phase",
         "rearmed",
         "reason",
@@ -161,6 +160,7 @@ class Exchange:
         "task_group",
         "tick",
         "trailers",
+        "watch_event",
         "watcher",
         "wheel",
     )
@@ -194,7 +194,7 @@ class Exchange:
         self.body_done = False
         self.receiving = False
         self.gone = False
-        self.gone_event: asyncio.Event | anyio.Event | None = None
+        self.watch_event: asyncio.Event | anyio.Event | None = None
         self.stash: Message | None = None
         self.watcher: Any = None  # asyncio.Task, or True while an anyio watcher runs
         # asyncio runtime
@@ -211,15 +211,17 @@ class Exchange:
 
     async def receive(self) -> Message:
         """``receive`` as seen by the app."""
-        stash = self.stash
-        if stash is not None:
-            self.stash = None
-            return stash
-        if self.watcher is not None or self.gone:
-            # The watcher owns the server's receive; all that can come now is the disconnect.
-            while not self.gone:
-                await self._wait_gone()
-            return dict(_DISCONNECT_MESSAGE)
+        while True:
+            stash = self.stash
+            if stash is not None:
+                self.stash = None
+                return stash
+            if self.gone:
+                return dict(_DISCONNECT_MESSAGE)
+            if self.watcher is None:
+                break
+            # The watcher owns the server's receive: wait for what it takes next.
+            await self._wait_watch()
         self.receiving = True
         try:
             message = await self._receive()
@@ -348,9 +350,14 @@ class Exchange:
                 message = await self._receive()
                 kind = message.get("type")
                 if kind == "http.request":
+                    # An empty chunk taken earlier carries nothing: replacing it keeps the
+                    # body the app will read identical.
                     self.stash = message
+                    self._signal()
                     if message.get("more_body", False):
-                        break  # a body after all: the app reads it; watch again after it
+                        if message.get("body"):
+                            break  # a body after all: the app reads it; watch again after it
+                        continue
                     self.body_done = True
                     continue
                 if kind == "http.disconnect":
@@ -362,8 +369,7 @@ class Exchange:
 
     def _client_gone(self, *, from_app: bool) -> None:
         self.gone = True
-        if self.gone_event is not None:
-            self.gone_event.set()
+        self._signal()
         if self.phase == DONE:
             return
         wheel = self.wheel
@@ -374,11 +380,16 @@ class Exchange:
         else:
             self.fire(DISCONNECT)
 
-    async def _wait_gone(self) -> None:
-        event = self.gone_event
-        if event is None:
-            event = self.gone_event = asyncio.Event() if self.wheel is not None else anyio.Event()
+    async def _wait_watch(self) -> None:
+        event = self.watch_event
+        if event is None or event.is_set():
+            event = self.watch_event = asyncio.Event() if self.wheel is not None else anyio.Event()
         await event.wait()
+
+    def _signal(self) -> None:
+        event = self.watch_event
+        if event is not None:
+            event.set()
 
     # -- anyio runtime ------------------------------------------------------------------------
 
