@@ -56,11 +56,13 @@ _DISCONNECT_MESSAGE: Final = {"type": "http.disconnect"}
 class Wheel:
     """A coarse timer shared by every request on one asyncio loop.
 
-    Requests due in the same 10 ms tick share a bucket; one loop timer is armed for the
-    earliest tick. Adding and discarding are dict operations; no handle per request.
+    A new request is only appended to ``recent`` (no timer handle, no computation). At the
+    next 10 ms tick, requests still running are looked at: their disconnect watcher starts
+    and, if they have a deadline, they move to the bucket of the tick it falls in. Buckets
+    are dicts keyed by tick; one loop timer is armed for the earliest tick.
     """
 
-    __slots__ = ("_buckets", "_handle", "_loop", "_ticks", "armed")
+    __slots__ = ("_buckets", "_handle", "_loop", "_ticks", "armed", "recent")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -68,11 +70,18 @@ class Wheel:
         self._ticks: list[int] = []
         self._handle: asyncio.TimerHandle | None = None
         self.armed: int | None = None
+        self.recent: list[Exchange] = []
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop this wheel belongs to."""
         return self._loop
+
+    def enter(self, exchange: Exchange) -> None:
+        """A request started: look at it at the next tick (the hot path: one append)."""
+        self.recent.append(exchange)
+        if self.armed is None:
+            self._arm(math.floor(self._loop.time() * TICKS_PER_SECOND) + 1)
 
     def add(self, exchange: Exchange, due: float) -> int:
         """Call ``exchange.due()`` at the first tick at or after ``due``; returns the tick."""
@@ -104,17 +113,24 @@ class Wheel:
         limit = self._loop.time() * TICKS_PER_SECOND + _EPSILON_TICKS
         ticks = self._ticks
         due: list[Exchange] = []
+        recent = self.recent
+        if recent:
+            self.recent = []
+            due.extend(e for e in recent if e.phase != DONE)
         while ticks and ticks[0] <= limit:
             bucket = self._buckets.pop(heappop(ticks), None)
             if bucket:
                 due.extend(bucket)
-        if ticks:
-            self._arm(ticks[0])
         for exchange in due:
             exchange.due()
+        if self.armed is None:
+            if ticks:
+                self._arm(ticks[0])
+            elif self.recent:
+                self._arm(math.floor(limit) + 1)
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self._buckets.values())
+        return sum(len(b) for b in self._buckets.values()) + len(self.recent)
 
 
 def _has_body(scope: Scope) -> bool:
@@ -272,7 +288,8 @@ class Exchange:
         self.phase = DONE
         wheel = self.wheel
         if wheel is not None:
-            wheel.discard(self, self.tick)
+            if self.tick:
+                wheel.discard(self, self.tick)
             watcher = self.watcher
             if watcher is not None and watcher is not True:
                 watcher.cancel()
@@ -287,12 +304,9 @@ class Exchange:
         self.deadline = deadline
         wheel = self.wheel
         if wheel is not None:
-            wheel.discard(self, self.tick)
-            due = deadline
-            if self.watcher is None and self.phase < DONE:
-                due = min(due, self.started_at + WATCH_AFTER)
-            if due != math.inf:
-                self.tick = wheel.add(self, due)
+            if self.tick:  # already past its first tick: move to the new deadline's bucket
+                wheel.discard(self, self.tick)
+                self.tick = 0 if deadline == math.inf else wheel.add(self, deadline)
         else:
             rearmed = self.rearmed
             if rearmed is not None:
@@ -317,15 +331,22 @@ class Exchange:
         """Wheel callback: the deadline passed, or it is time to start watching."""
         if self.phase == DONE or self.reason is not None:
             return
+        self.tick = 0
         now = self.clock.now()
         if now >= self.deadline:
             self.fire(TIMEOUT)
             return
+        wheel = self.wheel
+        assert wheel is not None
+        due = self.deadline
         if self.watcher is None:
-            self._start_watcher()
-        if self.deadline != math.inf:
-            assert self.wheel is not None
-            self.tick = self.wheel.add(self, self.deadline)
+            watch_at = self.started_at + WATCH_AFTER
+            if now < watch_at:
+                due = min(due, watch_at)  # too young: look again later
+            else:
+                self._start_watcher()
+        if due != math.inf:
+            self.tick = wheel.add(self, due)
 
     def _watch_due(self) -> bool:
         if self.wheel is None:

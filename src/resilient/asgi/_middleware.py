@@ -67,6 +67,16 @@ def _plain(status: int, text: bytes, headers: list[tuple[bytes, bytes]]) -> tupl
     return start, {"type": "http.response.body", "body": text, "more_body": False}
 
 
+async def _consume_cancellation(task: asyncio.Task[Any], cancelling: int) -> None:
+    # We asked for a cancellation the app never saw (it returned first, or swallowed it):
+    # take it here so it cannot hit the server's next await.
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        if task.cancelling() > cancelling:
+            raise
+
+
 def _seconds_header(seconds: float) -> bytes:
     # Integer seconds, never 0: a client told "0" retries at once and is refused again.
     return str(max(1, math.ceil(seconds - 1e-9))).encode()
@@ -310,23 +320,21 @@ class ResilienceMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope."""
         kind = scope["type"]
-        if kind == "http":
-            if self._excluded(scope):
+        if kind != "http":
+            if kind == "websocket" and self._limit_websockets and not self._excluded(scope):
+                await self._websocket(scope, receive, send)
+            else:
                 await self._app(scope, receive, send)
-                return
-            await self._http(scope, receive, send)
-        elif kind == "websocket" and self._limit_websockets and not self._excluded(scope):
-            await self._websocket(scope, receive, send)
-        else:
+        elif self._excluded(scope):
             await self._app(scope, receive, send)
+        elif self._observed:
+            await self._observed_http(scope, receive, send)
+        else:
+            await self._handle(scope, receive, send, None)
 
     # -- HTTP ---------------------------------------------------------------------------------
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        now = self._clock.now()
-        if not self._observed:
-            await self._handle(scope, receive, send, now, None)
-            return
+    async def _observed_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope.get("method", "")
         ctx = self._pipeline.context(operation=method if method in _METHODS else "OTHER")
         observer = ctx.observer
@@ -337,7 +345,7 @@ class ResilienceMiddleware:
                 report_listener_error(observer)
         error: BaseException | None = None
         try:
-            await self._handle(scope, receive, send, now, ctx)
+            await self._handle(scope, receive, send, ctx)
         except BaseException as exc:
             error = exc
             raise
@@ -364,8 +372,10 @@ class ResilienceMiddleware:
         return template
 
     async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, now: float, ctx: Context | None
+        self, scope: Scope, receive: Receive, send: Send, ctx: Context | None
     ) -> None:
+        loop = _running_loop() if self._fast else None
+        now = loop.time() if loop is not None else self._clock.now()
         extra: list[tuple[bytes, bytes]] | None = None
         buckets = self._buckets
         if buckets is not None:
@@ -440,10 +450,29 @@ class ResilienceMiddleware:
                 _Deadline(start_deadline, self._clock, "request deadline", start_deadline - now)
             )
         try:
-            if self._fast and _running_loop() is not None:
-                await self._run_asyncio(exchange, waiter, slots)
+            if loop is not None:
+                # asyncio with the system clock: the shared wheel; the app runs right here.
+                wheel = self._wheel
+                if wheel is None or wheel.loop is not loop:
+                    wheel = self._wheel = Wheel(loop)
+                task = _current_task(loop)
+                assert task is not None
+                exchange.wheel = wheel
+                exchange.task = task
+                cancelling = task.cancelling()
+                wheel.enter(exchange)
+                try:
+                    if waiter is not None:
+                        await self._queue(exchange, waiter)
+                    await self._app(scope, exchange.receive, exchange.send)
+                except asyncio.CancelledError:
+                    if exchange.reason is None or task.uncancel() > cancelling:
+                        raise
+                else:
+                    if exchange.reason is not None and task.uncancel() <= cancelling:
+                        await _consume_cancellation(task, cancelling)
             else:
-                await self._run_anyio(exchange, waiter, slots)
+                await self._run_anyio(exchange, waiter)
         finally:
             if token is not None:
                 _DEADLINE.reset(token)
@@ -466,46 +495,13 @@ class ResilienceMiddleware:
                 return now + max(remaining, 0.0)
         return None
 
-    async def _serve(self, exchange: Exchange, waiter: Waiter | None, slots: Slots | None) -> None:
-        if waiter is not None:
-            assert slots is not None
-            await slots.wait(waiter)
-            exchange.phase = RUNNING
-            exchange.rearm(exchange.start_deadline)
-        await self._app(exchange.scope, exchange.receive, exchange.send)
+    async def _queue(self, exchange: Exchange, waiter: Waiter) -> None:
+        assert self._slots is not None
+        await self._slots.wait(waiter)
+        exchange.phase = RUNNING
+        exchange.rearm(exchange.start_deadline)
 
-    async def _run_asyncio(
-        self, exchange: Exchange, waiter: Waiter | None, slots: Slots | None
-    ) -> None:
-        loop = _running_loop()
-        wheel = self._wheel
-        if wheel is None or wheel.loop is not loop:
-            assert loop is not None
-            wheel = self._wheel = Wheel(loop)
-        task = _current_task()
-        assert task is not None
-        exchange.wheel = wheel
-        exchange.task = task
-        cancelling = task.cancelling()
-        exchange.rearm(exchange.deadline)
-        try:
-            await self._serve(exchange, waiter, slots)
-        except asyncio.CancelledError:
-            if exchange.reason is None or task.uncancel() > cancelling:
-                raise
-            return
-        if exchange.reason is not None and task.uncancel() <= cancelling:
-            # We asked for a cancellation the app never saw (it returned first, or swallowed
-            # it): consume it here so it cannot hit the server's next await.
-            try:
-                await asyncio.sleep(0)
-            except asyncio.CancelledError:
-                if task.cancelling() > cancelling:
-                    raise
-
-    async def _run_anyio(
-        self, exchange: Exchange, waiter: Waiter | None, slots: Slots | None
-    ) -> None:
+    async def _run_anyio(self, exchange: Exchange, waiter: Waiter | None) -> None:
         error: Exception | None = None
         async with anyio.create_task_group() as tg:
             exchange.task_group = tg
@@ -519,7 +515,9 @@ class ResilienceMiddleware:
             exchange._start_watcher()
             try:
                 with exchange.cancel_scope:
-                    await self._serve(exchange, waiter, slots)
+                    if waiter is not None:
+                        await self._queue(exchange, waiter)
+                    await self._app(exchange.scope, exchange.receive, exchange.send)
             except Exception as exc:  # re-raised below, outside the task group (no group)
                 error = exc
             finally:
@@ -577,17 +575,17 @@ class ResilienceMiddleware:
         mode = self._header_mode
         if mode == "none":
             return []
-        remaining = max(0, math.floor(tokens))
+        remaining = int(tokens) if tokens > 0.0 else 0
         reset = max(0, math.ceil((buckets.burst - tokens) / buckets.rate - 1e-9))
         if mode == "ietf":
             return [
                 *self._policy_header,
-                (b"ratelimit", f'"default";r={remaining};t={reset}'.encode()),
+                (b"ratelimit", b'"default";r=%d;t=%d' % (remaining, reset)),
             ]
         return [
             *self._policy_header,
-            (b"ratelimit-remaining", str(remaining).encode()),
-            (b"ratelimit-reset", str(reset).encode()),
+            (b"ratelimit-remaining", b"%d" % remaining),
+            (b"ratelimit-reset", b"%d" % reset),
         ]
 
     async def _shed(
