@@ -6,6 +6,9 @@ and deadlines, composed into a ``Pipeline`` that runs on asyncio and trio (throu
 
 from __future__ import annotations
 
+from ._budget import RetryBudget
+from ._bulkhead import Bulkhead, BulkheadSnapshot
+from ._circuit import CircuitBreaker, CircuitSnapshot
 from ._classify import (
     Classification,
     Classifier,
@@ -41,6 +44,15 @@ from ._exceptions import (
     TimeoutExceeded,
 )
 from ._pipeline import Call, Pipeline, Policy
+from ._presets import standard
+from ._ratelimit import (
+    BucketStore,
+    MemoryBucketStore,
+    RateLimiter,
+    RateLimiterSnapshot,
+    RateLimitStatus,
+)
+from ._retry import Retry
 from ._timeout import Timeout
 
 __version__ = "0.1.0.dev0"
@@ -48,12 +60,17 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AttemptEnded",
     "AttemptStarted",
+    "BucketStore",
     "BudgetRefused",
+    "Bulkhead",
     "BulkheadFullError",
+    "BulkheadSnapshot",
     "Call",
     "CallObserver",
     "CallRejected",
+    "CircuitBreaker",
     "CircuitOpenError",
+    "CircuitSnapshot",
     "CircuitStateChanged",
     "Classification",
     "Classifier",
@@ -63,12 +80,18 @@ __all__ = [
     "Context",
     "Event",
     "Listener",
+    "MemoryBucketStore",
     "Outcome",
     "Pipeline",
     "Policy",
+    "RateLimitStatus",
     "RateLimitedError",
+    "RateLimiter",
+    "RateLimiterSnapshot",
     "RejectedError",
     "ResilientError",
+    "Retry",
+    "RetryBudget",
     "RetryGaveUp",
     "RetryScheduled",
     "SystemClock",
@@ -81,4 +104,5 @@ __all__ = [
     "on_exception",
     "on_result",
     "remaining",
+    "standard",
 ]
