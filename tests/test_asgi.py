@@ -534,8 +534,8 @@ async def test_client_buckets_are_bounded_in_number(clock: FakeClock) -> None:
         conn = Conn()
         await mw(scope(client=(f"10.1.{i // 250}.{i % 250}", 1)), conn.receive, conn.send)
         assert conn.status == 200
-    assert mw._buckets is not None
-    assert len(mw._buckets) <= 100
+    assert mw.rate_limiter is not None
+    assert mw.rate_limiter.snapshot("10.1.3.249").keys <= 100
 
 
 # -- timeouts -------------------------------------------------------------------------------
@@ -900,7 +900,7 @@ def test_invalid_options_name_the_parameter(kwargs: dict[str, Any], parameter: s
 
 
 def test_default_burst_is_a_tenth_of_a_second_of_rate() -> None:
-    mw = ResilienceMiddleware(ok_app, rate=200.0)
-    assert mw._buckets is not None
-    assert mw._buckets.burst == 20
-    assert ResilienceMiddleware(ok_app, rate=2.0)._buckets.burst == 1  # type: ignore[union-attr]
+    limiter = ResilienceMiddleware(ok_app, rate=200.0).rate_limiter
+    assert limiter is not None
+    assert limiter.burst == 20
+    assert ResilienceMiddleware(ok_app, rate=2.0).rate_limiter.burst == 1  # type: ignore[union-attr]

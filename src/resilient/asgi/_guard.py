@@ -223,6 +223,20 @@ class Exchange:
         self.cancel_scope: anyio.CancelScope | None = None
         self.rearmed: anyio.Event | None = None
 
+    # -- what resilient.remaining() and nested pipelines read (duck-typed as a Context) ----
+
+    deadline_source: Final = "request_timeout"
+
+    @property
+    def deadline_timeout(self) -> float:
+        """The length of the request's deadline, from its start."""
+        return self.start_deadline - self.started_at
+
+    def remaining(self) -> float:
+        """Seconds left before the request's current deadline."""
+        deadline = self.deadline
+        return math.inf if deadline == math.inf else deadline - self.clock.now()
+
     # -- the app's view of the server --------------------------------------------------------
 
     async def receive(self) -> Message:

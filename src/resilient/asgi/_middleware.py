@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, final
+from typing import Any, Final, cast, final
 
 import anyio
 
 from resilient import _validate as check
+from resilient._bulkhead import Bulkhead
 from resilient._clock import SYSTEM_CLOCK, Clock
-from resilient._context import _DEADLINE, Context, _Deadline
+from resilient._context import Context, pop_deadline, push_deadline
 from resilient._events import CallRejected, Listener, report_listener_error
 from resilient._exceptions import (
     BulkheadFullError,
@@ -21,13 +22,11 @@ from resilient._exceptions import (
     TimeoutExceeded,
 )
 from resilient._pipeline import Pipeline
+from resilient._ratelimit import RateLimiter
 
-from ._admission import Buckets, Slots, Waiter
 from ._client import ClientKeyResolver
 from ._guard import (
     DISCONNECT,
-    QUEUED,
-    RUNNING,
     STREAMING,
     Exchange,
     Message,
@@ -146,7 +145,7 @@ class ResilienceMiddleware:
 
     __slots__ = (
         "_app",
-        "_buckets",
+        "_bulkhead",
         "_clock",
         "_deadline_header",
         "_exclude_exact",
@@ -156,13 +155,13 @@ class ResilienceMiddleware:
         "_key",
         "_key_fallback",
         "_limit_websockets",
+        "_limiter",
         "_max_wait",
         "_observed",
         "_operations",
         "_pipeline",
         "_policy_header",
         "_shed_retry_after",
-        "_slots",
         "_timeout",
         "_total_timeout",
         "_wheel",
@@ -198,18 +197,25 @@ class ResilienceMiddleware:
             raise ConfigurationError("ResilienceMiddleware.app", app, "expected an ASGI app")
         self._app = app
         p = "ResilienceMiddleware."
-        self._slots: Slots | None = None
+        self._max_wait = check.non_negative(p + "max_wait", max_wait)
+        self._shed_retry_after = check.positive(p + "shed_retry_after", shed_retry_after)
+        self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
+        self._bulkhead: Bulkhead | None = None
         if max_concurrent is not None:
             limit = check.integer(p + "max_concurrent", max_concurrent, minimum=1)
             waiting = limit if max_waiting is None else max_waiting
-            waiting = check.integer(p + "max_waiting", waiting, minimum=0)
-            self._slots = Slots(limit, waiting)
+            self._bulkhead = Bulkhead(
+                max_concurrent=limit,
+                max_waiting=check.integer(p + "max_waiting", waiting, minimum=0),
+                max_wait=self._max_wait,
+                retry_after=self._shed_retry_after,
+                clock=self._clock,
+                name="load_shedding",
+            )
         elif max_waiting is not None:
             raise ConfigurationError(
                 p + "max_waiting", max_waiting, "needs max_concurrent to be set"
             )
-        self._max_wait = check.non_negative(p + "max_wait", max_wait)
-        self._shed_retry_after = check.positive(p + "shed_retry_after", shed_retry_after)
         self._key = ClientKeyResolver(
             trusted_proxies=trusted_proxies,
             forwarded_header=forwarded_header,
@@ -221,7 +227,7 @@ class ResilienceMiddleware:
         self._header_mode = check.choice(
             p + "rate_limit_headers", rate_limit_headers, _HEADER_MODES
         )
-        self._buckets: Buckets | None = None
+        self._limiter: RateLimiter | None = None
         self._policy_header: list[tuple[bytes, bytes]] = []
         if rate is not None:
             rate = check.positive(p + "rate", rate)
@@ -229,7 +235,15 @@ class ResilienceMiddleware:
                 burst = max(1, math.ceil(rate / 10))
             burst = check.integer(p + "burst", burst, minimum=1)
             max_keys = check.integer(p + "max_keys", max_keys, minimum=1)
-            self._buckets = Buckets(rate, burst, max_keys)
+            self._limiter = RateLimiter(
+                rate=rate,
+                burst=burst,
+                max_wait=0.0,
+                per_key=True,
+                max_keys=max_keys,
+                clock=self._clock,
+                name="rate_limit",
+            )
             window = max(1, math.ceil(burst / rate))
             if self._header_mode == "ietf":
                 self._policy_header = [
@@ -269,7 +283,6 @@ class ResilienceMiddleware:
         self._exclude_exact = frozenset(exact)
         self._exclude_prefixes = tuple(prefixes)
         self._limit_websockets = bool(limit_websockets)
-        self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
         self._pipeline = Pipeline(
             name=check.name(p + "name", name),
             clock=self._clock,
@@ -293,14 +306,24 @@ class ResilienceMiddleware:
         return self._pipeline
 
     @property
+    def bulkhead(self) -> Bulkhead | None:
+        """The ``Bulkhead`` that sheds load (``None`` without ``max_concurrent``)."""
+        return self._bulkhead
+
+    @property
+    def rate_limiter(self) -> RateLimiter | None:
+        """The per-client ``RateLimiter`` (``None`` without ``rate``)."""
+        return self._limiter
+
+    @property
     def in_flight(self) -> int:
         """Requests holding a concurrency slot right now."""
-        return 0 if self._slots is None else self._slots.active
+        return 0 if self._bulkhead is None else self._bulkhead.snapshot().running
 
     @property
     def waiting(self) -> int:
         """Requests queued for a slot right now."""
-        return 0 if self._slots is None else len(self._slots.waiters)
+        return 0 if self._bulkhead is None else self._bulkhead.snapshot().waiting
 
     def _excluded(self, scope: Scope) -> bool:
         path = scope.get("path", "")
@@ -377,11 +400,12 @@ class ResilienceMiddleware:
         loop = _running_loop() if self._fast else None
         now = loop.time() if loop is not None else self._clock.now()
         extra: list[tuple[bytes, bytes]] | None = None
-        buckets = self._buckets
-        if buckets is not None:
-            retry_after, tokens = buckets.acquire(self.client_key(scope), now)
-            extra = self._rate_headers(buckets, tokens)
-            if retry_after > 0.0:
+        limiter = self._limiter
+        if limiter is not None:
+            status = await limiter.try_acquire(self.client_key(scope))
+            extra = self._rate_headers(status.remaining, status.reset)
+            if not status.allowed:
+                retry_after = status.retry_after
                 await self._reject(
                     ctx,
                     send,
@@ -431,24 +455,12 @@ class ResilienceMiddleware:
             end_deadline=end_deadline,
             extra_headers=extra,
         )
-        slots = self._slots
-        admitted = False
-        waiter: Waiter | None = None
-        if slots is not None and not slots.try_acquire():
-            waiter = slots.enqueue() if self._max_wait > 0.0 else None
-            if waiter is None:
-                await self._shed(ctx, send, extra)
-                return
-            exchange.phase = QUEUED
-            exchange.deadline = min(now + self._max_wait, start_deadline)
-        else:
-            admitted = slots is not None
         token = None
         if start_deadline != math.inf:
-            # The app's own resilient calls inherit the time left (resilient.remaining()).
-            token = _DEADLINE.set(
-                _Deadline(start_deadline, self._clock, "request deadline", start_deadline - now)
-            )
+            # The app's own resilient calls inherit the time left (resilient.remaining()),
+            # and so does the bulkhead's queue wait: the exchange reads like a Context there.
+            token = push_deadline(cast("Context", exchange))
+        refusal: RejectedError | None = None
         try:
             if loop is not None:
                 # asyncio with the system clock: the shared wheel; the app runs right here.
@@ -462,9 +474,7 @@ class ResilienceMiddleware:
                 cancelling = task.cancelling()
                 wheel.enter(exchange)
                 try:
-                    if waiter is not None:
-                        await self._queue(exchange, waiter)
-                    await self._app(scope, exchange.receive, exchange.send)
+                    refusal = await self._admit_and_run(exchange)
                 except asyncio.CancelledError:
                     if exchange.reason is None or task.uncancel() > cancelling:
                         raise
@@ -472,14 +482,25 @@ class ResilienceMiddleware:
                     if exchange.reason is not None and task.uncancel() <= cancelling:
                         await _consume_cancellation(task, cancelling)
             else:
-                await self._run_anyio(exchange, waiter)
+                refusal = await self._run_anyio(exchange)
         finally:
             if token is not None:
-                _DEADLINE.reset(token)
+                pop_deadline(token)
             exchange.finish()
-            if slots is not None and (admitted or (waiter is not None and waiter.granted)):
-                slots.release()
-        if exchange.reason is not None:
+        if refusal is not None:
+            if isinstance(refusal, BulkheadFullError):
+                await self._shed(ctx, send, extra, waited=self._max_wait > 0.0)
+            else:
+                await self._reject(
+                    ctx,
+                    send,
+                    status=504,
+                    text=b"Gateway Timeout\n",
+                    exc=refusal,
+                    reason="deadline",
+                    headers=extra or [],
+                )
+        elif exchange.reason is not None:
             await self._after_fire(exchange, ctx, send)
 
     @staticmethod
@@ -495,29 +516,33 @@ class ResilienceMiddleware:
                 return now + max(remaining, 0.0)
         return None
 
-    async def _queue(self, exchange: Exchange, waiter: Waiter) -> None:
-        assert self._slots is not None
-        await self._slots.wait(waiter)
-        exchange.phase = RUNNING
-        exchange.rearm(exchange.start_deadline)
+    async def _admit_and_run(self, exchange: Exchange) -> RejectedError | None:
+        bulkhead = self._bulkhead
+        if bulkhead is None:
+            await self._app(exchange.scope, exchange.receive, exchange.send)
+            return None
+        try:
+            await bulkhead.__aenter__()  # no yield while a slot is free
+        except (BulkheadFullError, TimeoutExceeded) as exc:
+            return exc  # refused (full, waited too long, or the deadline passed): never ran
+        try:
+            await self._app(exchange.scope, exchange.receive, exchange.send)
+        finally:
+            await bulkhead.__aexit__(None, None, None)
+        return None
 
-    async def _run_anyio(self, exchange: Exchange, waiter: Waiter | None) -> None:
+    async def _run_anyio(self, exchange: Exchange) -> RejectedError | None:
         error: Exception | None = None
+        refusal: RejectedError | None = None
         async with anyio.create_task_group() as tg:
             exchange.task_group = tg
             exchange.cancel_scope = anyio.CancelScope()
-            if (
-                exchange.start_deadline != math.inf
-                or exchange.end_deadline != math.inf
-                or (exchange.phase == QUEUED)
-            ):
+            if exchange.start_deadline != math.inf or exchange.end_deadline != math.inf:
                 tg.start_soon(exchange.timer)
             exchange._start_watcher()
             try:
                 with exchange.cancel_scope:
-                    if waiter is not None:
-                        await self._queue(exchange, waiter)
-                    await self._app(exchange.scope, exchange.receive, exchange.send)
+                    refusal = await self._admit_and_run(exchange)
             except Exception as exc:  # re-raised below, outside the task group (no group)
                 error = exc
             finally:
@@ -525,6 +550,7 @@ class ResilienceMiddleware:
                 tg.cancel_scope.cancel()
         if error is not None:
             raise error
+        return refusal
 
     async def _after_fire(self, exchange: Exchange, ctx: Context | None, send: Send) -> None:
         if exchange.reason == DISCONNECT:
@@ -533,9 +559,6 @@ class ResilienceMiddleware:
             return
         phase = exchange.fired_phase
         now = self._clock.now()
-        if phase == QUEUED and now < exchange.start_deadline:
-            await self._shed(ctx, send, exchange.extra_headers, waited=True)
-            return
         if ctx is not None:
             ctx.operation = self._operation(exchange.scope, ctx.operation)
         timeout = exchange.start_deadline - exchange.started_at
@@ -571,12 +594,12 @@ class ResilienceMiddleware:
 
     # -- refusals -----------------------------------------------------------------------------
 
-    def _rate_headers(self, buckets: Buckets, tokens: float) -> list[tuple[bytes, bytes]]:
+    def _rate_headers(self, tokens: float, until_full: float) -> list[tuple[bytes, bytes]]:
         mode = self._header_mode
         if mode == "none":
             return []
-        remaining = int(tokens) if tokens > 0.0 else 0
-        reset = max(0, math.ceil((buckets.burst - tokens) / buckets.rate - 1e-9))
+        remaining = int(tokens + 1e-9) if tokens > 0.0 else 0
+        reset = math.ceil(until_full - 1e-9) if until_full > 0.0 else 0
         if mode == "ietf":
             return [
                 *self._policy_header,
@@ -644,22 +667,25 @@ class ResilienceMiddleware:
     # -- websockets ---------------------------------------------------------------------------
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        now = self._clock.now()
         refusal: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
-        buckets = self._buckets
-        if buckets is not None:
-            retry_after, tokens = buckets.acquire(self.client_key(scope), now)
-            if retry_after > 0.0:
+        limiter = self._limiter
+        if limiter is not None:
+            decision = await limiter.try_acquire(self.client_key(scope))
+            if not decision.allowed:
                 refusal = (
                     429,
                     b"Too Many Requests\n",
                     [
-                        (b"retry-after", _seconds_header(retry_after)),
-                        *self._rate_headers(buckets, tokens),
+                        (b"retry-after", _seconds_header(decision.retry_after)),
+                        *self._rate_headers(decision.remaining, decision.reset),
                     ],
                 )
-        slots = self._slots
-        if refusal is None and slots is not None and slots.active >= slots.limit:
+        bulkhead = self._bulkhead
+        if (
+            refusal is None
+            and bulkhead is not None
+            and bulkhead.snapshot().running >= bulkhead.max_concurrent
+        ):
             refusal = (
                 503,
                 b"Service Unavailable\n",
