@@ -376,7 +376,7 @@ class ResilienceMiddleware:
             ctx.operation = self._operation(scope, ctx.operation)
             if observer is not None:
                 try:
-                    observer.end(ctx, error if error is not None else ctx.extra)
+                    observer.end(ctx, error if error is not None else ctx.extra, None)
                 except Exception:
                     report_listener_error(observer)
 
