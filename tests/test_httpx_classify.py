@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import contextlib
 from typing import Any
 
 import httpx
@@ -57,9 +58,7 @@ class Attempts:
 
 def _client(router: respx.MockRouter, policy: Any, **options: Any) -> httpx.AsyncClient:
     pipeline = resilient.Pipeline(policy, telemetry=False)
-    transport = ResilientTransport(
-        pipeline, httpx.MockTransport(router.async_handler), **options
-    )
+    transport = ResilientTransport(pipeline, httpx.MockTransport(router.async_handler), **options)
     return httpx.AsyncClient(transport=transport)
 
 
@@ -121,9 +120,7 @@ TRANSPORT_ERRORS = [
 @pytest.mark.parametrize(
     ("error", "verdict"), TRANSPORT_ERRORS, ids=[type(e).__name__ for e, _ in TRANSPORT_ERRORS]
 )
-async def test_transport_errors_through_the_transport(
-    error: Exception, verdict: Verdict
-) -> None:
+async def test_transport_errors_through_the_transport(error: Exception, verdict: Verdict) -> None:
     """Connect, read and write failures are transient; an invalid request is the caller's."""
     probe = Attempts(1)
     async with respx.mock() as router:
@@ -264,10 +261,8 @@ async def _sends(method: str, failure: Any, **request: Any) -> tuple[int, Verdic
         else:
             route.mock(side_effect=failure)
         async with _client(router, probe, **request.pop("transport", {})) as client:
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 await client.request(method, "http://svc.test/thing", content=b"{}", **request)
-            except httpx.HTTPError:
-                pass
         return route.call_count, probe.seen[-1].verdict
 
 
