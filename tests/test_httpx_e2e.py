@@ -1,0 +1,346 @@
+"""End to end: ResilientTransport against a real uvicorn server on 127.0.0.1.
+
+The server runs in a thread (its own asyncio loop) and answers each path from a script: a
+status (optionally with headers), ``"hang"`` (never answer; wait for the client to go away) or
+``"echo"``. Every test runs on asyncio and on trio.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import uvicorn
+
+import resilient
+from resilient import Context, Timeout
+from resilient.httpx import DEADLINE_HEADER, ResilientTransport
+
+pytestmark = pytest.mark.slow
+
+Step = int | tuple[int, dict[str, str]] | str
+
+
+@dataclass
+class Hit:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Script:
+    """What the server answers, per path, and what it received."""
+
+    plans: dict[str, deque[Step]] = field(default_factory=dict)
+    repeat: dict[str, Step] = field(default_factory=dict)
+    hits: list[Hit] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def plan(self, path: str, *steps: Step) -> None:
+        """Answer ``path`` with ``steps`` in order; the last one repeats."""
+        with self.lock:
+            self.plans[path] = deque(steps[:-1])
+            self.repeat[path] = steps[-1]
+
+    def next(self, path: str) -> Step:
+        with self.lock:
+            queue = self.plans.get(path)
+            if queue:
+                return queue.popleft()
+            return self.repeat.get(path, 200)
+
+    def hits_of(self, path: str) -> list[Hit]:
+        with self.lock:
+            return [h for h in self.hits if h.path == path]
+
+    def reset(self) -> None:
+        with self.lock:
+            self.plans.clear()
+            self.repeat.clear()
+            self.hits.clear()
+
+
+class App:
+    """A tiny ASGI app following a Script."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        path = scope["path"]
+        with self.script.lock:
+            self.script.hits.append(Hit(scope["method"], path, headers, body))
+        step = self.script.next(path)
+        if step == "hang":
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
+        content = b"ok"
+        extra: dict[str, str] = {}
+        if step == "echo":
+            status = 200
+            content = body
+            extra = {"x-deadline": headers.get(DEADLINE_HEADER, "")}
+        elif isinstance(step, tuple):
+            status, extra = step
+            content = b"scripted"
+        else:
+            assert isinstance(step, int)
+            status = step
+            content = b"ok" if status < 400 else b"failure body"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-length", str(len(content)).encode())]
+                + [(k.encode(), v.encode()) for k, v in extra.items()],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+
+
+@dataclass
+class Server:
+    port: int
+    script: Script
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+
+@pytest.fixture(scope="module")
+def live_server() -> Iterator[Server]:
+    script = Script()
+    # uvicorn binds the socket itself (port 0: any free port): a socket handed over with
+    # sockets=[...] skips TCP_NODELAY and every response then waits ~40 ms for a delayed ACK.
+    config = uvicorn.Config(
+        App(script),
+        host="127.0.0.1",
+        port=0,
+        lifespan="off",
+        log_level="error",
+        access_log=False,
+        backlog=512,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    while not server.started:  # setup only: wait for the server thread to listen
+        assert thread.is_alive(), "uvicorn failed to start"
+        assert time.monotonic() - started < 10.0, "uvicorn did not start"
+        time.sleep(0.005)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield Server(port, script)
+    finally:
+        server.should_exit = True
+        thread.join(10.0)
+
+
+@pytest.fixture
+def server(live_server: Server) -> Server:
+    live_server.script.reset()
+    return live_server
+
+
+def pool(connections: int = 2) -> httpx.AsyncHTTPTransport:
+    return httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    )
+
+
+POOL_TIMEOUT = httpx.Timeout(10.0, pool=2.0)
+
+
+class Attempts:
+    """A minimal retry policy for tests: retries what the call's classifier calls retryable."""
+
+    name = "attempts"
+
+    def __init__(self, attempts: int) -> None:
+        self.attempts = attempts
+
+    async def execute(self, call: Any, ctx: Context, /) -> Any:
+        for attempt in range(1, self.attempts + 1):
+            ctx.attempt = attempt
+            try:
+                result = await call(ctx)
+            except Exception as exc:
+                verdict = ctx.classifier.classify_exception(exc).verdict
+                if attempt == self.attempts or not verdict.is_retryable:
+                    raise
+            else:
+                verdict = ctx.classifier.classify_result(result).verdict
+                if attempt == self.attempts or not verdict.is_retryable:
+                    return result
+            await ctx.clock.sleep(0.0)
+        raise AssertionError("unreachable")
+
+
+async def _gather(count: int, concurrency: int, job: Any) -> None:
+    limiter = anyio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with limiter:
+            await job(i)
+
+    async with anyio.create_task_group() as group:
+        for i in range(count):
+            group.start_soon(one, i)
+
+
+async def test_pool_of_two_survives_500_timeouts(server: Server) -> None:
+    """500 requests cut by timeouts (ours and httpx's) leave a 2-connection pool healthy."""
+    server.script.plan("/hang", "hang")
+    shared = pool(2)
+    # Three clients share one pool; none is closed before the end (closing a client closes
+    # its transport, and so the shared pool).
+    cut_by_pipeline = httpx.AsyncClient(
+        transport=ResilientTransport(resilient.Pipeline(Timeout(0.003), telemetry=False), shared),
+        timeout=POOL_TIMEOUT,
+    )
+    cut_by_httpx = httpx.AsyncClient(
+        transport=ResilientTransport(resilient.Pipeline(telemetry=False), shared),
+        timeout=httpx.Timeout(0.003, pool=2.0),
+    )
+    healthy = httpx.AsyncClient(
+        transport=ResilientTransport(resilient.Pipeline(Timeout(10.0), telemetry=False), shared),
+        timeout=POOL_TIMEOUT,
+    )
+    timeouts = 0
+
+    async def hang(i: int) -> None:
+        nonlocal timeouts
+        if i % 2:
+            with pytest.raises(resilient.TimeoutExceeded):
+                await cut_by_pipeline.get(server.url("/hang"))
+        else:
+            with pytest.raises(httpx.TimeoutException):
+                await cut_by_httpx.get(server.url("/hang"))
+        timeouts += 1
+
+    statuses: list[int] = []
+
+    async def ok(i: int) -> None:
+        statuses.append((await healthy.get(server.url("/ok"))).status_code)
+
+    try:
+        await _gather(500, 10, hang)
+        assert timeouts == 500
+        await _gather(100, 10, ok)
+    finally:
+        await healthy.aclose()
+    assert statuses == [200] * 100
+    assert len(server.script.hits_of("/ok")) == 100
+
+
+async def test_pool_of_two_serves_many_retried_requests(server: Server) -> None:
+    """Hundreds of 503-then-200 requests, 20 at a time, through 2 connections: no PoolTimeout."""
+    for i in range(400):
+        server.script.plan(f"/r/{i}", 503, 200)
+    transport = ResilientTransport(resilient.Pipeline(Attempts(3), telemetry=False), pool(2))
+    statuses: list[int] = []
+    async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
+
+        async def job(i: int) -> None:
+            statuses.append((await client.get(server.url(f"/r/{i}"))).status_code)
+
+        await _gather(400, 20, job)
+    assert statuses == [200] * 400
+    assert len(server.script.hits) == 800
+
+
+async def test_exhausted_retries_return_the_last_503_and_release_connections(
+    server: Server,
+) -> None:
+    """Exhausted retries hand back the last 503 with its body; the pool stays usable."""
+    server.script.plan("/down", 503)
+    transport = ResilientTransport(resilient.Pipeline(Attempts(3), telemetry=False), pool(2))
+    async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
+        bodies: list[bytes] = []
+
+        async def job(i: int) -> None:
+            response = await client.get(server.url("/down"))
+            assert response.status_code == 503
+            bodies.append(response.content)
+
+        await _gather(100, 20, job)
+        assert bodies == [b"failure body"] * 100
+        assert (await client.get(server.url("/fine"))).status_code == 200
+    assert len(server.script.hits_of("/down")) == 300
+
+
+async def _body() -> AsyncIterator[bytes]:
+    for part in (b"first,", b"second,", b"third"):
+        yield part
+
+
+async def test_put_with_streamed_body_is_sent_once(server: Server) -> None:
+    """A streamed PUT that gets a 503 is not retried: the server saw one whole body."""
+    server.script.plan("/upload", 503, 200)
+    transport = ResilientTransport(resilient.Pipeline(Attempts(3), telemetry=False), pool(2))
+    async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
+        response = await client.put(server.url("/upload"), content=_body())
+    assert response.status_code == 503
+    assert [h.body for h in server.script.hits_of("/upload")] == [b"first,second,third"]
+
+
+async def test_put_with_bytes_body_is_resent_whole(server: Server) -> None:
+    """A PUT with an in-memory body is retried and the server gets the same bytes each time."""
+    server.script.plan("/upload", 503, 502, 200)
+    payload = bytes(range(256)) * 64
+    transport = ResilientTransport(resilient.Pipeline(Attempts(3), telemetry=False), pool(2))
+    async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
+        response = await client.put(server.url("/upload"), content=payload)
+    assert response.status_code == 200
+    assert [h.body for h in server.script.hits_of("/upload")] == [payload] * 3
+
+
+async def test_post_is_not_retried_but_a_refused_connection_is(server: Server) -> None:
+    """A POST 503 is final; a POST to a closed port is retried (it never left)."""
+    server.script.plan("/charge", 503, 200)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: connections are refused
+    attempts = Attempts(3)
+    transport = ResilientTransport(resilient.Pipeline(attempts, telemetry=False), pool(2))
+    async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
+        response = await client.post(server.url("/charge"), content=b"{}")
+        assert response.status_code == 503
+        with pytest.raises(httpx.ConnectError):
+            await client.post(f"http://127.0.0.1:{dead_port}/charge", content=b"{}")
+    assert len(server.script.hits_of("/charge")) == 1
+
+
+async def test_deadline_reaches_the_server(server: Server) -> None:
+    """The remaining budget travels in the deadline header."""
+    server.script.plan("/echo", "echo")
+    transport = ResilientTransport(
+        resilient.Pipeline(Timeout(5.0), telemetry=False), pool(2), propagate_deadline=True
+    )
+    async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
+        response = await client.post(server.url("/echo"), content=b"x")
+    sent = int(response.headers["x-deadline"])
+    assert 4000 < sent <= 5000
