@@ -87,6 +87,53 @@ class _AnyioTimer:
 
 
 @final
+class _AsyncioTimer:
+    """``asyncio.timeout_at`` without its rescheduling machinery (about 1 us cheaper).
+
+    Same cancellation accounting as ``asyncio.Timeout``: it converts the cancellation it caused
+    into ``TimeoutError`` only when no other cancellation is pending (``Task.uncancel``), so an
+    outer cancellation is never swallowed.
+    """
+
+    __slots__ = ("_cancelling", "_deadline", "_fired", "_handle", "_task")
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._fired = False
+
+    async def __aenter__(self) -> _AsyncioTimer:
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - only reachable outside a task
+            raise RuntimeError("a timeout needs to run inside an asyncio task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._handle = asyncio.get_running_loop().call_at(self._deadline, self._fire)
+        return self
+
+    def _fire(self) -> None:
+        self._fired = True
+        self._task.cancel()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        self._handle.cancel()
+        if (
+            self._fired
+            and self._task.uncancel() <= self._cancelling
+            and exc_type is asyncio.CancelledError
+        ):
+            raise TimeoutError from exc
+        return None
+
+    def expired(self) -> bool:
+        return self._fired
+
+
+@final
 class SystemClock:
     """The default clock: the running event loop's monotonic time.
 
@@ -112,7 +159,7 @@ class SystemClock:
 
     def timeout_at(self, deadline: float) -> TimerScope:
         if _running_loop() is not None:
-            return asyncio.timeout_at(deadline)
+            return _AsyncioTimer(deadline)
         return _AnyioTimer(deadline)
 
     def __repr__(self) -> str:

@@ -14,7 +14,7 @@ import os
 import random as _random
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from typing import Any, NamedTuple, final
+from typing import Any, final
 
 from ._classify import ClassifierLike
 from ._clock import Clock
@@ -23,15 +23,6 @@ from ._exceptions import TimeoutExceeded
 
 __all__ = ["Context", "remaining"]
 
-
-class _Deadline(NamedTuple):
-    deadline: float
-    clock: Clock
-    source: str
-    timeout: float
-
-
-_DEADLINE: ContextVar[_Deadline | None] = ContextVar("resilient_deadline", default=None)
 
 # One private generator for the whole process, reseeded in every forked child so that
 # processes forked from one parent never draw the same jitter sequence.
@@ -50,7 +41,7 @@ def remaining() -> float:
     current = _DEADLINE.get()
     if current is None:
         return math.inf
-    return current.deadline - current.clock.now()
+    return current.remaining()
 
 
 @final
@@ -93,9 +84,27 @@ class Context:
         "span",
     )
 
-    def __init__(
+    pipeline: str
+    operation: str
+    attempt: int
+    clock: Clock
+    random: Callable[[], float]
+    classifier: ClassifierLike
+    fn: Callable[..., Any] | None
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    key: str | None
+    listeners: tuple[Listener, ...]
+    observer: CallObserver | None
+    listening: bool
+    span: Any
+    extra: Any
+    deadline: float
+    deadline_source: str
+    deadline_timeout: float
+
+    def __init__(  # noqa: PLR0917
         self,
-        *,
         pipeline: str,
         operation: str,
         clock: Clock,
@@ -108,6 +117,8 @@ class Context:
         listeners: tuple[Listener, ...] = (),
         observer: CallObserver | None = None,
     ) -> None:
+        # Positional parameters on purpose: a Context is built on every call, and keyword
+        # argument parsing alone would double the cost of an empty pipeline.
         self.pipeline = pipeline
         self.operation = operation
         self.attempt = 1
@@ -121,13 +132,13 @@ class Context:
         self.listeners = listeners
         self.observer = observer
         self.listening = bool(listeners) or observer is not None
-        self.span: Any = None
-        self.extra: Any = None
+        self.span = None
+        self.extra = None
         inherited = _DEADLINE.get()
         if inherited is not None and inherited.clock is clock:
             self.deadline = inherited.deadline
-            self.deadline_source = inherited.source
-            self.deadline_timeout = inherited.timeout
+            self.deadline_source = inherited.deadline_source
+            self.deadline_timeout = inherited.deadline_timeout
         else:
             self.deadline = math.inf
             self.deadline_source = ""
@@ -183,13 +194,13 @@ class Context:
         )
 
 
-def push_deadline(ctx: Context) -> Any:
-    """Publish ``ctx``'s deadline to code running inside (nested pipelines, ``remaining()``)."""
-    return _DEADLINE.set(
-        _Deadline(ctx.deadline, ctx.clock, ctx.deadline_source, ctx.deadline_timeout)
-    )
+# The context of the innermost call whose deadline is armed (set by Timeout while its timer
+# runs). Storing the Context itself costs no allocation; its deadline fields are exactly the
+# armed scope's for as long as the variable points at it.
+_DEADLINE: ContextVar[Context | None] = ContextVar("resilient_deadline", default=None)
 
+push_deadline = _DEADLINE.set
+"""Publish ``ctx``'s deadline to code running inside (nested pipelines, ``remaining()``)."""
 
-def pop_deadline(token: Any) -> None:
-    """Undo ``push_deadline``."""
-    _DEADLINE.reset(token)
+pop_deadline = _DEADLINE.reset
+"""Undo ``push_deadline`` with the token it returned."""

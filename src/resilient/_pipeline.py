@@ -47,10 +47,10 @@ def install_observer_factory(factory: ObserverFactory | None) -> None:
     _observer_factory = factory
 
 
-async def _invoke(ctx: Context) -> Any:
-    # The innermost step: the user's function. Kept as a coroutine function so that policies
-    # can rely on `await call(ctx)` and never hold an un-awaited coroutine.
-    return await ctx.fn(*ctx.args, **ctx.kwargs)  # type: ignore[misc]
+def _invoke(ctx: Context) -> Awaitable[Any]:
+    # The innermost step: the user's function. A plain function returning the awaitable saves
+    # a coroutine frame per attempt; every policy awaits what `call(ctx)` returns at once.
+    return ctx.fn(*ctx.args, **ctx.kwargs)  # type: ignore[misc,no-any-return]
 
 
 def _bind(policy: Policy, inner: Call, later: tuple[Policy, ...]) -> Call:
@@ -214,17 +214,17 @@ class Pipeline:
         if operation is None:
             operation = getattr(fn, "__qualname__", None) or "call"
         return Context(
-            pipeline=self._name,
-            operation=operation,
-            clock=self._clock,
-            random=self._random,
-            classifier=classify if classify is not None else self._classifier,
-            fn=fn,
-            args=args,
-            kwargs=kwargs,
-            key=key,
-            listeners=self._listeners,
-            observer=self._observer,
+            self._name,
+            operation,
+            self._clock,
+            self._random,
+            classify if classify is not None else self._classifier,
+            fn,
+            args,
+            kwargs,
+            key,
+            self._listeners,
+            self._observer,
         )
 
     async def run(self, ctx: Context) -> Any:
@@ -232,9 +232,13 @@ class Pipeline:
         chain = self._chain
         if chain is None:
             return await _invoke(ctx)
-        observer = self._observer
-        if observer is None:
+        if self._observer is None:
             return await chain(ctx)
+        return await self._observed(chain, ctx)
+
+    async def _observed(self, chain: Call, ctx: Context) -> Any:
+        observer = self._observer
+        assert observer is not None
         try:
             observer.start(ctx)
         except Exception:
@@ -260,10 +264,27 @@ class Pipeline:
             Whatever the call finally raised (the last original exception when retries ran
             out), or a ``RejectedError`` when a policy refused the call.
         """
-        if self._chain is None:
+        chain = self._chain
+        if chain is None:
             return await fn(*args, **kwargs)
-        result: T = await self.run(self.context(fn, args, kwargs))
-        return result
+        ctx = Context(
+            self._name,
+            getattr(fn, "__qualname__", None) or "call",
+            self._clock,
+            self._random,
+            self._classifier,
+            fn,
+            args,
+            kwargs,
+            None,
+            self._listeners,
+            self._observer,
+        )
+        if self._observer is None:
+            result: T = await chain(ctx)
+            return result
+        observed: T = await self._observed(chain, ctx)
+        return observed
 
     def wrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate an async function so every call runs through this pipeline.

@@ -66,56 +66,76 @@ class Timeout(PolicyDecorator):
         return functools.partial(self.execute, inner)
 
     async def _record(self, call: Call, ctx: Context) -> Any:
-        saved = (ctx.deadline, ctx.deadline_source, ctx.deadline_timeout)
-        if not ctx.tighten(
-            ctx.clock.now() + self._seconds, source=self.name, timeout=self._seconds
-        ):
+        deadline = ctx.clock.now() + self._seconds
+        outer = ctx.deadline
+        if deadline >= outer:
             return await call(ctx)
+        outer_source = ctx.deadline_source
+        outer_timeout = ctx.deadline_timeout
+        ctx.deadline = deadline
+        ctx.deadline_source = self.name
+        ctx.deadline_timeout = self._seconds
         try:
             return await call(ctx)
         finally:
-            ctx.deadline, ctx.deadline_source, ctx.deadline_timeout = saved
+            ctx.deadline = outer
+            ctx.deadline_source = outer_source
+            ctx.deadline_timeout = outer_timeout
 
     async def execute(self, call: Call, ctx: Context, /) -> Any:
         """Run ``call`` with a timer armed at the tighter of this timeout and ``ctx.deadline``."""
         clock = ctx.clock
         now = clock.now()
-        saved = (ctx.deadline, ctx.deadline_source, ctx.deadline_timeout)
-        mine = ctx.tighten(now + self._seconds, source=self.name, timeout=self._seconds)
-        deadline = ctx.deadline
-        try:
+        seconds = self._seconds
+        deadline = now + seconds
+        outer = ctx.deadline
+        mine = deadline < outer
+        if mine:
+            outer_source = ctx.deadline_source
+            outer_timeout = ctx.deadline_timeout
+            ctx.deadline = deadline
+            ctx.deadline_source = self.name
+            ctx.deadline_timeout = seconds
+        else:
+            deadline = outer
             if deadline <= now:
                 # An enclosing deadline already passed: do not start work that cannot finish.
                 raise ctx.deadline_exceeded()
-            token = push_deadline(ctx)
-            timer = clock.timeout_at(deadline)
-            try:
-                async with timer:
-                    return await call(ctx)
-            except TimeoutError:
-                if not timer.expired():
-                    raise  # the wrapped code's own TimeoutError: not ours to rename
-                if ctx.listening:
-                    ctx.emit(
-                        TimeoutFired(
-                            pipeline=ctx.pipeline,
-                            operation=ctx.operation,
-                            policy=ctx.deadline_source or self.name,
-                            at=clock.now(),
-                            timeout=ctx.deadline_timeout,
-                        )
-                    )
-                if mine:
-                    raise TimeoutExceeded(
-                        f"{self.name}: timed out after {self._seconds:g}s",
-                        policy=self.name,
-                        timeout=self._seconds,
-                    ) from None
-                raise ctx.deadline_exceeded() from None
-            finally:
-                pop_deadline(token)
+        token = push_deadline(ctx)
+        timer = clock.timeout_at(deadline)
+        try:
+            async with timer:
+                return await call(ctx)
+        except TimeoutError:
+            if not timer.expired():
+                raise  # the wrapped code's own TimeoutError: not ours to rename
+            raise self._expired(ctx, mine) from None
         finally:
-            ctx.deadline, ctx.deadline_source, ctx.deadline_timeout = saved
+            pop_deadline(token)
+            if mine:
+                ctx.deadline = outer
+                ctx.deadline_source = outer_source
+                ctx.deadline_timeout = outer_timeout
+
+    def _expired(self, ctx: Context, mine: bool) -> TimeoutExceeded:
+        # Called with ctx still holding the deadline that fired (restored afterwards).
+        if ctx.listening:
+            ctx.emit(
+                TimeoutFired(
+                    pipeline=ctx.pipeline,
+                    operation=ctx.operation,
+                    policy=ctx.deadline_source or self.name,
+                    at=ctx.clock.now(),
+                    timeout=ctx.deadline_timeout,
+                )
+            )
+        if mine:
+            return TimeoutExceeded(
+                f"{self.name}: timed out after {self._seconds:g}s",
+                policy=self.name,
+                timeout=self._seconds,
+            )
+        return ctx.deadline_exceeded()
 
     def __repr__(self) -> str:
         return f"Timeout({self._seconds:g}, name={self.name!r})"
