@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import types
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +24,7 @@ from resilient.httpx import (
     DEADLINE_HEADER,
     ROUTE_EXTENSION,
     ResilientTransport,
+    UnsafeResendError,
     http_classifier,
 )
 from resilient.testing import FakeClock
@@ -191,24 +193,63 @@ async def test_streamed_body_is_never_retried(failure: Step) -> None:
 
 
 class Twice:
-    """A policy that ignores classification and always runs the call twice."""
+    """A policy that ignores classification and always runs the call a second time."""
 
     name = "twice"
 
     async def execute(self, call: Any, ctx: Context, /) -> Any:
-        await call(ctx)
+        with contextlib.suppress(Exception):
+            await call(ctx)
         return await call(ctx)
 
 
-async def test_streamed_body_is_never_resent_empty() -> None:
-    """Even a policy insisting on a second attempt cannot send a consumed stream again."""
-    upstream = Upstream(503, 200)
+async def test_streamed_body_is_never_resent_even_when_a_policy_insists() -> None:
+    """A policy retrying regardless gets the first answer again; the stream is sent once."""
+    upstream = Upstream(503, 200, body=b"first answer")
     async with client_for(upstream, Twice()) as client:
-        with pytest.raises(httpx.StreamConsumed) as caught:
-            await client.put(URL, content=_chunks())
+        response = await client.put(URL, content=_chunks())
+    assert response.status_code == 503
+    assert response.content == b"first answer"
     assert upstream.bodies == [b"stream-ed-body"]
-    assert any("cannot be replayed" in note for note in caught.value.__notes__)
-    assert all(stream.closed for stream in upstream.streams)
+
+
+@pytest.mark.parametrize(
+    ("first", "sends"),
+    [
+        (503, 1),
+        (httpx.ReadError("reset"), 1),
+        (httpx.ConnectError("refused"), 2),
+    ],
+)
+async def test_post_is_resent_only_when_it_never_left_whatever_the_policy(
+    first: Step, sends: int
+) -> None:
+    """The transport itself refuses to send a POST twice, unless it provably never left."""
+    upstream = Upstream(first, 200)
+    async with client_for(upstream, Twice()) as client:
+        if isinstance(first, Exception) and sends == 1:
+            with pytest.raises(type(first)):
+                await client.post(URL, content=b"charge")
+        else:
+            response = await client.post(URL, content=b"charge")
+            assert response.status_code == (200 if sends == 2 else first)
+    assert len(upstream.requests) == sends
+
+
+async def test_cut_post_is_not_resent(clock: FakeClock) -> None:
+    """A POST whose attempt was cut by a timeout cannot be replayed: UnsafeResendError."""
+
+    async def slow(request: httpx.Request) -> int:
+        await clock.sleep(5.0)
+        return 200
+
+    upstream = Upstream(slow, 200)
+    async with client_for(upstream, Twice(), Timeout(1.0), clock=clock) as client:
+        with pytest.raises(UnsafeResendError) as caught:
+            await client.post(URL, content=b"charge")
+    assert isinstance(caught.value, httpx.RequestError)
+    assert isinstance(caught.value, resilient.ResilientError)
+    assert len(upstream.requests) == 1
 
 
 class _Pipe:

@@ -28,6 +28,7 @@ from ._transport import (
     IDEMPOTENT_METHODS,
     ROUTE_EXTENSION,
     ResilientTransport,
+    UnsafeResendError,
 )
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ROUTE_EXTENSION",
     "TRANSIENT_STATUSES",
     "ResilientTransport",
+    "UnsafeResendError",
     "http_classifier",
     "parse_retry_after",
     "retry_after_seconds",

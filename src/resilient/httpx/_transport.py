@@ -17,10 +17,10 @@ from resilient import __version__
 from resilient import _validate as check
 from resilient._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
 from resilient._classify import Classification as _Classification
-from resilient._exceptions import ConfigurationError
+from resilient._exceptions import ConfigurationError, ResilientError
 from resilient._pipeline import Pipeline
 
-from ._classify import NotRetryable, http_classifier
+from ._classify import NEVER_SENT, NotRetryable, http_classifier
 from ._spans import end_span, start_span
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "IDEMPOTENT_METHODS",
     "ROUTE_EXTENSION",
     "ResilientTransport",
+    "UnsafeResendError",
 ]
 
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -84,10 +85,32 @@ async def _close(response: httpx.Response) -> None:
 
 
 @final
+class UnsafeResendError(httpx.RequestError, ResilientError):
+    """A policy asked to send a request again when sending it twice is not safe.
+
+    The transport classifies such requests (a POST without an ``Idempotency-Key``, a streamed
+    body) as not retryable; a retry policy with its own ``classify=`` may still try again.
+    The transport then answers with the previous attempt's outcome without re-sending; this
+    error is raised only when there is no such outcome (the previous attempt was cancelled).
+    """
+
+
+@final
 class _Exchange:
     """One request through the pipeline: the function each attempt calls, and its state."""
 
-    __slots__ = ("ctx", "last", "owner", "replayable", "request", "route", "sends")
+    __slots__ = (
+        "ctx",
+        "error",
+        "last",
+        "left",
+        "owner",
+        "replayable",
+        "request",
+        "resendable",
+        "route",
+        "sends",
+    )
 
     def __init__(
         self,
@@ -95,30 +118,41 @@ class _Exchange:
         request: httpx.Request,
         route: str | None,
         replayable: bool,
+        resendable: bool,
     ) -> None:
         self.owner = owner
         self.request = request
         self.route = route
         self.replayable = replayable
+        self.resendable = resendable
         self.sends = 0
+        self.left = False
         self.last: httpx.Response | None = None
+        self.error: Exception | None = None
         self.ctx: Any = None
 
+    def _replay(self) -> httpx.Response:
+        # Not safe to send again: answer with what the server already said (or what failed).
+        if self.error is not None:
+            raise self.error
+        if self.last is not None:
+            return self.last
+        raise UnsafeResendError(
+            f"resilient: {self.request.method} {self.ctx.key} is not safe to send twice (not "
+            "idempotent, or a streamed body), and its previous attempt was cut; not re-sent"
+        )
+
     async def __call__(self) -> httpx.Response:
-        last = self.last
-        if last is not None:
-            # A new attempt means the previous response is being discarded, whatever the
-            # retry policy does with it: release its connection now.
-            self.last = None
-            await _close(last)
+        if self.sends:
+            if not self.resendable and (self.left or not self.replayable):
+                return self._replay()
+            last = self.last
+            if last is not None:
+                # A new attempt means the previous response is being discarded, whatever the
+                # retry policy does with it: release its connection now.
+                self.last = None
+                await _close(last)
         request = self.request
-        if self.sends and not self.replayable:
-            consumed = httpx.StreamConsumed()
-            consumed.add_note(
-                "resilient: the request body is a stream that cannot be replayed, so this "
-                "request is never re-sent; send bytes (content=...) to allow retries"
-            )
-            raise consumed
         owner = self.owner
         ctx = self.ctx
         header = owner._deadline_header
@@ -128,16 +162,13 @@ class _Exchange:
                 request.headers[header] = str(max(0, int(remaining * 1000.0)))
         resends = self.sends
         self.sends = resends + 1
+        self.left = True  # until proven otherwise: a cut attempt may have reached the server
+        self.error = None
         tracer = owner._tracer
-        if tracer is None:
-            response = await owner._transport.handle_async_request(request)
-            self.last = response
-            if owner._buffer_limit:
-                await owner._settle(response, ctx, request)
-            return response
-        span = start_span(tracer, request, self.route, resends, ctx.span)
+        span = None
+        if tracer is not None:
+            span = start_span(tracer, request, self.route, resends, ctx.span)
         settled: httpx.Response | None = None
-        error: BaseException | None = None
         try:
             response = await owner._transport.handle_async_request(request)
             self.last = response
@@ -145,10 +176,13 @@ class _Exchange:
                 await owner._settle(response, ctx, request)
             settled = response
         except Exception as exc:
-            error = exc
+            self.error = exc
+            if isinstance(exc, NEVER_SENT):
+                self.left = False
             raise
         finally:
-            end_span(span, settled, error)
+            if span is not None:
+                end_span(span, settled, self.error)
         return response
 
 
@@ -337,18 +371,17 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         if not (route and isinstance(route, str)):
             route = None
         replayable = _replayable(request.stream)
+        idempotent = extensions.get(IDEMPOTENT_EXTENSION)
+        if idempotent is None:
+            idempotent = method in self._retry_methods or (
+                self._idempotency_header is not None and self._idempotency_header in request.headers
+            )
         classifier: Any
         if not replayable:
             classifier = self._not_replayable
         else:
-            idempotent = extensions.get(IDEMPOTENT_EXTENSION)
-            if idempotent is None:
-                idempotent = method in self._retry_methods or (
-                    self._idempotency_header is not None
-                    and self._idempotency_header in request.headers
-                )
             classifier = self._classifier if idempotent else self._not_retryable
-        exchange = _Exchange(self, request, route, replayable)
+        exchange = _Exchange(self, request, route, replayable, replayable and bool(idempotent))
         ctx = self._context(
             exchange,
             operation=f"{method} {route or key}",
