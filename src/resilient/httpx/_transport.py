@@ -172,8 +172,8 @@ class _Exchange:
         try:
             response = await owner._transport.handle_async_request(request)
             self.last = response
-            if owner._buffer_limit:
-                await owner._settle(response, ctx, request)
+            if owner._buffer_limit and owner._worth_buffering(response, ctx, request):
+                await owner._buffer(response)
             settled = response
         except Exception as exc:
             self.error = exc
@@ -398,23 +398,30 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             if last is not None and last is not result:
                 await _close(last)
 
-    async def _settle(self, response: httpx.Response, ctx: Any, request: httpx.Request) -> None:
+    def _worth_buffering(self, response: httpx.Response, ctx: Any, request: httpx.Request) -> bool:
         # A response the pipeline may retry is read now (when small) so that its connection
         # returns to the pool before the retry policy sleeps; the caller still gets the
-        # whole body if this response ends up being returned.
+        # whole body if this response ends up being returned. Synchronous on purpose: the
+        # success path pays one classification, not a coroutine.
         try:
             verdict = ctx.classifier.classify_result(response).verdict
         except Exception:
-            return  # a broken classifier is reported by the policies that use it
+            return False  # a broken classifier is reported by the policies that use it
         if verdict is not Verdict.TRANSIENT:
-            return
+            return False
         if request.method != "HEAD" and response.status_code not in _NO_BODY_STATUSES:
             length = response.headers.get("content-length")
             if length is None or not length.isdigit() or int(length) > self._buffer_limit:
-                return  # unknown or large: closed when discarded instead
+                return False  # unknown or large: closed when discarded instead
         stream = response.stream
-        if not isinstance(stream, httpx.AsyncByteStream) or isinstance(stream, httpx.ByteStream):
-            return
+        return isinstance(stream, httpx.AsyncByteStream) and not isinstance(
+            stream, httpx.ByteStream
+        )
+
+    @staticmethod
+    async def _buffer(response: httpx.Response) -> None:
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
         body = None
         try:
             body = b"".join([chunk async for chunk in stream])
