@@ -755,6 +755,22 @@ async def test_spans_follow_the_pipelines_telemetry_switch(
     assert len(exporter.get_finished_spans()) == 1
 
 
+async def test_no_sdk_means_no_span_until_one_is_configured(
+    spans: tuple[TracerProvider, InMemorySpanExporter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without an SDK nothing is created; an SDK configured later is picked up."""
+    provider, exporter = spans
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+    upstream = Upstream(200)
+    async with client_for(upstream, telemetry=True) as client:
+        await client.get(URL)
+        monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+        await client.get(URL)
+    assert "traceparent" not in upstream.headers[0]
+    assert "traceparent" in upstream.headers[1]
+    assert len(exporter.get_finished_spans()) == 1
+
+
 async def test_telemetry_false_sends_no_trace_context(
     spans: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:

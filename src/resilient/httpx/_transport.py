@@ -85,6 +85,27 @@ async def _close(response: httpx.Response) -> None:
 
 
 @final
+class _Tracing:
+    """The attempt tracer, resolved once an SDK (a real tracer provider) is configured."""
+
+    __slots__ = ("_provider", "_tracer")
+
+    def __init__(self, provider: trace.TracerProvider | None) -> None:
+        self._provider = provider
+        self._tracer: trace.Tracer | None = None
+
+    def tracer(self) -> trace.Tracer | None:
+        tracer = self._tracer
+        if tracer is not None:
+            return tracer
+        provider = self._provider or trace.get_tracer_provider()
+        if isinstance(provider, trace.ProxyTracerProvider):
+            return None  # no SDK configured (yet): no span at all, not even a no-op one
+        tracer = self._tracer = provider.get_tracer("resilient.httpx", __version__)
+        return tracer
+
+
+@final
 class UnsafeResendError(httpx.RequestError, ResilientError):
     """A policy asked to send a request again when sending it twice is not safe.
 
@@ -164,7 +185,8 @@ class _Exchange:
         self.sends = resends + 1
         self.left = True  # until proven otherwise: a cut attempt may have reached the server
         self.error = None
-        tracer = owner._tracer
+        tracing = owner._tracing
+        tracer = None if tracing is None else tracing.tracer()
         span = None
         if tracer is not None:
             span = start_span(tracer, request, self.route, resends, ctx.span)
@@ -244,7 +266,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         "_pipeline",
         "_retry_methods",
         "_run",
-        "_tracer",
+        "_tracing",
         "_transport",
     )
 
@@ -332,9 +354,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             raise ConfigurationError(
                 "ResilientTransport.telemetry", telemetry, "expected True, False or None"
             )
-        self._tracer = (
-            trace.get_tracer("resilient.httpx", __version__, tracer_provider) if telemetry else None
-        )
+        self._tracing = _Tracing(tracer_provider) if telemetry else None
         self._buffer_limit = check.integer(
             "ResilientTransport.buffer_limit", buffer_limit, minimum=0
         )
