@@ -6,6 +6,7 @@ and deadlines, composed into a ``Pipeline`` that runs on asyncio and trio (throu
 
 from __future__ import annotations
 
+from ._circuit import CircuitBreaker, CircuitSnapshot
 from ._classify import (
     Classification,
     Classifier,
@@ -53,7 +54,9 @@ __all__ = [
     "Call",
     "CallObserver",
     "CallRejected",
+    "CircuitBreaker",
     "CircuitOpenError",
+    "CircuitSnapshot",
     "CircuitStateChanged",
     "Classification",
     "Classifier",

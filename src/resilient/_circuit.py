@@ -1,0 +1,946 @@
+"""``CircuitBreaker``: failure-rate and slow-call windows, exact half-open probing, per-key state.
+
+The breaker keeps its state on the instance (shared by every task that calls through it) and
+everything about one call in locals, so it needs no lock: the event loop is single-threaded and
+no state is read and written across an ``await`` without accounting for what changed meanwhile.
+
+Each state carries a *generation* number, bumped on every transition. A call remembers the
+generation it was admitted in; when it ends in a later generation it is a straggler: it never
+opens or closes the breaker, releases no probe slot it does not own, and is only recorded in
+the window when the breaker is still in the kind of state that admitted it.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, ClassVar, Final, Literal, final
+
+from . import _validate as check
+from ._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
+from ._classify import Classification as _Classification
+from ._context import Context
+from ._events import CallRejected, CircuitStateChanged, Event, Listener, report_listener_error
+from ._exceptions import CircuitOpenError, ConfigurationError
+from ._keyed import BoundedKeyMap
+from ._pipeline import Call, Policy, PolicyDecorator
+
+__all__ = ["CircuitBreaker", "CircuitSnapshot"]
+
+CLOSED: Final = "closed"
+OPEN: Final = "open"
+HALF_OPEN: Final = "half_open"
+FORCED_OPEN: Final = "forced_open"
+FORCED_CLOSED: Final = "forced_closed"
+DISABLED: Final = "disabled"
+
+_SUCCESS = Verdict.SUCCESS
+_TRANSIENT = Verdict.TRANSIENT
+_FAILURE = Verdict.FAILURE
+_MANUAL = frozenset((FORCED_OPEN, FORCED_CLOSED, DISABLED))
+_NEVER = -(2**62)  # bucket epoch of an empty time window: the first outcome resets it
+
+# Outcome codes in a count window (one byte per call): recorded, failed, slow.
+_CALL = 1
+_FAILED = 2
+_SLOW = 4
+
+
+_TEMPLATES: dict[tuple[bool, int], array[int] | bytes] = {}
+
+
+def _zeros(timed: bool, size: int) -> array[int] | bytes:
+    # One shared all-zero template per window shape, copied into rings to clear them.
+    template = _TEMPLATES.get((timed, size))
+    if template is None:
+        template = _TEMPLATES[timed, size] = array("I", bytes(4 * size)) if timed else bytes(size)
+    return template
+
+
+def _ratio(value: float) -> tuple[int, int]:
+    # Rates as exact fractions so that thresholds hold at their exact boundaries:
+    # 3 failures in 30 calls reach failure_rate=0.1 (0.1 * 30 is 3.0000000000000004 in floats).
+    exact = Fraction(value).limit_denominator(1_000_000)
+    return exact.numerator, exact.denominator
+
+
+@final
+class _State:
+    """The state of one breaker (or of one key of a keyed breaker) and its window.
+
+    ``calls``, ``failures`` and ``slow`` are the window's totals while closed and the probe
+    tally while half-open. ``ring`` holds the window: per-bucket counts (time window: calls,
+    then failures, then slow calls, ``buckets`` entries each; ``head`` is the newest bucket's
+    epoch, ``pos`` its index and ``edge`` the time it ends) or one outcome code per call
+    (count window; ``pos`` is the next slot to overwrite).
+    """
+
+    __slots__ = (
+        "calls",
+        "edge",
+        "failures",
+        "gen",
+        "head",
+        "key",
+        "kind",
+        "pos",
+        "probes",
+        "ring",
+        "slow",
+        "trips",
+        "until",
+    )
+
+    def __init__(self, key: str | None, kind: str, ring: array[int] | bytearray) -> None:
+        self.key = key
+        self.kind = kind
+        self.gen = 0
+        self.calls = 0
+        self.failures = 0
+        self.slow = 0
+        self.ring = ring
+        self.head = _NEVER
+        self.edge = -math.inf
+        self.pos = 0
+        self.probes = 0
+        self.trips = 0
+        self.until = math.inf
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CircuitSnapshot:
+    """A point-in-time view of one breaker state (one key of a keyed breaker).
+
+    Attributes:
+        name: the breaker's name.
+        key: the partition key, ``None`` for the breaker's unkeyed state.
+        state: ``"closed"``, ``"open"``, ``"half_open"``, ``"forced_open"``,
+            ``"forced_closed"`` or ``"disabled"``. An open breaker whose open time has passed
+            still reads ``"open"``: it becomes half-open at its next call.
+        calls: outcomes recorded in the window (while half-open: probe outcomes so far).
+        failures: of those, failures (TRANSIENT or FAILURE verdicts).
+        slow_calls: of those, calls slower than ``slow_call_duration``.
+        failure_rate: ``failures / calls`` (0.0 with no calls).
+        slow_call_rate: ``slow_calls / calls`` (0.0 with no calls).
+        open_until: while open, the clock time at which the next call becomes a probe;
+            otherwise ``None``.
+        trips: consecutive openings without a successful close (drives ``open_for`` growth).
+        probes: half-open probes in flight.
+    """
+
+    name: str
+    key: str | None
+    state: str
+    calls: int
+    failures: int
+    slow_calls: int
+    failure_rate: float
+    slow_call_rate: float
+    open_until: float | None
+    trips: int
+    probes: int
+
+
+def _evictable(state: _State) -> bool:
+    # A key an operator forced open, forced closed or disabled keeps that state past its idle
+    # time (the max_keys bound still applies).
+    return state.kind not in _MANUAL
+
+
+@final
+class CircuitBreaker(PolicyDecorator):
+    """Stop calling a dependency that fails too often, and probe it carefully before resuming.
+
+    **Closed**, every call runs and its outcome is recorded in a sliding window: the last
+    ``window`` seconds (default) or the last ``window`` calls (``window_type="count"``). When at
+    least ``minimum_calls`` outcomes are in the window and the failure rate reaches
+    ``failure_rate`` (or, with ``slow_call_duration`` set, the slow-call rate reaches
+    ``slow_call_rate``), the breaker **opens**: the call that tripped it raises its own error,
+    later calls fail fast with ``CircuitOpenError`` for ``open_for`` seconds (growing on repeated
+    trips up to ``max_open_for``, with jitter). Then it is **half-open**: exactly
+    ``half_open_calls`` probes run, every other call fails fast; the probes' outcomes close it
+    again or reopen it.
+
+    What counts: TRANSIENT and FAILURE verdicts are failures; SUCCESS is a success;
+    CLIENT_ERROR and REJECTED are neutral (not recorded at all), and so is a cancellation (any
+    ``BaseException`` that is not an ``Exception``). A ``TimeoutExceeded`` from an inner
+    ``Timeout`` is TRANSIENT under the default classifier, so a failure.
+
+    When a call's ``ctx.key`` is set (the httpx transport sets the host), the breaker keeps one
+    independent state per key, at most ``max_keys`` of them (least recently used evicted, idle
+    keys dropped after ``key_idle`` seconds). ``per_key=False`` shares one state for all keys.
+
+    Args:
+        failure_rate: failure rate in (0, 1] that opens the breaker (reached: ``>=``).
+        window: the window's length: seconds for a time window (default 30.0), a number of
+            calls for a count window (default 100).
+        minimum_calls: outcomes the window must hold before the rates are judged (>= 1).
+        open_for: seconds the breaker stays open after its first trip.
+        half_open_calls: probes admitted while half-open; their outcomes decide.
+        slow_call_duration: calls taking longer than this (seconds, on the pipeline's clock)
+            are slow; ``None`` (default) does not track slowness.
+        slow_call_rate: slow-call rate in (0, 1] that opens the breaker.
+        window_type: ``"time"`` (default) or ``"count"``.
+        buckets: resolution of a time window: outcomes leave the window between
+            ``window * (1 - 1/buckets)`` and ``window`` seconds after they were recorded.
+        open_for_growth: factor applied to the open time on each consecutive trip (a failed
+            probe reopens the breaker); 1.0 keeps it constant.
+        max_open_for: cap on the grown open time (default: 60 s, or ``open_for`` if larger).
+        open_jitter: fraction in [0, 1) of the open time drawn at random (``ctx.random``) and
+            taken off, so breakers that opened together do not probe in lockstep.
+        max_half_open: seconds the breaker waits for its probes' outcomes; after that the next
+            call reopens it (the outstanding probes become stragglers). ``None``: wait.
+        classify: classifier for outcomes (default: the call's ``ctx.classifier``).
+        per_key: keep one state per ``ctx.key`` (default) or one for all calls.
+        max_keys: the most keys kept at once.
+        key_idle: seconds after which an unused key may be dropped (``None``: only the
+            ``max_keys`` bound applies).
+        listeners: callables receiving every ``CircuitStateChanged`` and ``CallRejected`` of
+            this breaker, including transitions made by manual control (which have no call).
+        name: the policy's name in errors, events and telemetry.
+
+    Raises:
+        ConfigurationError: an option is invalid (names the option and the value).
+    """
+
+    __slots__ = (
+        "_buckets",
+        "_classifier",
+        "_default_kind",
+        "_fp",
+        "_fq",
+        "_growth",
+        "_growth_steps",
+        "_half_open_calls",
+        "_jitter",
+        "_key_idle",
+        "_keys",
+        "_listeners",
+        "_max_half_open",
+        "_max_keys",
+        "_max_open_for",
+        "_minimum_calls",
+        "_now_hint",
+        "_open_for",
+        "_per_key",
+        "_size",
+        "_slow_after",
+        "_slow_rate",
+        "_sp",
+        "_sq",
+        "_state",
+        "_timed",
+        "_width",
+        "_window",
+        "_zeros",
+        "name",
+    )
+
+    _deadline_aware: ClassVar[bool] = True  # it never waits
+
+    def __init__(
+        self,
+        *,
+        failure_rate: float = 0.5,
+        window: float | None = None,
+        minimum_calls: int = 20,
+        open_for: float = 5.0,
+        half_open_calls: int = 1,
+        slow_call_duration: float | None = None,
+        slow_call_rate: float = 1.0,
+        window_type: Literal["time", "count"] = "time",
+        buckets: int = 10,
+        open_for_growth: float = 2.0,
+        max_open_for: float | None = None,
+        open_jitter: float = 0.1,
+        max_half_open: float | None = None,
+        classify: ClassifierLike
+        | Callable[[Outcome], _Classification | Verdict | None]
+        | Iterable[Any]
+        | None = None,
+        per_key: bool = True,
+        max_keys: int = 1000,
+        key_idle: float | None = 600.0,
+        listeners: Iterable[Listener] = (),
+        name: str = "circuit_breaker",
+    ) -> None:
+        self.name = check.name("CircuitBreaker.name", name)
+        rate = check.fraction("CircuitBreaker.failure_rate", failure_rate)
+        self._fp, self._fq = _ratio(rate)
+        self._minimum_calls = check.integer("CircuitBreaker.minimum_calls", minimum_calls)
+        kind = check.choice("CircuitBreaker.window_type", window_type, ("time", "count"))
+        self._timed = kind == "time"
+        self._window: float
+        if self._timed:
+            self._window = check.positive(
+                "CircuitBreaker.window", 30.0 if window is None else window
+            )
+            self._buckets = check.integer("CircuitBreaker.buckets", buckets, maximum=1000)
+            self._width = self._window / self._buckets
+        else:
+            size = check.integer(
+                "CircuitBreaker.window", 100 if window is None else window, maximum=1_000_000
+            )
+            if self._minimum_calls > size:
+                raise ConfigurationError(
+                    "CircuitBreaker.minimum_calls",
+                    minimum_calls,
+                    f"exceeds the count window ({size} calls): the breaker could never open",
+                )
+            self._window = size
+            self._buckets = check.integer("CircuitBreaker.buckets", buckets, maximum=1000)
+            self._width = math.inf
+        self._open_for = check.positive("CircuitBreaker.open_for", open_for)
+        self._half_open_calls = check.integer("CircuitBreaker.half_open_calls", half_open_calls)
+        self._slow_after = check.optional(
+            check.positive, "CircuitBreaker.slow_call_duration", slow_call_duration
+        )
+        self._slow_rate = check.fraction("CircuitBreaker.slow_call_rate", slow_call_rate)
+        self._sp, self._sq = _ratio(self._slow_rate)
+        self._growth = check.number("CircuitBreaker.open_for_growth", open_for_growth, minimum=1.0)
+        if max_open_for is None:
+            self._max_open_for = max(60.0, self._open_for)
+        else:
+            self._max_open_for = check.number(
+                "CircuitBreaker.max_open_for", max_open_for, minimum=self._open_for
+            )
+        # Growth stops once the cap is reached; counting steps avoids float overflow.
+        self._growth_steps = (
+            0
+            if self._growth == 1.0
+            else math.ceil(math.log(self._max_open_for / self._open_for) / math.log(self._growth))
+        )
+        self._jitter = check.number("CircuitBreaker.open_jitter", open_jitter, maximum=1.0)
+        if self._jitter >= 1.0:
+            raise ConfigurationError("CircuitBreaker.open_jitter", open_jitter, "must be < 1")
+        self._max_half_open = check.optional(
+            check.positive, "CircuitBreaker.max_half_open", max_half_open
+        )
+        self._classifier = as_classifier("CircuitBreaker.classify", classify)
+        if not isinstance(per_key, bool):
+            raise ConfigurationError("CircuitBreaker.per_key", per_key, "expected True or False")
+        self._per_key = per_key
+        self._max_keys = check.integer("CircuitBreaker.max_keys", max_keys)
+        self._key_idle = check.optional(check.positive, "CircuitBreaker.key_idle", key_idle)
+        listeners = tuple(listeners)
+        for listener in listeners:
+            check.callable_("CircuitBreaker.listeners", listener)
+        self._listeners = listeners
+        if self._timed:
+            self._size = self._buckets * (3 if self._slow_after is not None else 2)
+        else:
+            self._size = int(self._window)
+        self._zeros = _zeros(self._timed, self._size)
+        self._keys: BoundedKeyMap[_State] | None = None
+        self._default_kind = CLOSED
+        self._now_hint = 0.0
+        self._state = self._new_state(None)
+
+    # -- options (read-only) ---------------------------------------------------------------
+
+    @property
+    def failure_rate(self) -> float:
+        """The failure rate that opens the breaker."""
+        return self._fp / self._fq
+
+    @property
+    def window(self) -> float:
+        """The window: seconds (time window) or calls (count window)."""
+        return self._window
+
+    @property
+    def window_type(self) -> str:
+        """``"time"`` or ``"count"``."""
+        return "time" if self._timed else "count"
+
+    @property
+    def minimum_calls(self) -> int:
+        """Outcomes the window must hold before the rates are judged."""
+        return self._minimum_calls
+
+    @property
+    def open_for(self) -> float:
+        """Seconds open after a first trip (before growth and jitter)."""
+        return self._open_for
+
+    @property
+    def max_open_for(self) -> float:
+        """Cap on the grown open time."""
+        return self._max_open_for
+
+    @property
+    def half_open_calls(self) -> int:
+        """Probes admitted while half-open."""
+        return self._half_open_calls
+
+    @property
+    def slow_call_duration(self) -> float | None:
+        """Duration above which a call is slow (``None``: slowness not tracked)."""
+        return self._slow_after
+
+    @property
+    def slow_call_rate(self) -> float:
+        """The slow-call rate that opens the breaker."""
+        return self._slow_rate
+
+    @property
+    def per_key(self) -> bool:
+        """Whether state is kept per ``ctx.key``."""
+        return self._per_key
+
+    @property
+    def max_keys(self) -> int:
+        """The most keys kept at once."""
+        return self._max_keys
+
+    # -- the call path ----------------------------------------------------------------------
+
+    async def execute(self, call: Call, ctx: Context, /) -> Any:
+        """Run ``call`` if the breaker admits it and record its outcome.
+
+        Raises:
+            CircuitOpenError: the breaker is open, forced open, or half-open with every probe
+                slot taken.
+            Whatever ``call`` raised (recorded first), including the error of the call that
+                trips the breaker.
+
+        A pipeline composes the breaker's step once (``_bind``); calling ``execute`` directly
+        works the same but builds that step on every call.
+        """
+        return await self._runner(call)(ctx)
+
+    def _bind(self, inner: Call, later: tuple[Policy, ...]) -> Call:
+        # Composed once per pipeline: a closure over the configuration is the cheapest step.
+        return self._runner(inner)
+
+    def _runner(self, inner: Call) -> Call:
+        """The chain step running ``inner`` through this breaker (fast path specialised)."""
+        guarded = self._guarded
+        if self._slow_after is not None:
+            # Slowness tracking needs the start time: every call takes the general path.
+            default_state = self._state
+            per_key_ = self._per_key
+            keyed_ = self._keyed
+
+            async def run_general(ctx: Context) -> Any:
+                key = ctx.key
+                st = default_state if key is None or not per_key_ else keyed_(key, ctx)
+                return await guarded(inner, ctx, st)
+
+            return run_general
+
+        default = self._state
+        per_key = self._per_key
+        keyed = self._keyed
+        own = self._classifier
+        finish = self._finish
+        tripped = self._tripped
+        move = self._move
+        roll = self._roll
+        size = self._size
+        # Module constants as closure variables: cheaper to read than globals.
+        closed = CLOSED
+        default_classifier = DEFAULT_CLASSIFIER
+        success = _SUCCESS
+        one_call = _CALL
+
+        async def run_timed(ctx: Context) -> Any:
+            key = ctx.key
+            st = default if key is None or not per_key else keyed(key, ctx)
+            if st.kind is not closed:
+                return await guarded(inner, ctx, st)
+            gen = st.gen
+            try:
+                result = await inner(ctx)
+            except Exception as exc:
+                verdict = (own or ctx.classifier).classify_exception(exc).verdict
+                finish(st, gen, closed, verdict, 0.0, ctx)
+                raise
+            classifier = own or ctx.classifier
+            if classifier is not default_classifier:
+                verdict = classifier.classify_result(result).verdict
+                if verdict is not success:
+                    finish(st, gen, closed, verdict, 0.0, ctx)
+                    return result
+            if st.gen != gen:
+                finish(st, gen, closed, success, 0.0, ctx)
+                return result
+            # The closed-state success path, inlined: one success in the newest bucket.
+            now = ctx.clock.now()
+            if now >= st.edge:
+                roll(st, now)
+            st.ring[st.pos] += 1
+            st.calls += 1
+            # A success can complete minimum_calls while the failure rate is at its threshold:
+            # that opens the breaker too (this call still returns its result).
+            if st.failures and tripped(st):
+                move(st, OPEN, ctx, now)
+            return result
+
+        async def run_counted(ctx: Context) -> Any:
+            key = ctx.key
+            st = default if key is None or not per_key else keyed(key, ctx)
+            if st.kind is not closed:
+                return await guarded(inner, ctx, st)
+            gen = st.gen
+            try:
+                result = await inner(ctx)
+            except Exception as exc:
+                verdict = (own or ctx.classifier).classify_exception(exc).verdict
+                finish(st, gen, closed, verdict, 0.0, ctx)
+                raise
+            classifier = own or ctx.classifier
+            if classifier is not default_classifier:
+                verdict = classifier.classify_result(result).verdict
+                if verdict is not success:
+                    finish(st, gen, closed, verdict, 0.0, ctx)
+                    return result
+            if st.gen != gen:
+                finish(st, gen, closed, success, 0.0, ctx)
+                return result
+            # The closed-state success path, inlined: overwrite the oldest outcome. No clock.
+            ring = st.ring
+            pos = st.pos
+            old = ring[pos]
+            ring[pos] = one_call
+            pos += 1
+            st.pos = 0 if pos == size else pos
+            if old == 0:
+                st.calls += 1
+            elif old != one_call:
+                if old & _FAILED:
+                    st.failures -= 1
+                if old & _SLOW:
+                    st.slow -= 1
+            if st.failures and tripped(st):
+                move(st, OPEN, ctx, ctx.clock.now())
+            return result
+
+        return run_timed if self._timed else run_counted
+
+    async def _guarded(self, call: Call, ctx: Context, st: _State) -> Any:
+        # Every state but a plain closed one, and the closed state when slowness is tracked.
+        kind = st.kind
+        start = 0.0
+        if kind is OPEN:
+            now = ctx.clock.now()
+            if now < st.until:
+                raise self._reject(st, ctx, OPEN, st.until - now, now)
+            self._move(st, HALF_OPEN, ctx, now)
+            kind = HALF_OPEN
+            start = now
+        elif kind is HALF_OPEN:
+            if st.probes + st.calls >= self._half_open_calls:
+                now = ctx.clock.now()
+                if now >= st.until:  # max_half_open passed with probes still out: reopen
+                    self._move(st, OPEN, ctx, now)
+                    raise self._reject(st, ctx, OPEN, st.until - now, now)
+                raise self._reject(st, ctx, HALF_OPEN, self._open_for, now)
+            if self._slow_after is not None:
+                start = ctx.clock.now()
+        elif kind is FORCED_OPEN:
+            raise self._reject(st, ctx, FORCED_OPEN, None, None)
+        elif kind is DISABLED:
+            return await call(ctx)
+        elif self._slow_after is not None:
+            start = ctx.clock.now()
+        classifier = self._classifier or ctx.classifier
+        gen = st.gen
+        if kind is not HALF_OPEN:  # closed (slowness tracked) or forced closed
+            try:
+                result = await call(ctx)
+            except Exception as exc:
+                self._finish(st, gen, kind, classifier.classify_exception(exc).verdict, start, ctx)
+                raise
+            self._finish(st, gen, kind, classifier.classify_result(result).verdict, start, ctx)
+            return result
+        # A probe. Its slot is given back however it ends: the finally runs for a success, a
+        # failure, a neutral outcome, a cancellation or any other BaseException. A recorded
+        # outcome uses the slot up (st.calls); a neutral one frees it for another probe.
+        st.probes += 1
+        try:
+            try:
+                result = await call(ctx)
+            except Exception as exc:
+                self._finish(st, gen, kind, classifier.classify_exception(exc).verdict, start, ctx)
+                raise
+            self._finish(st, gen, kind, classifier.classify_result(result).verdict, start, ctx)
+            return result
+        finally:
+            if st.gen == gen:  # after a transition the slots were renewed: not ours to free
+                st.probes -= 1
+
+    def _finish(  # noqa: PLR0917 - internal, positional for speed
+        self, st: _State, gen: int, admitted: str, verdict: Verdict, start: float, ctx: Context
+    ) -> None:
+        """Record the outcome of a call admitted in state ``admitted`` at generation ``gen``."""
+        if verdict is _SUCCESS:
+            code = _CALL
+        elif verdict is _TRANSIENT or verdict is _FAILURE:
+            code = _CALL | _FAILED
+        else:
+            return  # CLIENT_ERROR, REJECTED: neutral
+        kind = st.kind
+        current = st.gen == gen
+        if not current and (
+            kind is not admitted or (kind is not CLOSED and kind is not FORCED_CLOSED)
+        ):
+            return  # a straggler from a state that is gone
+        slow_after = self._slow_after
+        timed = self._timed or slow_after is not None or kind is HALF_OPEN
+        now = ctx.clock.now() if timed else 0.0
+        if slow_after is not None and now - start > slow_after:
+            code |= _SLOW
+        if kind is HALF_OPEN:
+            st.calls += 1
+            if code & _FAILED:
+                st.failures += 1
+            if code & _SLOW:
+                st.slow += 1
+            if self._probes_failed(st):
+                self._move(st, OPEN, ctx, now)
+            elif st.calls >= self._half_open_calls:
+                self._move(st, CLOSED, ctx, now)
+            return
+        if self._timed:
+            self._record_timed(st, code, now)
+        else:
+            self._record_count(st, code)
+        if current and kind is CLOSED and self._tripped(st):
+            self._move(st, OPEN, ctx, now if timed else ctx.clock.now())
+
+    def _tripped(self, st: _State) -> bool:
+        calls = st.calls
+        if calls < self._minimum_calls:
+            return False
+        if st.failures * self._fq >= self._fp * calls:
+            return True
+        return self._slow_after is not None and st.slow * self._sq >= self._sp * calls
+
+    def _probes_failed(self, st: _State) -> bool:
+        # Judged against the full probe count, so a verdict that later probes cannot change
+        # reopens the breaker at once.
+        planned = self._half_open_calls
+        if st.failures * self._fq >= self._fp * planned:
+            return True
+        return self._slow_after is not None and st.slow * self._sq >= self._sp * planned
+
+    # -- the window -------------------------------------------------------------------------
+
+    def _record_timed(self, st: _State, code: int, now: float) -> None:
+        if now >= st.edge:
+            self._roll(st, now)
+        ring = st.ring
+        pos = st.pos
+        buckets = self._buckets
+        ring[pos] += 1
+        st.calls += 1
+        if code & _FAILED:
+            ring[buckets + pos] += 1
+            st.failures += 1
+        if code & _SLOW:
+            ring[2 * buckets + pos] += 1
+            st.slow += 1
+
+    def _roll(self, st: _State, now: float) -> None:
+        """Make the bucket holding ``now`` a time window's newest, dropping buckets that left."""
+        width = self._width
+        epoch = int(now // width)
+        if (epoch + 1) * width <= now:  # float rounding: the bucket must end after now
+            epoch += 1
+        st.edge = (epoch + 1) * width
+        steps = epoch - st.head
+        if steps <= 0:
+            return
+        self._now_hint = now
+        buckets = self._buckets
+        st.head = epoch
+        ring = st.ring
+        if steps >= buckets:
+            ring[:] = self._zeros  # type: ignore[assignment]
+            st.calls = st.failures = st.slow = 0
+            st.pos = epoch % buckets
+            return
+        pos = st.pos
+        slow = self._slow_after is not None
+        for _ in range(steps):
+            pos += 1
+            if pos == buckets:
+                pos = 0
+            calls = ring[pos]
+            if calls:
+                ring[pos] = 0
+                st.calls -= calls
+                failures = ring[buckets + pos]
+                if failures:
+                    ring[buckets + pos] = 0
+                    st.failures -= failures
+                if slow:
+                    slowed = ring[2 * buckets + pos]
+                    if slowed:
+                        ring[2 * buckets + pos] = 0
+                        st.slow -= slowed
+        st.pos = pos
+
+    def _record_count(self, st: _State, code: int) -> None:
+        ring = st.ring
+        pos = st.pos
+        old = ring[pos]
+        ring[pos] = code
+        st.pos = 0 if pos + 1 == self._size else pos + 1
+        if old == 0:
+            st.calls += 1
+        else:
+            if old & _FAILED:
+                st.failures -= 1
+            if old & _SLOW:
+                st.slow -= 1
+        if code & _FAILED:
+            st.failures += 1
+        if code & _SLOW:
+            st.slow += 1
+
+    def _clear(self, st: _State) -> None:
+        st.ring[:] = self._zeros  # type: ignore[assignment]
+        st.head = _NEVER
+        st.edge = -math.inf
+        st.pos = 0
+        st.calls = st.failures = st.slow = 0
+
+    def _totals(self, st: _State, now: float | None) -> tuple[int, int, int]:
+        """Window totals, leaving out buckets that expired by ``now`` (without changing them)."""
+        calls, failures, slow = st.calls, st.failures, st.slow
+        if now is None or not self._timed or st.kind not in (CLOSED, FORCED_CLOSED):
+            return calls, failures, slow
+        steps = int(now // self._width) - st.head
+        buckets = self._buckets
+        if steps <= 0:
+            return calls, failures, slow
+        if steps >= buckets:
+            return 0, 0, 0
+        ring = st.ring
+        pos = st.pos
+        for _ in range(steps):
+            pos = (pos + 1) % buckets
+            calls -= ring[pos]
+            failures -= ring[buckets + pos]
+            if self._slow_after is not None:
+                slow -= ring[2 * buckets + pos]
+        return calls, failures, slow
+
+    # -- transitions and events -------------------------------------------------------------
+
+    def _move(self, st: _State, kind: str, ctx: Context | None, now: float) -> None:
+        previous = st.kind
+        st.kind = kind
+        st.gen += 1
+        st.probes = 0
+        st.until = math.inf
+        if kind is OPEN:
+            st.trips += 1
+            steps = min(st.trips - 1, self._growth_steps)
+            base = min(self._open_for * self._growth**steps, self._max_open_for)
+            jitter = self._jitter * ctx.random() if ctx is not None and self._jitter else 0.0
+            st.until = now + base * (1.0 - jitter)
+        elif kind is HALF_OPEN:
+            self._clear(st)
+            if self._max_half_open is not None:
+                st.until = now + self._max_half_open
+        elif kind is CLOSED or kind is FORCED_CLOSED:
+            self._clear(st)
+            st.trips = 0
+        if previous != kind:
+            self._emit_change(st, previous, ctx, now)
+
+    def _emit_change(self, st: _State, previous: str, ctx: Context | None, now: float) -> None:
+        listening = ctx is not None and ctx.listening
+        if not (listening or self._listeners):
+            return
+        event = CircuitStateChanged(
+            pipeline=ctx.pipeline if ctx is not None else "",
+            operation=ctx.operation if ctx is not None else "",
+            policy=self.name,
+            at=now,
+            previous=previous,
+            state=st.kind,
+            key=st.key,
+        )
+        self._deliver(event, ctx if listening else None)
+
+    def _deliver(self, event: Event, ctx: Context | None) -> None:
+        if ctx is not None:
+            ctx.emit(event)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                report_listener_error(listener)
+
+    def _reject(
+        self,
+        st: _State,
+        ctx: Context,
+        reason: str,
+        retry_after: float | None,
+        now: float | None,
+    ) -> CircuitOpenError:
+        state = st.kind
+        where = "" if st.key is None else f" for {st.key!r}"
+        hint = "" if retry_after is None else f"; retry after {retry_after:.3g}s"
+        error = CircuitOpenError(
+            f"circuit breaker {self.name!r} is {state}{where}{hint}",
+            policy=self.name,
+            retry_after=retry_after,
+            state=state,
+            key=st.key,
+        )
+        if ctx.listening or self._listeners:
+            self._deliver(
+                CallRejected(
+                    pipeline=ctx.pipeline,
+                    operation=ctx.operation,
+                    policy=self.name,
+                    at=ctx.clock.now() if now is None else now,
+                    reason=reason,
+                    retry_after=error.retry_after,
+                    error_type="CircuitOpenError",
+                ),
+                ctx if ctx.listening else None,
+            )
+        return error
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def _new_state(self, key: str | None) -> _State:
+        ring = array("I", self._zeros) if self._timed else bytearray(self._size)
+        return _State(key, self._default_kind, ring)
+
+    def _key_map(self) -> BoundedKeyMap[_State]:
+        keys = self._keys
+        if keys is None:
+            keys = self._keys = BoundedKeyMap(
+                self._new_state,
+                max_keys=self._max_keys,
+                idle_ttl=self._key_idle,
+                evictable=_evictable,
+                parameter="CircuitBreaker.max_keys",
+            )
+        return keys
+
+    def _keyed(self, key: str, ctx: Context) -> _State:
+        now = ctx.clock.now()
+        self._now_hint = now
+        return self._key_map().get(key, now)
+
+    def _states(self, key: str | None) -> list[_State]:
+        if key is None:
+            keys = self._keys
+            return [self._state] + ([st for _, st in keys.items()] if keys is not None else [])
+        if not self._per_key:
+            raise ValueError(f"CircuitBreaker({self.name!r}) has per_key=False: no key {key!r}")
+        return [self._key_map().get(key, self._now_hint)]
+
+    # -- manual control and inspection ------------------------------------------------------
+
+    def _manual(self, kind: str, key: str | None) -> None:
+        if key is None:
+            self._default_kind = kind
+        for st in self._states(key):
+            self._move(st, kind, None, self._now_hint)
+
+    def force_open(self, key: str | None = None) -> None:
+        """Reject every call until ``reset()``, ``force_closed()`` or ``disable()``.
+
+        Args:
+            key: one key of a keyed breaker; ``None`` applies to every key, existing or new.
+
+        Raises:
+            ValueError: a key given to a breaker with ``per_key=False``.
+        """
+        self._manual(FORCED_OPEN, key)
+
+    def force_closed(self, key: str | None = None) -> None:
+        """Admit every call and keep recording the window, but never open.
+
+        Args:
+            key: one key of a keyed breaker; ``None`` applies to every key, existing or new.
+
+        Raises:
+            ValueError: a key given to a breaker with ``per_key=False``.
+        """
+        self._manual(FORCED_CLOSED, key)
+
+    def disable(self, key: str | None = None) -> None:
+        """Admit every call and record nothing (the cheapest state) until ``reset()``.
+
+        Args:
+            key: one key of a keyed breaker; ``None`` applies to every key, existing or new.
+
+        Raises:
+            ValueError: a key given to a breaker with ``per_key=False``.
+        """
+        self._manual(DISABLED, key)
+
+    def reset(self, key: str | None = None) -> None:
+        """Return to closed with an empty window and no trips (also ends manual states).
+
+        Args:
+            key: one key of a keyed breaker; ``None`` resets every key and the default.
+
+        Raises:
+            ValueError: a key given to a breaker with ``per_key=False``.
+        """
+        self._manual(CLOSED, key)
+
+    def snapshot(self, key: str | None = None, *, now: float | None = None) -> CircuitSnapshot:
+        """The state and window statistics of the breaker, or of one key.
+
+        Args:
+            key: a key of a keyed breaker (a key never seen reads as a fresh closed state and
+                is not created); ``None`` for the unkeyed state.
+            now: the pipeline clock's current time, to leave out outcomes that have expired
+                from a time window since the last call (the window moves only on calls).
+
+        Raises:
+            ValueError: a key given to a breaker with ``per_key=False``.
+        """
+        if key is None:
+            st = self._state
+        elif not self._per_key:
+            raise ValueError(f"CircuitBreaker({self.name!r}) has per_key=False: no key {key!r}")
+        else:
+            found = self._keys.peek(key) if self._keys is not None else None
+            st = found if found is not None else _State(key, self._default_kind, bytearray())
+        return self._snapshot(st, now)
+
+    def snapshots(self, *, now: float | None = None) -> list[CircuitSnapshot]:
+        """Snapshots of the unkeyed state and of every key currently kept."""
+        return [self._snapshot(st, now) for st in self._states(None)]
+
+    def _snapshot(self, st: _State, now: float | None) -> CircuitSnapshot:
+        calls, failures, slow = self._totals(st, now)
+        return CircuitSnapshot(
+            name=self.name,
+            key=st.key,
+            state=st.kind,
+            calls=calls,
+            failures=failures,
+            slow_calls=slow,
+            failure_rate=failures / calls if calls else 0.0,
+            slow_call_rate=slow / calls if calls else 0.0,
+            open_until=st.until if st.kind is OPEN else None,
+            trips=st.trips,
+            probes=st.probes,
+        )
+
+    def __repr__(self) -> str:
+        window = f"{self._window:g}s" if self._timed else f"{self._window} calls"
+        return (
+            f"CircuitBreaker(failure_rate={self.failure_rate:g}, window={window}, "
+            f"minimum_calls={self._minimum_calls}, open_for={self._open_for:g}, "
+            f"half_open_calls={self._half_open_calls}, name={self.name!r})"
+        )
