@@ -344,3 +344,35 @@ async def test_deadline_reaches_the_server(server: Server) -> None:
         response = await client.post(server.url("/echo"), content=b"x")
     sent = int(response.headers["x-deadline"])
     assert 4000 < sent <= 5000
+
+
+async def test_breaker_opens_for_the_failing_host_only(server: Server) -> None:
+    """After enough 500s the breaker for one host opens; another host is untouched."""
+    server.script.plan("/down", 500)
+    breaker = resilient.CircuitBreaker(
+        failure_rate=0.5, window=60.0, minimum_calls=5, open_for=60.0
+    )
+    transport = ResilientTransport(resilient.Pipeline(breaker, telemetry=False), pool(2))
+    async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
+        for _ in range(5):
+            assert (await client.get(server.url("/down"))).status_code == 500
+        with pytest.raises(resilient.CircuitOpenError) as caught:
+            await client.get(server.url("/down"))
+        assert caught.value.key == f"127.0.0.1:{server.port}"
+        healthy = await client.get(server.url("/fine", host="localhost"))
+        assert healthy.status_code == 200
+        with pytest.raises(resilient.CircuitOpenError):
+            await client.get(server.url("/fine"))
+    assert len(server.script.hits_of("/down")) == 5
+    assert len(server.script.hits_of("/fine")) == 1
+
+
+async def test_client_errors_never_open_the_breaker(server: Server) -> None:
+    """404s are the caller's mistake: the breaker stays closed."""
+    server.script.plan("/missing", 404)
+    breaker = resilient.CircuitBreaker(failure_rate=0.5, window=60.0, minimum_calls=5)
+    transport = ResilientTransport(resilient.Pipeline(breaker, telemetry=False), pool(2))
+    async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
+        for _ in range(20):
+            assert (await client.get(server.url("/missing"))).status_code == 404
+    assert len(server.script.hits_of("/missing")) == 20

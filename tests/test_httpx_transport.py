@@ -848,3 +848,15 @@ def test_public_names_are_sorted_and_complete() -> None:
 
     assert list(module.__all__) == sorted(set(module.__all__), key=isort_style)
     assert public - {"annotations"} == set(module.__all__)
+
+
+async def test_non_retryable_post_failures_still_open_the_breaker(clock: FakeClock) -> None:
+    """A POST 503 is FAILURE: not retried, but it counts against the host's breaker."""
+    upstream = Upstream(503)
+    breaker = resilient.CircuitBreaker(failure_rate=0.5, window=60.0, minimum_calls=5)
+    async with client_for(upstream, Attempts(3), breaker, clock=clock) as client:
+        for _ in range(5):
+            assert (await client.post(URL, content=b"{}")).status_code == 503
+        with pytest.raises(resilient.CircuitOpenError):
+            await client.post(URL, content=b"{}")
+    assert len(upstream.requests) == 5
