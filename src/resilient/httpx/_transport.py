@@ -409,6 +409,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             classify=classifier,
         )
         exchange.ctx = ctx
+        ctx.extra = request
         result: Any = None
         try:
             result = await self._run(ctx)
