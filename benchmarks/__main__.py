@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SUITES = ["suite_core", "suite_breaker", "suite_httpx"]
+SUITES = ["suite_core", "suite_breaker", "suite_retry", "suite_jitter", "suite_httpx"]
 QUICK_MARGIN = 1.5  # quick mode fails only past 1.5x the target: noisy shared machines
 
 
@@ -43,9 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         medians = _run_suite_in_process(suite, quick)
         report[suite] = medians
         print(f"\n## {suite} ({'quick' if quick else 'full'})")
-        for name, ns in medians.items():
-            print(f"  {name:<50} {ns / 1000:9.2f} us")
         module = importlib.import_module(f"benchmarks.{suite}")
+        unit = getattr(module, "UNIT", None)  # suites counting something other than time
+        for name, ns in medians.items():
+            if unit is None:
+                print(f"  {name:<50} {ns / 1000:9.2f} us")
+            else:
+                print(f"  {name:<50} {ns:9.2f} ({unit})")
         for case, reference, target in getattr(module, "GATES", []):
             ratio = medians[case] / medians[reference]
             limit = target * QUICK_MARGIN if quick else target

@@ -6,6 +6,7 @@ and deadlines, composed into a ``Pipeline`` that runs on asyncio and trio (throu
 
 from __future__ import annotations
 
+from ._budget import RetryBudget
 from ._circuit import CircuitBreaker, CircuitSnapshot
 from ._classify import (
     Classification,
@@ -42,6 +43,7 @@ from ._exceptions import (
     TimeoutExceeded,
 )
 from ._pipeline import Call, Pipeline, Policy
+from ._retry import Retry
 from ._timeout import Timeout
 
 __version__ = "0.1.0.dev0"
@@ -72,6 +74,8 @@ __all__ = [
     "RateLimitedError",
     "RejectedError",
     "ResilientError",
+    "Retry",
+    "RetryBudget",
     "RetryGaveUp",
     "RetryScheduled",
     "SystemClock",

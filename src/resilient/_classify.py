@@ -307,6 +307,10 @@ _NETWORK_ERRNOS = frozenset(
 )
 
 
+# A tuple built once: `A | B | C` inside the function would build a union object per call.
+_TRANSIENT_TYPES = (TimeoutError, ConnectionError, socket.gaierror)
+
+
 def default_exception_verdict(exc: BaseException) -> Classification:
     """The documented default for exceptions no rule matched.
 
@@ -318,7 +322,7 @@ def default_exception_verdict(exc: BaseException) -> Classification:
     """
     if isinstance(exc, RejectedError) and not isinstance(exc, TimeoutExceeded):
         return REJECTED
-    if isinstance(exc, TimeoutError | ConnectionError | socket.gaierror):
+    if isinstance(exc, _TRANSIENT_TYPES):
         return TRANSIENT
     if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS:
         return TRANSIENT
