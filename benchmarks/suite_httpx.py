@@ -26,6 +26,7 @@ import httpx_retries
 import tenacity
 
 import resilient
+import resilient.httpx
 from benchmarks._harness import Case, run_cases
 from resilient.httpx import ResilientTransport
 
@@ -75,16 +76,6 @@ def _server() -> Iterator[str]:
         process.wait(10.0)
 
 
-def _standard() -> resilient.Pipeline:
-    # What resilient.httpx.standard() builds, with telemetry off.
-    return resilient.Pipeline(
-        resilient.Timeout(10.0, name="total"),
-        resilient.Timeout(2.0, name="attempt"),
-        name="http",
-        telemetry=False,
-    )
-
-
 def _loop(client: httpx.AsyncClient, url: str) -> Case:
     async def case(n: int) -> None:
         get = client.get
@@ -96,7 +87,7 @@ def _loop(client: httpx.AsyncClient, url: str) -> Case:
 
 def cases(url: str) -> dict[str, Case]:
     plain = httpx.AsyncClient()
-    standard = httpx.AsyncClient(transport=ResilientTransport(_standard()))
+    standard = httpx.AsyncClient(transport=resilient.httpx.standard(telemetry=False))
     empty = httpx.AsyncClient(transport=ResilientTransport(resilient.Pipeline(telemetry=False)))
     retries = httpx.AsyncClient(
         transport=httpx_retries.RetryTransport(
@@ -141,7 +132,7 @@ def cases(url: str) -> dict[str, Case]:
 
     return {
         "plain client.get": _loop(plain, url),
-        "resilient: standard pipeline transport": _loop(standard, url),
+        "resilient: standard() transport": _loop(standard, url),
         "resilient: empty pipeline transport": _loop(empty, url),
         "httpx-retries RetryTransport(total=3)": _loop(retries, url),
         "tenacity @retry around client.get": tenacity_case,
@@ -152,7 +143,7 @@ def cases(url: str) -> dict[str, Case]:
 # (case, reference, target ratio). The target is +2% over a plain loopback request; the gate
 # leaves room for loopback noise (about +-9% between runs on a shared machine).
 GATES = [
-    ("resilient: standard pipeline transport", "plain client.get", 1.06),
+    ("resilient: standard() transport", "plain client.get", 1.06),
 ]
 
 

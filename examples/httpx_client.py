@@ -26,7 +26,7 @@ hits: Counter[str] = Counter()
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """503 (Retry-After: 0) on the first two calls of /flaky, 500 on /broken, else 200."""
+    """503 (Retry-After: 0) twice on /flaky, 503 on /charge and /upload, 500 on /broken."""
     if scope["type"] != "http":
         return
     body = b""
@@ -41,7 +41,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if path == "/flaky" and hits[path] <= 2:
         status = 503
         headers.append((b"retry-after", b"0"))
-    elif path in ("/broken", "/charge"):
+    elif path in ("/broken", "/charge", "/upload"):
         status = 500 if path == "/broken" else 503
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"ok"})
@@ -65,7 +65,7 @@ async def main(port: int) -> None:
     pipeline = resilient.Pipeline(
         resilient.Timeout(5.0, name="total"),
         resilient.Retry(attempts=3, base_delay=0.05, max_delay=0.5),
-        resilient.CircuitBreaker(failure_rate=0.5, window=30.0, minimum_calls=4, open_for=30.0),
+        resilient.CircuitBreaker(failure_rate=0.5, window=30.0, minimum_calls=10, open_for=30.0),
         resilient.Timeout(1.0, name="attempt"),
         name="example-api",
     )
@@ -88,13 +88,16 @@ async def main(port: int) -> None:
         print(f"POST /charge with Idempotency-Key -> sent {hits['/charge'] - 1} more times")
 
         response = await client.put(f"{base}/upload", content=upload())
-        print(f"PUT /upload (streamed) -> {response.status_code}, sent {hits['/upload']} time")
+        print(
+            f"PUT /upload (streamed body) -> {response.status_code}, sent {hits['/upload']} "
+            "time: a stream cannot be replayed"
+        )
 
         for _ in range(6):
             try:
                 await client.get(f"{base}/broken")
             except resilient.CircuitOpenError as exc:
-                print(f"GET /broken -> circuit open for {exc.key} ({hits['/broken']} calls made)")
+                print(f"GET /broken -> circuit open for {exc.key} after {hits['/broken']} calls")
                 break
         response = await client.get(f"http://localhost:{port}/fine")
         print(f"GET localhost/fine -> {response.status_code}: another host is not affected")

@@ -7,6 +7,7 @@ status (optionally with headers), ``"hang"`` (never answer; wait for the client 
 
 from __future__ import annotations
 
+import email.utils
 import socket
 import threading
 import time
@@ -21,8 +22,9 @@ import pytest
 import uvicorn
 
 import resilient
-from resilient import Context, Timeout
-from resilient.httpx import DEADLINE_HEADER, ResilientTransport
+from resilient import Timeout
+from resilient.httpx import DEADLINE_HEADER, ResilientTransport, http_classifier
+from resilient.testing import FakeClock
 
 pytestmark = pytest.mark.slow
 
@@ -173,29 +175,9 @@ def pool(connections: int = 2) -> httpx.AsyncHTTPTransport:
 POOL_TIMEOUT = httpx.Timeout(10.0, pool=2.0)
 
 
-class Attempts:
-    """A minimal retry policy for tests: retries what the call's classifier calls retryable."""
-
-    name = "attempts"
-
-    def __init__(self, attempts: int) -> None:
-        self.attempts = attempts
-
-    async def execute(self, call: Any, ctx: Context, /) -> Any:
-        for attempt in range(1, self.attempts + 1):
-            ctx.attempt = attempt
-            try:
-                result = await call(ctx)
-            except Exception as exc:
-                verdict = ctx.classifier.classify_exception(exc).verdict
-                if attempt == self.attempts or not verdict.is_retryable:
-                    raise
-            else:
-                verdict = ctx.classifier.classify_result(result).verdict
-                if attempt == self.attempts or not verdict.is_retryable:
-                    return result
-            await ctx.clock.sleep(0.0)
-        raise AssertionError("unreachable")
+def retry(attempts: int = 3) -> resilient.Retry:
+    """The real Retry policy, without waits or budget (deterministic counts)."""
+    return resilient.Retry(attempts=attempts, base_delay=0.0, max_delay=0.0, budget=None)
 
 
 async def _gather(count: int, concurrency: int, job: Any) -> None:
@@ -259,7 +241,7 @@ async def test_pool_of_two_serves_many_retried_requests(server: Server) -> None:
     """Hundreds of 503-then-200 requests, 20 at a time, through 2 connections: no PoolTimeout."""
     for i in range(400):
         server.script.plan(f"/r/{i}", 503, 200)
-    transport = ResilientTransport(resilient.Pipeline(Attempts(3), telemetry=False), pool(2))
+    transport = ResilientTransport(resilient.Pipeline(retry(3), telemetry=False), pool(2))
     statuses: list[int] = []
     async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
 
@@ -276,7 +258,7 @@ async def test_exhausted_retries_return_the_last_503_and_release_connections(
 ) -> None:
     """Exhausted retries hand back the last 503 with its body; the pool stays usable."""
     server.script.plan("/down", 503)
-    transport = ResilientTransport(resilient.Pipeline(Attempts(3), telemetry=False), pool(2))
+    transport = ResilientTransport(resilient.Pipeline(retry(3), telemetry=False), pool(2))
     async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
         bodies: list[bytes] = []
 
@@ -299,7 +281,7 @@ async def _body() -> AsyncIterator[bytes]:
 async def test_put_with_streamed_body_is_sent_once(server: Server) -> None:
     """A streamed PUT that gets a 503 is not retried: the server saw one whole body."""
     server.script.plan("/upload", 503, 200)
-    transport = ResilientTransport(resilient.Pipeline(Attempts(3), telemetry=False), pool(2))
+    transport = ResilientTransport(resilient.Pipeline(retry(3), telemetry=False), pool(2))
     async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
         response = await client.put(server.url("/upload"), content=_body())
     assert response.status_code == 503
@@ -310,7 +292,7 @@ async def test_put_with_bytes_body_is_resent_whole(server: Server) -> None:
     """A PUT with an in-memory body is retried and the server gets the same bytes each time."""
     server.script.plan("/upload", 503, 502, 200)
     payload = bytes(range(256)) * 64
-    transport = ResilientTransport(resilient.Pipeline(Attempts(3), telemetry=False), pool(2))
+    transport = ResilientTransport(resilient.Pipeline(retry(3), telemetry=False), pool(2))
     async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
         response = await client.put(server.url("/upload"), content=payload)
     assert response.status_code == 200
@@ -324,8 +306,7 @@ async def test_post_is_not_retried_but_a_refused_connection_is(server: Server) -
     closed.bind(("127.0.0.1", 0))
     dead_port = closed.getsockname()[1]
     closed.close()  # nothing listens there now: connections are refused
-    attempts = Attempts(3)
-    transport = ResilientTransport(resilient.Pipeline(attempts, telemetry=False), pool(2))
+    transport = ResilientTransport(resilient.Pipeline(retry(3), telemetry=False), pool(2))
     async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
         response = await client.post(server.url("/charge"), content=b"{}")
         assert response.status_code == 503
@@ -376,3 +357,55 @@ async def test_client_errors_never_open_the_breaker(server: Server) -> None:
         for _ in range(20):
             assert (await client.get(server.url("/missing"))).status_code == 404
     assert len(server.script.hits_of("/missing")) == 20
+
+
+async def test_retry_after_sets_the_delays(server: Server) -> None:
+    """A 429 with delay-seconds, then a 503 with an HTTP-date: the retry waits exactly so."""
+    now = 1_800_000_000.0
+    server.script.plan(
+        "/limited",
+        (429, {"retry-after": "2"}),
+        (503, {"retry-after": email.utils.formatdate(now + 3.0, usegmt=True)}),
+        200,
+    )
+    clock = FakeClock()
+    pipeline = resilient.Pipeline(
+        resilient.Retry(attempts=3, base_delay=0.5, max_delay=0.5, budget=None),
+        clock=clock,
+        telemetry=False,
+    )
+    transport = ResilientTransport(
+        pipeline, pool(2), classify=http_classifier(wall_clock=lambda: now)
+    )
+    async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
+        response = await client.get(server.url("/limited"))
+    assert response.status_code == 200
+    assert clock.sleeps == [2.0, 3.0]
+    assert len(server.script.hits_of("/limited")) == 3
+
+
+async def test_retry_after_is_clamped_by_the_retry_policy(server: Server) -> None:
+    """A server asking for 10 minutes gets the Retry policy's max_retry_after."""
+    server.script.plan("/slow-down", (503, {"retry-after": "600"}), 200)
+    clock = FakeClock()
+    pipeline = resilient.Pipeline(
+        resilient.Retry(attempts=2, max_retry_after=30.0, budget=None),
+        clock=clock,
+        telemetry=False,
+    )
+    transport = ResilientTransport(pipeline, pool(2))
+    async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
+        response = await client.get(server.url("/slow-down"))
+    assert response.status_code == 200
+    assert clock.sleeps == [30.0]
+
+
+async def test_exhausted_retries_give_the_last_response(server: Server) -> None:
+    """When every attempt is a 503 the caller gets the third 503, body included."""
+    server.script.plan("/busy", *[(503, {"x-attempt": str(n)}) for n in (1, 2, 3)])
+    transport = ResilientTransport(resilient.Pipeline(retry(3), telemetry=False), pool(2))
+    async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:
+        response = await client.get(server.url("/busy"))
+    assert response.status_code == 503
+    assert response.headers["x-attempt"] == "3"
+    assert response.content == b"scripted"

@@ -860,3 +860,46 @@ async def test_non_retryable_post_failures_still_open_the_breaker(clock: FakeClo
         with pytest.raises(resilient.CircuitOpenError):
             await client.post(URL, content=b"{}")
     assert len(upstream.requests) == 5
+
+
+# --- the standard preset ------------------------------------------------------------------
+
+
+def test_standard_builds_the_recommended_order() -> None:
+    """standard(): Timeout(total) -> Retry -> per-host CircuitBreaker -> Timeout(attempt)."""
+    transport = resilient.httpx.standard(
+        Upstream(200), timeout=8.0, attempt_timeout=2.0, attempts=4, minimum_calls=10
+    )
+    total, retry, breaker, attempt = transport.pipeline.policies
+    assert isinstance(total, Timeout)
+    assert isinstance(retry, resilient.Retry)
+    assert isinstance(breaker, resilient.CircuitBreaker)
+    assert isinstance(attempt, Timeout)
+    assert (total.seconds, attempt.seconds) == (8.0, 2.0)
+    assert (retry.attempts, breaker.minimum_calls, breaker.per_key) == (4, 10, True)
+    assert transport.pipeline.name == "http"
+
+
+async def test_standard_retries_and_isolates_hosts(clock: FakeClock) -> None:
+    """The preset retries a 503 and opens the breaker of a failing host only."""
+    upstream = Upstream(503, 200)
+    transport = resilient.httpx.standard(
+        upstream, clock=clock, minimum_calls=4, telemetry=False
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get("http://a.test/")).status_code == 200
+        assert len(upstream.requests) == 2
+        upstream.script = (500,)
+        with pytest.raises(resilient.CircuitOpenError) as caught:
+            for _ in range(5):
+                await client.get("http://a.test/")
+        assert caught.value.key == "a.test"
+        upstream.script = (200,)
+        assert (await client.get("http://b.test/")).status_code == 200
+
+
+def test_standard_validates_through_the_policies() -> None:
+    """Bad preset options are refused with the policy option's name."""
+    with pytest.raises(ConfigurationError) as caught:
+        resilient.httpx.standard(attempts=0)
+    assert caught.value.parameter == "Retry.attempts"

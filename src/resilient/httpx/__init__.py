@@ -22,6 +22,7 @@ from ._classify import (
     parse_retry_after,
     retry_after_seconds,
 )
+from ._preset import standard
 from ._transport import (
     DEADLINE_HEADER,
     IDEMPOTENT_EXTENSION,
@@ -43,4 +44,5 @@ __all__ = [
     "http_classifier",
     "parse_retry_after",
     "retry_after_seconds",
+    "standard",
 ]
