@@ -550,6 +550,20 @@ async def test_deadline_of_a_per_attempt_timeout_is_the_tighter_one(clock: FakeC
     assert upstream.requests[0].headers[DEADLINE_HEADER] == "250"
 
 
+async def test_enclosing_deadline_is_propagated(clock: FakeClock) -> None:
+    """A request made inside another pipeline's call carries that call's remaining time."""
+    upstream = Upstream(200)
+    outer = resilient.Pipeline(Timeout(4.0), clock=clock, telemetry=False)
+    async with client_for(upstream, clock=clock, propagate_deadline=True) as client:
+
+        async def handler() -> httpx.Response:
+            await clock.sleep(1.5)
+            return await client.get(URL)
+
+        await outer.call(handler)
+    assert upstream.headers[0][DEADLINE_HEADER] == "2500"
+
+
 async def test_no_deadline_header_without_a_deadline_or_opt_in(clock: FakeClock) -> None:
     """Nothing is sent when the call has no deadline, or propagation is off."""
     unbounded = Upstream(200)
