@@ -264,6 +264,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         "_not_replayable",
         "_not_retryable",
         "_pipeline",
+        "_plain_http",
         "_retry_methods",
         "_run",
         "_tracing",
@@ -312,6 +313,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         if classifier is None:
             own = pipeline.classifier
             classifier = own if own is not DEFAULT_CLASSIFIER else http_classifier()
+        # With the plain HTTP table (no user rules) a status below 400 is never retryable.
+        self._plain_http = classify is None and classifier is not pipeline.classifier
         self._classifier: ClassifierLike = classifier
         self._not_retryable = NotRetryable(classifier, unsent_ok=True)
         self._not_replayable = NotRetryable(classifier, unsent_ok=False)
@@ -423,7 +426,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         # A response the pipeline may retry is read now (when small) so that its connection
         # returns to the pool before the retry policy sleeps; the caller still gets the
         # whole body if this response ends up being returned. Synchronous on purpose: the
-        # success path pays one classification, not a coroutine.
+        # success path pays no coroutine (and, with the plain HTTP table, no classification).
+        if self._plain_http and response.status_code < 400:
+            return False
         try:
             verdict = ctx.classifier.classify_result(response).verdict
         except Exception:
