@@ -13,7 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-SUITES = ["suite_core", "suite_breaker", "suite_retry", "suite_jitter", "suite_httpx"]
+SUITES = [
+    "suite_core",
+    "suite_breaker",
+    "suite_retry",
+    "suite_jitter",
+    "suite_serde",
+    "suite_httpx",
+]
 QUICK_MARGIN = 1.5  # quick mode fails only past 1.5x the target: noisy shared machines
 
 
