@@ -172,7 +172,7 @@ def pool(connections: int = 2) -> httpx.AsyncHTTPTransport:
     )
 
 
-POOL_TIMEOUT = httpx.Timeout(10.0, pool=2.0)
+POOL_TIMEOUT = httpx.Timeout(10.0, pool=5.0)
 
 
 def retry(attempts: int = 3) -> resilient.Retry:
