@@ -45,7 +45,7 @@ IDEMPOTENT_EXTENSION: Final = "resilient.idempotent"
 """Request extension overriding idempotency for one request: ``True`` allows retries of a
 POST or PATCH, ``False`` forbids them for any method."""
 
-DEADLINE_HEADER: Final = "x-request-deadline-ms"
+DEADLINE_HEADER: Final = "x-request-deadline"
 """Header carrying the caller's remaining time budget to the server.
 
 Its value is the number of milliseconds the caller still waits, a non-negative decimal
