@@ -19,6 +19,7 @@ SUITES = [
     "suite_retry",
     "suite_jitter",
     "suite_serde",
+    "suite_limits",
     "suite_httpx",
 ]
 QUICK_MARGIN = 1.5  # quick mode fails only past 1.5x the target: noisy shared machines

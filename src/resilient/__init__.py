@@ -7,6 +7,7 @@ and deadlines, composed into a ``Pipeline`` that runs on asyncio and trio (throu
 from __future__ import annotations
 
 from ._budget import RetryBudget
+from ._bulkhead import Bulkhead, BulkheadSnapshot
 from ._circuit import CircuitBreaker, CircuitSnapshot
 from ._classify import (
     Classification,
@@ -43,6 +44,14 @@ from ._exceptions import (
     TimeoutExceeded,
 )
 from ._pipeline import Call, Pipeline, Policy
+from ._presets import standard
+from ._ratelimit import (
+    BucketStore,
+    MemoryBucketStore,
+    RateLimiter,
+    RateLimiterSnapshot,
+    RateLimitStatus,
+)
 from ._retry import Retry
 from ._timeout import Timeout
 
@@ -51,8 +60,11 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "AttemptEnded",
     "AttemptStarted",
+    "BucketStore",
     "BudgetRefused",
+    "Bulkhead",
     "BulkheadFullError",
+    "BulkheadSnapshot",
     "Call",
     "CallObserver",
     "CallRejected",
@@ -68,10 +80,14 @@ __all__ = [
     "Context",
     "Event",
     "Listener",
+    "MemoryBucketStore",
     "Outcome",
     "Pipeline",
     "Policy",
+    "RateLimitStatus",
     "RateLimitedError",
+    "RateLimiter",
+    "RateLimiterSnapshot",
     "RejectedError",
     "ResilientError",
     "Retry",
@@ -88,4 +104,5 @@ __all__ = [
     "on_exception",
     "on_result",
     "remaining",
+    "standard",
 ]

@@ -1,0 +1,172 @@
+"""resilient.standard(): the recommended pipeline, in order, working end to end."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import resilient
+from resilient import (
+    Bulkhead,
+    CircuitBreaker,
+    CircuitOpenError,
+    ConfigurationError,
+    RateLimiter,
+    Retry,
+    Timeout,
+    TimeoutExceeded,
+)
+from resilient.testing import EventRecorder, FakeClock
+
+
+def kinds(pipeline: resilient.Pipeline) -> list[str]:
+    return [type(p).__name__ for p in pipeline.policies]
+
+
+def test_default_order_follows_the_design() -> None:
+    pipeline = resilient.standard("payments")
+    assert pipeline.name == "payments"
+    assert kinds(pipeline) == ["Timeout", "Retry", "CircuitBreaker", "Bulkhead", "Timeout"]
+    total, retry, *_, attempt = pipeline.policies
+    assert isinstance(total, Timeout)
+    assert isinstance(attempt, Timeout)
+    assert (total.name, total.seconds) == ("total_timeout", 30.0)
+    assert (attempt.name, attempt.seconds) == ("attempt_timeout", 10.0)
+    assert isinstance(retry, Retry)
+    assert retry.attempts == 3
+    assert retry.budget is not None
+
+
+def test_rate_limiter_sits_between_breaker_and_bulkhead() -> None:
+    pipeline = resilient.standard(rate=50.0)
+    assert kinds(pipeline) == [
+        "Timeout",
+        "Retry",
+        "CircuitBreaker",
+        "RateLimiter",
+        "Bulkhead",
+        "Timeout",
+    ]
+    limiter = pipeline.policies[3]
+    assert isinstance(limiter, RateLimiter)
+    assert (limiter.rate, limiter.burst) == (50.0, 50.0)
+
+
+def test_each_step_can_be_left_out() -> None:
+    pipeline = resilient.standard(
+        total_timeout=None,
+        attempt_timeout=None,
+        attempts=1,
+        circuit_breaker=False,
+        max_concurrent=None,
+    )
+    assert kinds(pipeline) == []
+
+
+def test_options_reach_the_policies() -> None:
+    pipeline = resilient.standard(
+        attempts=5, failure_rate=0.25, minimum_calls=7, open_for=2.0, max_concurrent=3, budget=None
+    )
+    retry, breaker, bulkhead = pipeline.policies[1:4]
+    assert isinstance(retry, Retry)
+    assert isinstance(breaker, CircuitBreaker)
+    assert isinstance(bulkhead, Bulkhead)
+    assert (retry.attempts, retry.budget) == (5, None)
+    assert (breaker.failure_rate, breaker.minimum_calls, breaker.open_for) == (0.25, 7, 2.0)
+    assert bulkhead.max_concurrent == 3
+
+
+def test_invalid_options_name_the_policy_parameter() -> None:
+    with pytest.raises(ConfigurationError, match=r"Retry\.attempts"):
+        resilient.standard(attempts=0)
+    with pytest.raises(ConfigurationError, match=r"Timeout\.seconds"):
+        resilient.standard(total_timeout=-1)
+    with pytest.raises(ConfigurationError, match=r"Bulkhead\.max_concurrent"):
+        resilient.standard(max_concurrent=0)
+
+
+async def test_transient_failures_are_retried_then_succeed(clock: FakeClock) -> None:
+    events = EventRecorder()
+    pipeline = resilient.standard(clock=clock, listeners=[events], telemetry=False)
+    outcomes = [ConnectionResetError("reset"), ConnectionResetError("reset"), "ok"]
+
+    async def flaky() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert await pipeline.call(flaky) == "ok"
+    assert len(events.of_type(resilient.RetryScheduled)) == 2
+    assert all(0.0 <= d <= 0.2 for d in clock.sleeps)
+
+
+async def test_client_errors_are_not_retried_and_never_open_the_breaker(clock: FakeClock) -> None:
+    classify = [resilient.on_exception(KeyError, verdict=resilient.Verdict.CLIENT_ERROR)]
+    pipeline = resilient.standard(clock=clock, classify=classify, minimum_calls=5, telemetry=False)
+    calls = 0
+
+    async def not_found() -> None:
+        nonlocal calls
+        calls += 1
+        raise KeyError("no such user")
+
+    for _ in range(50):
+        with pytest.raises(KeyError):
+            await pipeline.call(not_found)
+    assert calls == 50  # one attempt each, never refused by the breaker
+    breaker = pipeline.policies[2]
+    assert isinstance(breaker, CircuitBreaker)
+    assert breaker.snapshot().state == "closed"
+
+
+async def test_a_dead_dependency_opens_the_breaker_and_calls_fail_fast(clock: FakeClock) -> None:
+    pipeline = resilient.standard(clock=clock, minimum_calls=4, budget=None, telemetry=False)
+    calls = 0
+
+    async def dead() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionRefusedError("down")
+
+    raised: list[str] = []
+    for _ in range(3):
+        try:
+            await pipeline.call(dead)
+        except (ConnectionRefusedError, CircuitOpenError) as exc:
+            raised.append(type(exc).__name__)
+    assert raised[0] == "ConnectionRefusedError"  # the dependency's own error first
+    assert raised[-1] == "CircuitOpenError"
+    seen = calls
+    assert seen == 4  # minimum_calls failures, then the breaker refuses
+    with pytest.raises(CircuitOpenError) as info:
+        await pipeline.call(dead)
+    assert calls == seen  # the open breaker protects the dependency
+    assert info.value.retry_after is not None
+
+
+async def test_attempt_timeout_is_retried_within_the_total(clock: FakeClock) -> None:
+    pipeline = resilient.standard(
+        clock=clock, total_timeout=5.0, attempt_timeout=1.0, attempts=10, telemetry=False
+    )
+    attempts = 0
+
+    async def hangs() -> None:
+        nonlocal attempts
+        attempts += 1
+        await clock.sleep(100)
+
+    with pytest.raises(TimeoutExceeded):
+        await pipeline.call(hangs)
+    assert clock.now() <= 5.0
+    assert attempts >= 2
+
+
+async def test_works_with_the_real_clock() -> None:
+    pipeline = resilient.standard(total_timeout=2.0, attempt_timeout=1.0)
+
+    async def work() -> int:
+        await anyio.sleep(0)
+        return 42
+
+    assert await pipeline.call(work) == 42
