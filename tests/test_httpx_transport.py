@@ -879,19 +879,29 @@ async def test_non_retryable_post_failures_still_open_the_breaker(clock: FakeClo
 # --- the standard preset ------------------------------------------------------------------
 
 
-def test_standard_builds_the_recommended_order() -> None:
-    """standard(): Timeout(total) -> Retry -> per-host CircuitBreaker -> Timeout(attempt)."""
+def test_standard_builds_the_recommended_order_per_host() -> None:
+    """standard(): resilient.standard()'s order, with per-host breaker, limiter and bulkhead."""
     transport = resilient.httpx.standard(
-        Upstream(200), timeout=8.0, attempt_timeout=2.0, attempts=4, minimum_calls=10
+        Upstream(200),
+        total_timeout=8.0,
+        attempt_timeout=2.0,
+        attempts=4,
+        minimum_calls=10,
+        rate=50.0,
+        max_concurrent=8,
     )
-    total, retry, breaker, attempt = transport.pipeline.policies
+    total, retry, breaker, limiter, bulkhead, attempt = transport.pipeline.policies
     assert isinstance(total, Timeout)
     assert isinstance(retry, resilient.Retry)
     assert isinstance(breaker, resilient.CircuitBreaker)
+    assert isinstance(limiter, resilient.RateLimiter)
+    assert isinstance(bulkhead, resilient.Bulkhead)
     assert isinstance(attempt, Timeout)
     assert (total.seconds, attempt.seconds) == (8.0, 2.0)
-    assert (retry.attempts, breaker.minimum_calls, breaker.per_key) == (4, 10, True)
+    assert (retry.attempts, breaker.minimum_calls, bulkhead.max_concurrent) == (4, 10, 8)
+    assert (breaker.per_key, limiter.per_key, bulkhead.per_key) == (True, True, True)
     assert transport.pipeline.name == "http"
+    assert isinstance(transport.classifier, resilient.Classifier)
 
 
 async def test_standard_retries_and_isolates_hosts(clock: FakeClock) -> None:
@@ -919,3 +929,35 @@ def test_standard_validates_through_the_policies() -> None:
     with pytest.raises(ConfigurationError) as caught:
         resilient.httpx.standard(attempts=0)
     assert caught.value.parameter == "Retry.attempts"
+    with pytest.raises(ConfigurationError) as caught:
+        resilient.httpx.standard(per_key=False)
+    assert caught.value.parameter == "standard.per_key"
+
+
+async def test_standard_bulkhead_keeps_hosts_apart(clock: FakeClock) -> None:
+    """A host whose calls hang holds only its own bulkhead slots."""
+    release = anyio.Event()
+
+    async def route(request: httpx.Request) -> int:
+        if request.url.host == "slow.test":
+            await release.wait()
+        return 200
+
+    upstream = Upstream(route)
+    transport = resilient.httpx.standard(
+        upstream,
+        clock=clock,
+        max_concurrent=1,
+        max_waiting=0,
+        total_timeout=None,
+        attempt_timeout=None,
+        attempts=1,
+        telemetry=False,
+    )
+    async with httpx.AsyncClient(transport=transport) as client, anyio.create_task_group() as tg:
+        tg.start_soon(client.get, "http://slow.test/")
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(resilient.BulkheadFullError):
+            await client.get("http://slow.test/")
+        assert (await client.get("http://fast.test/")).status_code == 200
+        release.set()
