@@ -354,6 +354,51 @@ async def test_inner_timeout_counts_as_a_failure(clock: FakeClock) -> None:
     assert breaker.snapshot().state == "open"
 
 
+class _Opaque:
+    """A policy without the ``_deadline_aware`` promise: the outer Timeout arms its own timer."""
+
+    name = "opaque"
+
+    async def execute(self, call: Any, ctx: Any, /) -> Any:
+        return await call(ctx)
+
+
+@pytest.mark.parametrize("outer_timer", [False, True], ids=["delegated", "armed"])
+async def test_the_total_deadline_outside_the_breaker_is_neutral_with_an_inner_timeout(
+    clock: FakeClock, outer_timer: bool
+) -> None:
+    """A total Timeout outside the breaker that expires is the caller's limit, not the
+    dependency's failure, whether or not it delegated its timer to the inner Timeout."""
+    breaker = CircuitBreaker(minimum_calls=1, open_jitter=0.0)
+    outer: tuple[Any, ...] = (Timeout(1.0), _Opaque()) if outer_timer else (Timeout(1.0),)
+    pipeline = Pipeline(*outer, breaker, Timeout(5.0), clock=clock, telemetry=False)
+
+    async def hang() -> str:
+        await clock.sleep(60.0)
+        return "late"
+
+    for _ in range(3):
+        assert isinstance(await call(pipeline, hang), TimeoutExceeded)
+    assert breaker.snapshot().calls == 0
+    assert breaker.snapshot().state == "closed"
+
+
+async def test_the_inner_timeout_firing_first_still_counts_inside_a_total_deadline(
+    clock: FakeClock,
+) -> None:
+    breaker = CircuitBreaker(minimum_calls=2, open_jitter=0.0)
+    pipeline = Pipeline(Timeout(10.0), breaker, Timeout(1.0), clock=clock, telemetry=False)
+
+    async def hang() -> str:
+        await clock.sleep(60.0)
+        return "late"
+
+    for _ in range(2):
+        assert isinstance(await call(pipeline, hang), TimeoutExceeded)
+    assert breaker.snapshot().failures == 2
+    assert breaker.snapshot().state == "open"
+
+
 async def test_returned_value_classified_as_failure_counts_and_is_returned(
     clock: FakeClock,
 ) -> None:

@@ -146,6 +146,29 @@ async def test_a_non_retryable_failure_after_retries_says_how_many_attempts(
     assert caught.value.__notes__ == ["resilient: 'retry' made 2 attempts; not retryable"]
 
 
+@pytest.mark.parametrize("listening", [False, True], ids=["fast_path", "listening"])
+async def test_an_exception_object_raised_again_and_again_keeps_one_note_per_message(
+    clock: FakeClock, listening: bool
+) -> None:
+    """A shared exception instance re-raised on every call (or through nested retries) does
+    not collect one more copy of the same note per call: its notes stay bounded."""
+    shared = ConnectionError("shared instance")
+    fn = Script(shared)
+    listeners = [EventRecorder()] if listening else []
+    outer = Retry(attempts=2, base_delay=0.0, budget=None, name="outer")
+    inner = Retry(attempts=3, base_delay=0.0, budget=None, name="inner")
+    p = pipeline(outer, inner, clock=clock, listeners=listeners)
+    for _ in range(5):
+        with pytest.raises(ConnectionError) as caught:
+            await p.call(fn)
+        assert caught.value is shared
+    assert fn.calls == 5 * 2 * 3
+    assert shared.__notes__ == [
+        "resilient: 'inner' made 3 attempts; gave up: no attempts left",
+        "resilient: 'outer' made 2 attempts; gave up: no attempts left",
+    ]
+
+
 async def test_a_per_attempt_timeout_is_retried(clock: FakeClock) -> None:
     calls = 0
 
@@ -588,3 +611,19 @@ def test_bad_options_raise_configuration_error_naming_parameter_and_value(
 def test_max_delay_below_base_delay_is_refused() -> None:
     with pytest.raises(ConfigurationError, match=r"Retry.max_delay=0.5 .*base_delay"):
         Retry(base_delay=1.0, max_delay=0.5)
+
+
+async def test_a_rejection_after_real_failures_keeps_the_last_failure_as_context(
+    clock: FakeClock,
+) -> None:
+    """An inner breaker opening mid-retry: the caller's error still leads to the real failure."""
+    from resilient import CircuitOpenError
+
+    outcomes: list[Exception] = [ConnectionResetError("reset by peer"), CircuitOpenError("open")]
+
+    async def flaky() -> None:
+        raise outcomes.pop(0)
+
+    with pytest.raises(CircuitOpenError) as info:
+        await Pipeline(Retry(attempts=5, budget=None), clock=clock).call(flaky)
+    assert isinstance(info.value.__context__, ConnectionResetError)

@@ -224,3 +224,33 @@ async def test_a_slow_on_discard_is_cut_at_the_deadline(
     assert caught.value.policy == "total"
     assert clock.now() == 5.0  # not 100: the wait ended at the deadline
     assert calls == 1
+
+
+async def test_a_retry_given_up_because_on_discard_used_the_time_left_is_reported(
+    clock: FakeClock, events: EventRecorder
+) -> None:
+    """The deadline reached while releasing a dropped result ends the retry like any other
+    deadline: a ``RetryGaveUp(reason="deadline")`` event and a note on the error."""
+
+    class Response:
+        status = 503
+
+    async def slow_close(response: object) -> None:
+        await clock.sleep(100.0)
+
+    rules = Classifier(on_result(lambda r: r.status == 503, verdict=Verdict.TRANSIENT))
+    retry = Retry(classify=rules, on_discard=slow_close, budget=None)
+
+    async def fn() -> Response:
+        return Response()
+
+    p = pipeline(Timeout(5.0, name="total"), retry, Timeout(1.0), clock=clock, listeners=[events])
+    with pytest.raises(TimeoutExceeded) as caught:
+        await p.call(fn)
+    assert caught.value.policy == "total"
+    (gave_up,) = events.of_type(RetryGaveUp)
+    assert (gave_up.reason, gave_up.attempts) == ("deadline", 1)
+    assert caught.value.__notes__ == [
+        "resilient: 'retry' made 1 attempt; "
+        "gave up: the next attempt could not start before the deadline"
+    ]

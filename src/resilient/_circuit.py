@@ -24,7 +24,7 @@ from ._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_
 from ._classify import Classification as _Classification
 from ._context import Context
 from ._events import CallRejected, CircuitStateChanged, Event, Listener, report_listener_error
-from ._exceptions import CircuitOpenError, ConfigurationError
+from ._exceptions import CircuitOpenError, ConfigurationError, TimeoutExceeded
 from ._keyed import BoundedKeyMap
 from ._pipeline import Call, Policy, PolicyDecorator
 
@@ -40,6 +40,7 @@ DISABLED: Final = "disabled"
 _SUCCESS = Verdict.SUCCESS
 _TRANSIENT = Verdict.TRANSIENT
 _FAILURE = Verdict.FAILURE
+_NEUTRAL = Verdict.REJECTED
 _MANUAL = frozenset((FORCED_OPEN, FORCED_CLOSED, DISABLED))
 _NEVER = -(2**62)  # bucket epoch of an empty time window: the first outcome resets it
 
@@ -47,6 +48,21 @@ _NEVER = -(2**62)  # bucket epoch of an empty time window: the first outcome res
 _CALL = 1
 _FAILED = 2
 _SLOW = 4
+
+
+def _exception_verdict(classifier: ClassifierLike, exc: Exception, ctx: Context) -> Verdict:
+    """The verdict the breaker records for ``exc`` (the exception path only)."""
+    if (
+        isinstance(exc, TimeoutExceeded)
+        and exc.policy == ctx.deadline_source
+        and exc.timeout == ctx.deadline_timeout
+        and ctx.deadline != math.inf
+    ):
+        # The deadline that fired is the one enclosing the breaker (an outer Timeout whose
+        # timer an inner Timeout armed for it): the caller's limit, neutral like the
+        # cancellation an outer timer of its own would have caused.
+        return _NEUTRAL
+    return classifier.classify_exception(exc).verdict
 
 
 _TEMPLATES: dict[tuple[bool, int], array[int] | bytes] = {}
@@ -447,6 +463,7 @@ class CircuitBreaker(PolicyDecorator):
         default_classifier = DEFAULT_CLASSIFIER
         success = _SUCCESS
         one_call = _CALL
+        exception_verdict = _exception_verdict
 
         async def run_timed(ctx: Context) -> Any:
             key = ctx.key
@@ -457,8 +474,9 @@ class CircuitBreaker(PolicyDecorator):
             try:
                 result = await inner(ctx)
             except Exception as exc:
-                verdict = (own or ctx.classifier).classify_exception(exc).verdict
-                finish(st, gen, closed, verdict, 0.0, ctx)
+                finish(
+                    st, gen, closed, exception_verdict(own or ctx.classifier, exc, ctx), 0.0, ctx
+                )
                 raise
             classifier = own or ctx.classifier
             if classifier is not default_classifier:
@@ -490,8 +508,9 @@ class CircuitBreaker(PolicyDecorator):
             try:
                 result = await inner(ctx)
             except Exception as exc:
-                verdict = (own or ctx.classifier).classify_exception(exc).verdict
-                finish(st, gen, closed, verdict, 0.0, ctx)
+                finish(
+                    st, gen, closed, exception_verdict(own or ctx.classifier, exc, ctx), 0.0, ctx
+                )
                 raise
             classifier = own or ctx.classifier
             if classifier is not default_classifier:
@@ -554,7 +573,7 @@ class CircuitBreaker(PolicyDecorator):
             try:
                 result = await call(ctx)
             except Exception as exc:
-                self._finish(st, gen, kind, classifier.classify_exception(exc).verdict, start, ctx)
+                self._finish(st, gen, kind, _exception_verdict(classifier, exc, ctx), start, ctx)
                 raise
             self._finish(st, gen, kind, classifier.classify_result(result).verdict, start, ctx)
             return result
@@ -566,7 +585,7 @@ class CircuitBreaker(PolicyDecorator):
             try:
                 result = await call(ctx)
             except Exception as exc:
-                self._finish(st, gen, kind, classifier.classify_exception(exc).verdict, start, ctx)
+                self._finish(st, gen, kind, _exception_verdict(classifier, exc, ctx), start, ctx)
                 raise
             self._finish(st, gen, kind, classifier.classify_result(result).verdict, start, ctx)
             return result

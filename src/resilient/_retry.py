@@ -32,6 +32,7 @@ logger = logging.getLogger("resilient")
 _TRANSIENT: Final = Verdict.TRANSIENT
 _SUCCESS: Final = Verdict.SUCCESS
 _CLIENT_ERROR: Final = Verdict.CLIENT_ERROR
+_REJECTED: Final = Verdict.REJECTED
 _INF: Final = math.inf
 
 
@@ -264,6 +265,7 @@ class Retry(PolicyDecorator):
         listening = ctx.listening  # fixed for the call (an observer decides before the chain)
         attempt = 1
         previous = 0.0
+        last_error: Exception | None = None
         started = 0.0
         timed = False
         reason: str | None
@@ -371,13 +373,29 @@ class Retry(PolicyDecorator):
                     if deadline != inf and clock.now() + delay >= deadline:
                         # Releasing the result took the time the retry needed; the result is
                         # gone, so the deadline is the failure left to report.
-                        raise ctx.deadline_exceeded()
+                        error = ctx.deadline_exceeded()
+                        result = None
+                        reason = "deadline"
+                        break
+                if error is not None:
+                    last_error = error
                 result = error = classification = None
                 if delay > 0.0:
                     await clock.sleep(delay)
                 # A zero delay retries at once: yielding to the event loop here would cost more
                 # than the retry itself, and the number of attempts is bounded.
                 attempt += 1
+            if (
+                verdict is _REJECTED
+                and error is not None
+                and last_error is not None
+                and error is not last_error
+                and error.__context__ is None
+            ):
+                # An inner policy refused a retry (an open circuit): keep the dependency's own
+                # last failure reachable from what the caller gets.
+                error.__context__ = last_error
+            last_error = None
             self._ended(ctx, attempt, error, reason, verdict)
             if error is not None:
                 raise error
@@ -425,7 +443,13 @@ class Retry(PolicyDecorator):
                 )
             )
         if error is not None and (attempt > 1 or verdict is _TRANSIENT):
-            error.add_note(_note(self.name, attempt, reason))
+            note = _note(self.name, attempt, reason)
+            # The same exception object may come back again (a shared instance raised on every
+            # call, or nested retries re-raising it): one copy of a note is enough, and notes
+            # must not grow with the number of calls.
+            notes = getattr(error, "__notes__", None)
+            if notes is None or note not in notes:
+                error.add_note(note)
 
     def __repr__(self) -> str:
         return (

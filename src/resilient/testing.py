@@ -81,8 +81,10 @@ class FakeClock:
     - ``advance(d)`` moves virtual time from test code and fires every timeout it passes; the
       cancelled tasks notice at their next checkpoint.
 
-    Virtual time is shared: concurrent sleepers advance it one after another. Use trio's
-    ``MockClock`` when a test needs overlapping sleeps.
+    Virtual time is shared: concurrent sleepers advance it one after another. A sleep is cut
+    short only by a timeout entered in the same task (a child task's sleep runs to its end and
+    the parent's timeout then fires). Use trio's ``MockClock`` when a test needs overlapping
+    sleeps or timeouts around task groups.
 
     Args:
         start: the initial virtual time.
