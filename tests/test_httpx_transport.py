@@ -748,7 +748,7 @@ class NullObserver:
     def start(self, ctx: Context, /) -> None:
         pass
 
-    def end(self, ctx: Context, error: BaseException | None, /) -> None:
+    def end(self, ctx: Context, error: BaseException | None, /, *rest: Any) -> None:
         pass
 
     def event(self, ctx: Context, event: Any, /) -> None:
