@@ -20,6 +20,7 @@ SUITES = [
     "suite_jitter",
     "suite_serde",
     "suite_limits",
+    "suite_telemetry",
     "suite_httpx",
 ]
 QUICK_MARGIN = 1.5  # quick mode fails only past 1.5x the target: noisy shared machines

@@ -157,7 +157,7 @@ async def test_full_waiting_room_rejects_at_once(clock: FakeClock, events: Event
     [rejected] = events.of_type(CallRejected)
     assert (rejected.reason, rejected.error_type, rejected.retry_after) == (
         "full",
-        "BulkheadFullError",
+        "resilient.BulkheadFullError",
         2.0,
     )
     assert rejected.policy == "db"
@@ -269,7 +269,7 @@ async def test_call_deadline_cuts_the_wait_with_the_deadlines_timeout(
         gate.release.set()
     assert outcome[0].policy == "total"  # type: ignore[attr-defined]
     assert events.of_type(CallRejected)[0].reason == "deadline"
-    assert events.of_type(CallRejected)[0].error_type == "TimeoutExceeded"
+    assert events.of_type(CallRejected)[0].error_type == "resilient.TimeoutExceeded"
     assert bulkhead.snapshot() == BulkheadSnapshot(
         running=0, waiting=0, max_concurrent=1, max_waiting=64
     )

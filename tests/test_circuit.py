@@ -143,7 +143,7 @@ async def test_open_fails_fast_with_retry_after_then_probes_after_open_for(
     ]
     rejection = events.of_type(CallRejected)
     assert [(r.reason, r.error_type, r.policy) for r in rejection] == [
-        ("open", "CircuitOpenError", "payments")
+        ("open", "resilient.CircuitOpenError", "payments")
     ]
     assert rejection[0].retry_after == pytest.approx(0.25)
 

@@ -188,7 +188,7 @@ class Observer:
         if self.fail:
             raise RuntimeError("start")
 
-    def end(self, ctx: Context, error: BaseException | None, /) -> None:
+    def end(self, ctx: Context, error: BaseException | None, result: object, /) -> None:
         self.calls.append(("end", type(error).__name__ if error else None))
         if self.fail:
             raise RuntimeError("end")

@@ -63,7 +63,7 @@ async def test_burst_is_admitted_at_once_then_refused_with_exact_retry_after(
     assert info.value.retry_after == pytest.approx(0.1, abs=1e-12)
     assert info.value.policy == "api"
     [rejected] = events.of_type(CallRejected)
-    assert (rejected.reason, rejected.error_type) == ("rate_limited", "RateLimitedError")
+    assert (rejected.reason, rejected.error_type) == ("rate_limited", "resilient.RateLimitedError")
     assert rejected.retry_after == pytest.approx(0.1, abs=1e-12)
     assert not events.of_type(WaitEnded)
 

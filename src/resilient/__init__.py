@@ -54,6 +54,7 @@ from ._ratelimit import (
 )
 from ._retry import Retry
 from ._timeout import Timeout
+from .telemetry import Telemetry
 
 __version__ = "0.1.0.dev0"
 
@@ -95,6 +96,7 @@ __all__ = [
     "RetryGaveUp",
     "RetryScheduled",
     "SystemClock",
+    "Telemetry",
     "Timeout",
     "TimeoutExceeded",
     "TimeoutFired",

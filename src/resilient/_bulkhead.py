@@ -22,7 +22,7 @@ from . import _validate as check
 from ._classify import DEFAULT_CLASSIFIER
 from ._clock import SYSTEM_CLOCK, Clock
 from ._context import Context, default_random
-from ._events import CallRejected, WaitEnded
+from ._events import CallRejected, WaitEnded, error_type
 from ._exceptions import BulkheadFullError, ConfigurationError
 from ._keyed import BoundedKeyMap
 from ._pipeline import Call, Policy, PolicyDecorator
@@ -381,7 +381,7 @@ class Bulkhead(PolicyDecorator):
                     at=at,
                     reason=reason,
                     retry_after=hint,
-                    error_type=type(exc).__qualname__,
+                    error_type=error_type(exc),
                 )
             )
         return exc

@@ -826,7 +826,7 @@ class CircuitBreaker(PolicyDecorator):
                     at=ctx.clock.now() if now is None else now,
                     reason=reason,
                     retry_after=error.retry_after,
-                    error_type="CircuitOpenError",
+                    error_type="resilient.CircuitOpenError",
                 ),
                 ctx if ctx.listening else None,
             )

@@ -59,7 +59,9 @@ class Context:
         classifier: the classifier for this call (the pipeline's, or an integration's).
         key: partition key for keyed policies (for example the host), or ``None``.
         listening: whether anyone observes events; policies build events only when true.
-        span: per-call slot for the telemetry observer.
+        span: the call's OpenTelemetry span while it is recording, else ``None`` (set by the
+            telemetry observer; integrations parent their own spans on it).
+        telemetry: private per-call state of the telemetry observer.
         extra: per-call slot for integrations (for example the httpx request), or ``None``.
     """
 
@@ -82,6 +84,7 @@ class Context:
         "pipeline",
         "random",
         "span",
+        "telemetry",
     )
 
     pipeline: str
@@ -98,6 +101,7 @@ class Context:
     observer: CallObserver | None
     listening: bool
     span: Any
+    telemetry: Any
     extra: Any
     deadline: float
     deadline_source: str
@@ -133,6 +137,7 @@ class Context:
         self.observer = observer
         self.listening = bool(listeners) or observer is not None
         self.span = None
+        self.telemetry = None
         self.extra = None
         inherited = _DEADLINE.get()
         if inherited is not None and inherited.clock is clock:

@@ -155,13 +155,15 @@ class CallObserver(Protocol):
     """Seam for telemetry: sees every call of a pipeline and every event of those calls.
 
     ``start`` may set ``ctx.listening`` to ``False`` to opt out of events for that call (for
-    example when nothing is recording) and may store per-call state in ``ctx.span``. Exceptions
+    example when nothing is recording), may publish the call's span in ``ctx.span`` and may
+    keep private per-call state in ``ctx.telemetry``. ``end`` receives the exception the call
+    raised (``None`` on return) and the returned value (``None`` when it raised). Exceptions
     raised by an observer are logged and swallowed by the pipeline.
     """
 
     def start(self, ctx: Context, /) -> None: ...
 
-    def end(self, ctx: Context, error: BaseException | None, /) -> None: ...
+    def end(self, ctx: Context, error: BaseException | None, result: object, /) -> None: ...
 
     def event(self, ctx: Context, event: Event, /) -> None: ...
 
@@ -169,3 +171,29 @@ class CallObserver(Protocol):
 def report_listener_error(listener: object) -> None:
     """Log (never raise) an exception raised by a listener or observer."""
     logger.exception("resilient: listener %r raised; the call's outcome is unchanged", listener)
+
+
+_ERROR_TYPES: dict[type[BaseException], str] = {}
+_MAX_ERROR_TYPES = 1024
+
+
+def error_type(exc: BaseException) -> str:
+    """The bounded ``error.type`` of an exception, spelled by its public import path.
+
+    Builtins stay bare (``ConnectionError``); other classes get their module with private
+    components dropped (``resilient._exceptions.TimeoutExceeded`` ->
+    ``resilient.TimeoutExceeded``, ``httpx._exceptions.ConnectError`` -> ``httpx.ConnectError``).
+    Every policy and the telemetry layer spell the same exception the same way.
+    """
+    cls = type(exc)
+    name = _ERROR_TYPES.get(cls)
+    if name is None:
+        module = cls.__module__
+        if module == "builtins":
+            name = cls.__qualname__
+        else:
+            public = ".".join(p for p in module.split(".") if not p.startswith("_"))
+            name = f"{public}.{cls.__qualname__}" if public else cls.__qualname__
+        if len(_ERROR_TYPES) < _MAX_ERROR_TYPES:
+            _ERROR_TYPES[cls] = name
+    return name

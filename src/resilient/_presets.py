@@ -10,7 +10,7 @@ from ._circuit import CircuitBreaker
 from ._classify import ClassifierLike
 from ._clock import Clock
 from ._events import CallObserver, Listener
-from ._pipeline import Pipeline, Policy
+from ._pipeline import ObserverFactory, Pipeline, Policy
 from ._ratelimit import RateLimiter
 from ._retry import Retry
 
@@ -44,7 +44,7 @@ def standard(
     clock: Clock | None = None,
     random: Callable[[], float] | None = None,
     listeners: Iterable[Listener] = (),
-    telemetry: bool | CallObserver = True,
+    telemetry: bool | CallObserver | ObserverFactory = True,
 ) -> Pipeline:
     """Build the recommended pipeline for calls to one dependency.
 

@@ -21,7 +21,14 @@ from ._classify import (
     default_exception_verdict,
 )
 from ._context import Context
-from ._events import AttemptEnded, AttemptStarted, BudgetRefused, RetryGaveUp, RetryScheduled
+from ._events import (
+    AttemptEnded,
+    AttemptStarted,
+    BudgetRefused,
+    RetryGaveUp,
+    RetryScheduled,
+    error_type,
+)
 from ._exceptions import ConfigurationError
 from ._pipeline import Call, PolicyDecorator
 
@@ -61,14 +68,7 @@ def _usable_hint(value: object) -> float | None:
 
 
 def _error_type(error: BaseException | None) -> str | None:
-    if error is None:
-        return None
-    kind = type(error)
-    return (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
+    return None if error is None else error_type(error)
 
 
 @final
