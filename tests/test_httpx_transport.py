@@ -711,6 +711,29 @@ async def test_attempt_spans_are_children_of_the_call_span(
     assert [s.parent.span_id if s.parent else None for s in attempts] == [call.context.span_id] * 2
 
 
+async def test_attempt_spans_nest_under_the_telemetry_layers_call_span(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """With resilient's own telemetry on, each attempt is a child of the pipeline call span."""
+    from resilient.telemetry import Telemetry
+
+    provider, exporter = spans
+    pipeline = resilient.Pipeline(
+        Attempts(2),
+        name="api",
+        telemetry=Telemetry(tracer_provider=provider, metrics=False),
+    )
+    transport = ResilientTransport(pipeline, Upstream(503, 200), tracer_provider=provider)
+    async with httpx.AsyncClient(transport=transport) as client:
+        await client.get(URL, extensions={ROUTE_EXTENSION: "/items"})
+    finished = exporter.get_finished_spans()
+    attempts = [s for s in finished if s.kind is trace.SpanKind.CLIENT]
+    (call,) = [s for s in finished if s.kind is not trace.SpanKind.CLIENT]
+    assert [s.name for s in attempts] == ["GET /items", "GET /items"]
+    assert {s.parent.span_id for s in attempts if s.parent} == {call.context.span_id}
+    assert len(attempts) == 2
+
+
 async def test_attempt_spans_default_to_the_current_span(
     spans: tuple[TracerProvider, InMemorySpanExporter],
 ) -> None:
