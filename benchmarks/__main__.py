@@ -31,6 +31,8 @@ SUITES = [
     "suite_serde",
     "suite_limits",
     "suite_telemetry",
+    "suite_asgi",
+    "suite_httpx",
 ]
 # The cross-cutting comparisons (issue 10): five policies together, each policy vs its peers,
 # the failure path, memory, chaos switched off. Feature suites go in the list above.

@@ -20,6 +20,7 @@ from ._classify import (
 )
 from ._clock import Clock, SystemClock, TimerScope
 from ._context import Context, remaining
+from ._decorators import AsyncDecorator, bulkhead, circuit_breaker, rate_limit, retry, timeout
 from ._events import (
     AttemptEnded,
     AttemptStarted,
@@ -59,6 +60,7 @@ from .telemetry import Telemetry
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AsyncDecorator",
     "AttemptEnded",
     "AttemptStarted",
     "BucketStore",
@@ -103,8 +105,13 @@ __all__ = [
     "TimerScope",
     "Verdict",
     "WaitEnded",
+    "bulkhead",
+    "circuit_breaker",
     "on_exception",
     "on_result",
+    "rate_limit",
     "remaining",
+    "retry",
     "standard",
+    "timeout",
 ]

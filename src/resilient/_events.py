@@ -197,3 +197,39 @@ def error_type(exc: BaseException) -> str:
         if len(_ERROR_TYPES) < _MAX_ERROR_TYPES:
             _ERROR_TYPES[cls] = name
     return name
+
+
+def report_rejection(
+    ctx: Context,
+    policy: str,
+    exc: BaseException,
+    *,
+    reason: str,
+    retry_after: float | None,
+    waited: float | None = None,
+) -> None:
+    """Emit a queue policy's refusal: ``WaitEnded(admitted=False)`` if it waited, then
+    ``CallRejected``. Call only when ``ctx.listening``."""
+    at = ctx.clock.now()
+    if waited is not None:
+        ctx.emit(
+            WaitEnded(
+                pipeline=ctx.pipeline,
+                operation=ctx.operation,
+                policy=policy,
+                at=at,
+                waited=waited,
+                admitted=False,
+            )
+        )
+    ctx.emit(
+        CallRejected(
+            pipeline=ctx.pipeline,
+            operation=ctx.operation,
+            policy=policy,
+            at=at,
+            reason=reason,
+            retry_after=retry_after,
+            error_type=error_type(exc),
+        )
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
-from typing import Any, ParamSpec, Protocol, TypeVar, final, runtime_checkable
+from typing import Any, ParamSpec, Protocol, TypeVar, final, overload, runtime_checkable
 
 from . import _validate as check
 from ._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
@@ -19,6 +19,7 @@ __all__ = ["Call", "Pipeline", "Policy"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
+C = TypeVar("C")
 
 Call = Callable[[Context], Awaitable[Any]]
 """The next step of a chain: run the rest of the pipeline (and the user's function)."""
@@ -309,26 +310,34 @@ class Pipeline:
             report_listener_error(observer)
         return result
 
-    def wrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    @overload
+    def wrap(
+        self, fn: classmethod[C, P, Awaitable[T]]
+    ) -> classmethod[C, P, Coroutine[Any, Any, T]]: ...
+    @overload
+    def wrap(
+        self, fn: staticmethod[P, Awaitable[T]]
+    ) -> staticmethod[P, Coroutine[Any, Any, T]]: ...
+    @overload
+    def wrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]: ...
+    def wrap(self, fn: Any) -> Any:
         """Decorate an async function so every call runs through this pipeline.
 
-        The signature (for type checkers), name, docstring and ``__wrapped__`` are kept.
+        Works on functions, methods, ``classmethod`` and ``staticmethod`` objects (either
+        decorator order) and objects with an ``async def __call__``. The signature (for type
+        checkers), name, docstring and ``__wrapped__`` are kept. Each call runs ``fn`` once
+        per attempt the policies admit; a refused call never calls it (no coroutine is
+        created, so none is left un-awaited).
 
         Raises:
             TypeError: ``fn`` is not an async function (a sync function or an async
                 generator), at decoration time.
         """
-        _check_async_callable(fn, f"Pipeline({self._name!r}).wrap")
-        operation = getattr(fn, "__qualname__", None) or "call"
-        run = self.run
-        context = self.context
-
-        @functools.wraps(fn)
-        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            result: T = await run(context(fn, args, kwargs, operation=operation))
-            return result
-
-        return wrapper
+        if isinstance(fn, classmethod):
+            return classmethod(self.wrap(fn.__func__))
+        if isinstance(fn, staticmethod):
+            return staticmethod(self.wrap(fn.__func__))
+        return _wrap(self, fn, f"Pipeline({self._name!r}).wrap")
 
     async def execute(self, call: Call, ctx: Context, /) -> Any:
         """Run this pipeline's policies around ``call`` inside another pipeline's call."""
@@ -353,11 +362,54 @@ class PolicyDecorator:
 
     name: str
 
-    def wrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-        """Decorate an async function with this policy alone (see ``Pipeline.wrap``)."""
-        _check_async_callable(fn, f"{type(self).__name__}({self.name!r})")
-        return Pipeline(self, name=self.name).wrap(fn)  # type: ignore[arg-type]
+    @overload
+    def wrap(
+        self, fn: classmethod[C, P, Awaitable[T]]
+    ) -> classmethod[C, P, Coroutine[Any, Any, T]]: ...
+    @overload
+    def wrap(
+        self, fn: staticmethod[P, Awaitable[T]]
+    ) -> staticmethod[P, Coroutine[Any, Any, T]]: ...
+    @overload
+    def wrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]: ...
+    def wrap(self, fn: Any) -> Any:
+        """Decorate an async function with this policy alone (see ``Pipeline.wrap``).
 
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        Raises:
+            TypeError: ``fn`` is not an async function, at decoration time.
+        """
+        if isinstance(fn, classmethod):
+            return classmethod(self.wrap(fn.__func__))
+        if isinstance(fn, staticmethod):
+            return staticmethod(self.wrap(fn.__func__))
+        where = f"{type(self).__name__}({self.name!r})"
+        _check_async_callable(fn, where)
+        return _wrap(Pipeline(self, name=self.name), fn, where)  # type: ignore[arg-type]
+
+    @overload
+    def __call__(
+        self, fn: classmethod[C, P, Awaitable[T]]
+    ) -> classmethod[C, P, Coroutine[Any, Any, T]]: ...
+    @overload
+    def __call__(
+        self, fn: staticmethod[P, Awaitable[T]]
+    ) -> staticmethod[P, Coroutine[Any, Any, T]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]: ...
+    def __call__(self, fn: Any) -> Any:
         """Same as ``wrap``: lets the policy be used as ``@policy``."""
         return self.wrap(fn)
+
+
+def _wrap(pipeline: Pipeline, fn: Callable[P, Awaitable[T]], where: str) -> Any:
+    _check_async_callable(fn, where)
+    operation = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    run = pipeline.run
+    context = pipeline.context
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        result: T = await run(context(fn, args, kwargs, operation=operation))
+        return result
+
+    return wrapper

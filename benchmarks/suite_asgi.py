@@ -1,0 +1,233 @@
+"""ASGI suite: what ResilienceMiddleware costs a real uvicorn server when nothing is shed.
+
+uvicorn servers (httptools, one worker each) serve a trivial raw ASGI app and a trivial
+Starlette route, each bare and behind ``ResilienceMiddleware(max_concurrent=100,
+rate=<never reached>, timeout=5.0)``. A load generator in a separate process keeps 8
+keep-alive connections busy against one server at a time, alternating between them in short
+rounds; each case reports nanoseconds per request
+(1e9 / throughput). The in-process cases time the middleware's own work around a trivial app
+with no server at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+from benchmarks._harness import Case, run_cases
+from resilient.asgi import ResilienceMiddleware
+
+CONNECTIONS = 8
+_REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+_OPTIONS: dict[str, Any] = {"max_concurrent": 100, "rate": 1e9, "timeout": 5.0}
+
+
+async def trivial_app(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            kind = message["type"].replace("lifespan.", "")
+            await send({"type": f"lifespan.{kind}.complete"})
+            if kind == "shutdown":
+                return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+protected_app = ResilienceMiddleware(trivial_app, **_OPTIONS)
+
+
+def _starlette(protected: bool) -> Any:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def hello(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", hello)])
+    if protected:
+        app.add_middleware(ResilienceMiddleware, **_OPTIONS)
+    return app
+
+
+def _serve(which: str, port: int) -> None:  # runs in the server process
+    import uvicorn
+
+    app = {
+        "protected": protected_app,
+        "plain": trivial_app,
+        "starlette": _starlette(False),
+        "starlette+protected": _starlette(True),
+    }[which]
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+
+
+async def _connection(port: int, stop: float, counts: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    done = 0
+    try:
+        while time.perf_counter() < stop:
+            writer.write(_REQUEST)
+            head = await reader.readuntil(b"\r\n\r\n")
+            at = head.find(b"content-length: ")
+            length = int(head[at + 16 : head.index(b"\r\n", at)])
+            if length:
+                await reader.readexactly(length)
+            done += 1
+    finally:
+        counts.append(done)
+        writer.close()
+
+
+def _load() -> None:  # runs in the load process: "port seconds" per line -> requests/s
+    for line in sys.stdin:
+        port, seconds = line.split()
+
+        async def burst(port: int = int(port), seconds: float = float(seconds)) -> float:
+            counts: list[int] = []
+            start = time.perf_counter()
+            stop = start + seconds
+            await asyncio.gather(*(_connection(port, stop, counts) for _ in range(CONNECTIONS)))
+            return sum(counts) / (time.perf_counter() - start)
+
+        print(asyncio.run(burst()), flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server on port {port} did not start")
+
+
+def _python(code: str, **kwargs: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-c", code], text=True, env=env, **kwargs)
+
+
+def server_throughput(*, rounds: int, seconds: float) -> dict[str, float]:
+    """ns per request of each server, median over interleaved rounds."""
+    which = {
+        "uvicorn: trivial ASGI app": "plain",
+        "uvicorn: + ResilienceMiddleware": "protected",
+        "uvicorn+Starlette: trivial route": "starlette",
+        "uvicorn+Starlette: + ResilienceMiddleware": "starlette+protected",
+    }
+    ports = {name: _free_port() for name in which}
+    servers = [
+        _python(
+            f"from benchmarks.suite_asgi import _serve; _serve({which[name]!r}, {port})",
+            stdout=subprocess.DEVNULL,
+        )
+        for name, port in ports.items()
+    ]
+    load = _python(
+        "from benchmarks.suite_asgi import _load; _load()",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert load.stdin is not None
+    assert load.stdout is not None
+    samples: dict[str, list[float]] = {name: [] for name in ports}
+    try:
+        for port in ports.values():
+            _wait_ready(port, time.monotonic() + 20)
+        for round_ in range(rounds + 1):  # round 0 warms both servers up
+            order = list(ports.items()) if round_ % 2 else list(reversed(ports.items()))
+            for name, port in order:
+                load.stdin.write(f"{port} {seconds}\n")
+                load.stdin.flush()
+                rps = float(load.stdout.readline())
+                if round_:
+                    samples[name].append(1e9 / rps)
+    finally:
+        load.stdin.close()
+        load.wait(timeout=30)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def cases() -> dict[str, Case]:
+    """In-process: one request through the app, bare and behind the middleware."""
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "headers": [(b"host", b"bench")],
+        "client": ("127.0.0.1", 5000),
+    }
+    request = {"type": "http.request", "body": b"", "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return request
+
+    async def send(message: Any) -> None:
+        pass
+
+    async def bare(n: int) -> None:
+        for i in range(n):
+            await trivial_app(scope, receive, send)
+            if i % 128 == 0:
+                await asyncio.sleep(0)
+
+    async def protected(n: int) -> None:
+        for i in range(n):
+            await protected_app(scope, receive, send)
+            if i % 128 == 0:
+                await asyncio.sleep(0)
+
+    return {"in-process: trivial app": bare, "in-process: + ResilienceMiddleware": protected}
+
+
+# The issue's target is at most 5% of throughput when nothing is shed. NOT MET YET: on this
+# shared 2-core machine a trivial Starlette route measures 1.3-1.6x (the middleware's own work
+# is ~7-9 us per request in process, telemetry observation included, against a route that
+# costs uvicorn ~40-60 us). The gate guards against regressions from there; tighten it to
+# 1.05 once the observed path is cheaper. The bare-ASGI pair is reported, not gated.
+GATES = [
+    ("uvicorn+Starlette: + ResilienceMiddleware", "uvicorn+Starlette: trivial route", 1.4),
+]
+
+
+def run(*, quick: bool) -> dict[str, float]:
+    inproc = run_cases(cases(), calls=2_000 if quick else 20_000, rounds=5 if quick else 9)
+    results = {name: r.median_ns for name, r in inproc.items()}
+    results.update(server_throughput(rounds=4 if quick else 12, seconds=0.4 if quick else 1.5))
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--full" not in sys.argv), indent=2))

@@ -1,0 +1,708 @@
+"""``ResilienceMiddleware``: protect a service from overload, abusive clients and dead work."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Final, cast, final
+
+import anyio
+
+from resilient import _validate as check
+from resilient._bulkhead import Bulkhead
+from resilient._clock import SYSTEM_CLOCK, Clock
+from resilient._context import Context, pop_deadline, push_deadline
+from resilient._events import CallRejected, Listener, report_listener_error
+from resilient._exceptions import (
+    BulkheadFullError,
+    ConfigurationError,
+    RateLimitedError,
+    RejectedError,
+    TimeoutExceeded,
+)
+from resilient._pipeline import Pipeline
+from resilient._ratelimit import RateLimiter
+
+from ._client import ClientKeyResolver
+from ._guard import (
+    DISCONNECT,
+    STREAMING,
+    Exchange,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    Wheel,
+)
+
+__all__ = ["DEFAULT_EXCLUDE", "ASGIApp", "ResilienceMiddleware"]
+
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+"""An ASGI 3 application."""
+
+DEFAULT_EXCLUDE: Final = ("/health", "/healthz", "/livez", "/readyz")
+"""Paths never shed, limited or timed out by default: orchestrator probes."""
+
+_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
+_HEADER_MODES: Final = ("ietf", "legacy", "none")
+_METHODS: Final = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+)
+_MAX_OPERATIONS: Final = 512
+
+
+def _plain(status: int, text: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[Message, Message]:
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(text)).encode()),
+            *headers,
+        ],
+    }
+    return start, {"type": "http.response.body", "body": text, "more_body": False}
+
+
+async def _consume_cancellation(task: asyncio.Task[Any], cancelling: int) -> None:
+    # We asked for a cancellation the app never saw (it returned first, or swallowed it):
+    # take it here so it cannot hit the server's next await.
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        if task.cancelling() > cancelling:
+            raise
+
+
+def _seconds_header(seconds: float) -> bytes:
+    # Integer seconds, never 0: a client told "0" retries at once and is refused again.
+    return str(max(1, math.ceil(seconds - 1e-9))).encode()
+
+
+@final
+class ResilienceMiddleware:
+    """Pure ASGI middleware that protects the service it wraps.
+
+    - **Load shedding**: ``max_concurrent`` requests run at once, up to ``max_waiting`` more
+      wait at most ``max_wait`` seconds for a slot, the rest get ``503`` with
+      ``Retry-After`` at once. A queued request whose client left or whose deadline passed is
+      dropped without running.
+    - **Rate limiting per client**: a token bucket per client key (``rate`` per second,
+      ``burst`` at most); a refused request gets ``429`` with ``Retry-After`` (whole seconds
+      until a token is available) and the IETF ``RateLimit``/``RateLimit-Policy`` headers.
+    - **Deadlines**: the app must start its response within ``timeout`` seconds, else the
+      client gets ``504`` and the app is cancelled. ``total_timeout`` bounds the whole
+      response, streaming included; a caller's ``deadline_header`` tightens both. A deadline
+      passing after the response started aborts it (the server closes the connection) rather
+      than sending a second response.
+    - **Client disconnect** cancels the app's work and frees its slot.
+
+    Lifespan scopes pass through untouched; websocket scopes too, unless
+    ``limit_websockets`` (handshakes are then rate-limited and shed, without holding a slot).
+    The request body is never read by the middleware and responses pass through message by
+    message. The app runs in the caller's task: context variables it sets stay visible.
+
+    Use ``app.add_middleware(ResilienceMiddleware, max_concurrent=100, rate=200.0,
+    timeout=5.0)`` in Starlette/FastAPI, or wrap any ASGI app:
+    ``ResilienceMiddleware(app, max_concurrent=100)``.
+
+    Args:
+        app: the ASGI application to protect.
+        max_concurrent: requests allowed to run at once (``None``: no limit).
+        max_waiting: requests allowed to wait for a slot (default: ``max_concurrent``).
+        max_wait: the longest a request waits for a slot, in seconds (default 0.25).
+        shed_retry_after: the ``Retry-After`` seconds sent with a ``503`` (default 1).
+        rate: requests per second per client (``None``: no rate limit).
+        burst: requests a client may send back to back (default: a tenth of a second's
+            worth of ``rate``, at least 1).
+        client_key: ``scope -> str | None`` giving the rate-limit key; ``None`` falls back to
+            the default (the peer address, or forwarded address behind trusted proxies).
+        trusted_proxies: addresses/networks of proxies whose forwarding header is believed;
+            ``"unix"`` trusts a peer-less (unix socket) connection.
+        forwarded_header: ``"x-forwarded-for"`` (default) or ``"forwarded"``.
+        ipv6_prefix: IPv6 clients share a bucket per ``/ipv6_prefix`` network (default 64).
+        max_keys: the most client buckets kept (least recently used evicted first).
+        rate_limit_headers: ``"ietf"`` (``RateLimit-Policy`` and ``RateLimit``, the current
+            httpapi draft), ``"legacy"`` (``RateLimit-Limit``/``-Remaining``/``-Reset``) or
+            ``"none"``.
+        timeout: seconds the app may take to start its response (``None``: no limit).
+        total_timeout: seconds the whole response may take, streaming included.
+        deadline_header: request header with the caller's remaining time in milliseconds
+            (``None`` to ignore callers' deadlines).
+        exclude: paths never shed, limited or timed out (exact, or a prefix ending in
+            ``*``); default: common health-check paths.
+        limit_websockets: apply rate limiting and shedding to websocket handshakes.
+        name: the pipeline name in telemetry (default ``"asgi"``).
+        clock: time source (default: the event loop's clock).
+        listeners: event listeners (``CallRejected`` for every refusal).
+        telemetry: as for ``Pipeline``: metrics and spans per route template.
+
+    Raises:
+        ConfigurationError: an invalid option.
+    """
+
+    __slots__ = (
+        "_app",
+        "_bulkhead",
+        "_clock",
+        "_deadline_header",
+        "_exclude_exact",
+        "_exclude_prefixes",
+        "_fast",
+        "_header_mode",
+        "_key",
+        "_key_fallback",
+        "_limit_websockets",
+        "_limiter",
+        "_max_wait",
+        "_observed",
+        "_operations",
+        "_pipeline",
+        "_policy_header",
+        "_shed_retry_after",
+        "_timeout",
+        "_total_timeout",
+        "_wheel",
+    )
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_concurrent: int | None = None,
+        max_waiting: int | None = None,
+        max_wait: float = 0.25,
+        shed_retry_after: float = 1.0,
+        rate: float | None = None,
+        burst: int | None = None,
+        client_key: Callable[[Scope], str | None] | None = None,
+        trusted_proxies: Iterable[str] = (),
+        forwarded_header: str = "x-forwarded-for",
+        ipv6_prefix: int = 64,
+        max_keys: int = 10_000,
+        rate_limit_headers: str = "ietf",
+        timeout: float | None = None,
+        total_timeout: float | None = None,
+        deadline_header: str | None = "x-request-deadline",
+        exclude: Iterable[str] = DEFAULT_EXCLUDE,
+        limit_websockets: bool = False,
+        name: str = "asgi",
+        clock: Clock | None = None,
+        listeners: Iterable[Listener] = (),
+        telemetry: Any = True,
+    ) -> None:
+        if not callable(app):
+            raise ConfigurationError("ResilienceMiddleware.app", app, "expected an ASGI app")
+        self._app = app
+        p = "ResilienceMiddleware."
+        self._max_wait = check.non_negative(p + "max_wait", max_wait)
+        self._shed_retry_after = check.positive(p + "shed_retry_after", shed_retry_after)
+        self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
+        self._bulkhead: Bulkhead | None = None
+        if max_concurrent is not None:
+            limit = check.integer(p + "max_concurrent", max_concurrent, minimum=1)
+            waiting = limit if max_waiting is None else max_waiting
+            self._bulkhead = Bulkhead(
+                max_concurrent=limit,
+                max_waiting=check.integer(p + "max_waiting", waiting, minimum=0),
+                max_wait=self._max_wait,
+                retry_after=self._shed_retry_after,
+                clock=self._clock,
+                name="load_shedding",
+            )
+        elif max_waiting is not None:
+            raise ConfigurationError(
+                p + "max_waiting", max_waiting, "needs max_concurrent to be set"
+            )
+        self._key = ClientKeyResolver(
+            trusted_proxies=trusted_proxies,
+            forwarded_header=forwarded_header,
+            ipv6_prefix=ipv6_prefix,
+        )
+        self._key_fallback = (
+            None if client_key is None else check.callable_(p + "client_key", client_key)
+        )
+        self._header_mode = check.choice(
+            p + "rate_limit_headers", rate_limit_headers, _HEADER_MODES
+        )
+        self._limiter: RateLimiter | None = None
+        self._policy_header: list[tuple[bytes, bytes]] = []
+        if rate is not None:
+            rate = check.positive(p + "rate", rate)
+            if burst is None:
+                burst = max(1, math.ceil(rate / 10))
+            burst = check.integer(p + "burst", burst, minimum=1)
+            max_keys = check.integer(p + "max_keys", max_keys, minimum=1)
+            self._limiter = RateLimiter(
+                rate=rate,
+                burst=burst,
+                max_wait=0.0,
+                per_key=True,
+                max_keys=max_keys,
+                clock=self._clock,
+                name="rate_limit",
+            )
+            window = max(1, math.ceil(burst / rate))
+            if self._header_mode == "ietf":
+                self._policy_header = [
+                    (b"ratelimit-policy", f'"default";q={burst};w={window}'.encode())
+                ]
+            elif self._header_mode == "legacy":
+                self._policy_header = [(b"ratelimit-limit", str(burst).encode())]
+        elif burst is not None:
+            raise ConfigurationError(p + "burst", burst, "needs rate to be set")
+        self._timeout = math.inf if timeout is None else check.positive(p + "timeout", timeout)
+        self._total_timeout = (
+            math.inf
+            if total_timeout is None
+            else check.positive(p + "total_timeout", total_timeout)
+        )
+        if deadline_header is not None:
+            given: object = deadline_header
+            if not isinstance(given, str) or not given.strip():
+                raise ConfigurationError(
+                    p + "deadline_header", deadline_header, "expected a header name or None"
+                )
+            self._deadline_header: bytes | None = deadline_header.strip().lower().encode()
+        else:
+            self._deadline_header = None
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        if isinstance(exclude, str):
+            exclude = [exclude]
+        for path in exclude:
+            entry: object = path
+            if not isinstance(entry, str) or not path.startswith("/"):
+                raise ConfigurationError(p + "exclude", path, "expected paths starting with '/'")
+            if path.endswith("*"):
+                prefixes.append(path[:-1])
+            else:
+                exact.add(path)
+        self._exclude_exact = frozenset(exact)
+        self._exclude_prefixes = tuple(prefixes)
+        self._limit_websockets = bool(limit_websockets)
+        self._pipeline = Pipeline(
+            name=check.name(p + "name", name),
+            clock=self._clock,
+            listeners=listeners,
+            telemetry=telemetry,
+        )
+        self._observed = self._pipeline.observer is not None or bool(tuple(listeners))
+        # The wheel runtime needs asyncio's own clock; other clocks use the anyio runtime.
+        self._fast = self._clock is SYSTEM_CLOCK
+        self._wheel: Wheel | None = None
+        self._operations: set[str] = set()
+
+    @property
+    def app(self) -> ASGIApp:
+        """The wrapped application."""
+        return self._app
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline whose name, listeners and telemetry the middleware reports through."""
+        return self._pipeline
+
+    @property
+    def bulkhead(self) -> Bulkhead | None:
+        """The ``Bulkhead`` that sheds load (``None`` without ``max_concurrent``)."""
+        return self._bulkhead
+
+    @property
+    def rate_limiter(self) -> RateLimiter | None:
+        """The per-client ``RateLimiter`` (``None`` without ``rate``)."""
+        return self._limiter
+
+    @property
+    def in_flight(self) -> int:
+        """Requests holding a concurrency slot right now."""
+        return 0 if self._bulkhead is None else self._bulkhead.snapshot().running
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a slot right now."""
+        return 0 if self._bulkhead is None else self._bulkhead.snapshot().waiting
+
+    def _excluded(self, scope: Scope) -> bool:
+        path = scope.get("path", "")
+        if path in self._exclude_exact:
+            return True
+        return bool(self._exclude_prefixes) and path.startswith(self._exclude_prefixes)
+
+    def client_key(self, scope: Scope) -> str:
+        """The rate-limit key of the request described by ``scope``."""
+        custom = self._key_fallback
+        if custom is not None:
+            key = custom(scope)
+            if key is not None:
+                return str(key)[:256]
+        return self._key(scope)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle one ASGI connection scope."""
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "websocket" and self._limit_websockets and not self._excluded(scope):
+                await self._websocket(scope, receive, send)
+            else:
+                await self._app(scope, receive, send)
+        elif self._excluded(scope):
+            await self._app(scope, receive, send)
+        elif self._observed:
+            await self._observed_http(scope, receive, send)
+        else:
+            await self._handle(scope, receive, send, None)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    async def _observed_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope.get("method", "")
+        ctx = self._pipeline.context(operation=method if method in _METHODS else "OTHER")
+        observer = ctx.observer
+        if observer is not None:
+            try:
+                observer.start(ctx)
+            except Exception:
+                report_listener_error(observer)
+        error: BaseException | None = None
+        try:
+            await self._handle(scope, receive, send, ctx)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            ctx.operation = self._operation(scope, ctx.operation)
+            if observer is not None:
+                try:
+                    observer.end(ctx, error if error is not None else ctx.extra, None)
+                except Exception:
+                    report_listener_error(observer)
+
+    def _operation(self, scope: Scope, fallback: str) -> str:
+        # The route template once the app's router matched (Starlette/FastAPI set
+        # scope["route"]); never the raw path. Bounded: at most _MAX_OPERATIONS names.
+        route = scope.get("route")
+        template = getattr(route, "path_format", None) or getattr(route, "path", None)
+        if not isinstance(template, str) or not template:
+            return fallback
+        operations = self._operations
+        if template not in operations:
+            if len(operations) >= _MAX_OPERATIONS:
+                return fallback
+            operations.add(template)
+        return template
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, ctx: Context | None
+    ) -> None:
+        loop = _running_loop() if self._fast else None
+        now = loop.time() if loop is not None else self._clock.now()
+        extra: list[tuple[bytes, bytes]] | None = None
+        limiter = self._limiter
+        if limiter is not None:
+            status = await limiter.try_acquire(self.client_key(scope))
+            extra = self._rate_headers(status.remaining, status.reset)
+            if not status.allowed:
+                retry_after = status.retry_after
+                await self._reject(
+                    ctx,
+                    send,
+                    status=429,
+                    text=b"Too Many Requests\n",
+                    exc=RateLimitedError(
+                        "rate limit exceeded for this client",
+                        policy="rate_limit",
+                        retry_after=retry_after,
+                    ),
+                    reason="rate_limited",
+                    headers=[(b"retry-after", _seconds_header(retry_after)), *extra],
+                )
+                return
+
+        start_deadline = now + self._timeout
+        end_deadline = now + self._total_timeout
+        header = self._deadline_header
+        if header is not None:
+            caller = self._caller_deadline(scope, header, now)
+            if caller is not None:
+                if caller <= now:
+                    await self._reject(
+                        ctx,
+                        send,
+                        status=504,
+                        text=b"Gateway Timeout\n",
+                        exc=TimeoutExceeded(
+                            "the caller's deadline passed before the request started",
+                            policy="request_timeout",
+                            timeout=0.0,
+                        ),
+                        reason="deadline",
+                        headers=extra or [],
+                    )
+                    return
+                end_deadline = min(end_deadline, caller)
+        start_deadline = min(start_deadline, end_deadline)
+
+        exchange = Exchange(
+            scope,
+            receive,
+            send,
+            clock=self._clock,
+            now=now,
+            start_deadline=start_deadline,
+            end_deadline=end_deadline,
+            extra_headers=extra,
+        )
+        token = None
+        if start_deadline != math.inf:
+            # The app's own resilient calls inherit the time left (resilient.remaining()),
+            # and so does the bulkhead's queue wait: the exchange reads like a Context there.
+            token = push_deadline(cast("Context", exchange))
+        refusal: RejectedError | None = None
+        try:
+            if loop is not None:
+                # asyncio with the system clock: the shared wheel; the app runs right here.
+                wheel = self._wheel
+                if wheel is None or wheel.loop is not loop:
+                    wheel = self._wheel = Wheel(loop)
+                task = _current_task(loop)
+                assert task is not None
+                exchange.wheel = wheel
+                exchange.task = task
+                cancelling = task.cancelling()
+                wheel.enter(exchange)
+                try:
+                    refusal = await self._admit_and_run(exchange)
+                except asyncio.CancelledError:
+                    if exchange.reason is None or task.uncancel() > cancelling:
+                        raise
+                else:
+                    if exchange.reason is not None and task.uncancel() <= cancelling:
+                        await _consume_cancellation(task, cancelling)
+            else:
+                refusal = await self._run_anyio(exchange)
+        finally:
+            if token is not None:
+                pop_deadline(token)
+            exchange.finish()
+        if refusal is not None:
+            if isinstance(refusal, BulkheadFullError):
+                await self._shed(ctx, send, extra, waited=self._max_wait > 0.0)
+            else:
+                await self._reject(
+                    ctx,
+                    send,
+                    status=504,
+                    text=b"Gateway Timeout\n",
+                    exc=refusal,
+                    reason="deadline",
+                    headers=extra or [],
+                )
+        elif exchange.reason is not None:
+            await self._after_fire(exchange, ctx, send)
+
+    @staticmethod
+    def _caller_deadline(scope: Scope, header: bytes, now: float) -> float | None:
+        for name, value in scope.get("headers", ()):
+            if name == header:
+                try:
+                    remaining = float(value) / 1000.0
+                except ValueError:
+                    return None
+                if not math.isfinite(remaining):
+                    return None
+                return now + max(remaining, 0.0)
+        return None
+
+    async def _admit_and_run(self, exchange: Exchange) -> RejectedError | None:
+        bulkhead = self._bulkhead
+        if bulkhead is None:
+            await self._app(exchange.scope, exchange.receive, exchange.send)
+            return None
+        try:
+            await bulkhead.__aenter__()  # no yield while a slot is free
+        except (BulkheadFullError, TimeoutExceeded) as exc:
+            return exc  # refused (full, waited too long, or the deadline passed): never ran
+        try:
+            await self._app(exchange.scope, exchange.receive, exchange.send)
+        finally:
+            await bulkhead.__aexit__(None, None, None)
+        return None
+
+    async def _run_anyio(self, exchange: Exchange) -> RejectedError | None:
+        error: Exception | None = None
+        refusal: RejectedError | None = None
+        async with anyio.create_task_group() as tg:
+            exchange.task_group = tg
+            exchange.cancel_scope = anyio.CancelScope()
+            if exchange.start_deadline != math.inf or exchange.end_deadline != math.inf:
+                tg.start_soon(exchange.timer)
+            exchange._start_watcher()
+            try:
+                with exchange.cancel_scope:
+                    refusal = await self._admit_and_run(exchange)
+            except Exception as exc:  # re-raised below, outside the task group (no group)
+                error = exc
+            finally:
+                exchange.finish()
+                tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        return refusal
+
+    async def _after_fire(self, exchange: Exchange, ctx: Context | None, send: Send) -> None:
+        if exchange.reason == DISCONNECT:
+            if ctx is not None:
+                ctx.extra = asyncio.CancelledError("client disconnected")
+            return
+        phase = exchange.fired_phase
+        now = self._clock.now()
+        if ctx is not None:
+            ctx.operation = self._operation(exchange.scope, ctx.operation)
+        timeout = exchange.start_deadline - exchange.started_at
+        exc = TimeoutExceeded(
+            f"request deadline of {timeout:g}s exceeded",
+            policy="request_timeout",
+            timeout=timeout,
+        )
+        if phase == STREAMING:
+            # Too late for a 504: abort the response; the server closes the connection.
+            raise TimeoutExceeded(
+                "request deadline exceeded after the response started",
+                policy="request_timeout",
+                timeout=exchange.end_deadline - exchange.started_at,
+            )
+        if ctx is not None and ctx.listening:
+            ctx.emit(
+                CallRejected(
+                    pipeline=ctx.pipeline,
+                    operation=ctx.operation,
+                    policy="request_timeout",
+                    at=now,
+                    reason="deadline",
+                    retry_after=None,
+                    error_type="TimeoutExceeded",
+                )
+            )
+        if ctx is not None:
+            ctx.extra = exc
+        start, body = _plain(504, b"Gateway Timeout\n", [])
+        await send(start)
+        await send(body)
+
+    # -- refusals -----------------------------------------------------------------------------
+
+    def _rate_headers(self, tokens: float, until_full: float) -> list[tuple[bytes, bytes]]:
+        mode = self._header_mode
+        if mode == "none":
+            return []
+        remaining = int(tokens + 1e-9) if tokens > 0.0 else 0
+        reset = math.ceil(until_full - 1e-9) if until_full > 0.0 else 0
+        if mode == "ietf":
+            return [
+                *self._policy_header,
+                (b"ratelimit", b'"default";r=%d;t=%d' % (remaining, reset)),
+            ]
+        return [
+            *self._policy_header,
+            (b"ratelimit-remaining", b"%d" % remaining),
+            (b"ratelimit-reset", b"%d" % reset),
+        ]
+
+    async def _shed(
+        self,
+        ctx: Context | None,
+        send: Send,
+        extra: list[tuple[bytes, bytes]] | None,
+        *,
+        waited: bool = False,
+    ) -> None:
+        retry_after = self._shed_retry_after
+        exc = BulkheadFullError(
+            "server overloaded: no free slot" + (" in time" if waited else ""),
+            policy="load_shedding",
+            retry_after=retry_after,
+        )
+        await self._reject(
+            ctx,
+            send,
+            status=503,
+            text=b"Service Unavailable\n",
+            exc=exc,
+            reason="wait_timeout" if waited else "full",
+            headers=[(b"retry-after", _seconds_header(retry_after)), *(extra or ())],
+        )
+
+    async def _reject(
+        self,
+        ctx: Context | None,
+        send: Send,
+        *,
+        status: int,
+        text: bytes,
+        exc: RejectedError,
+        reason: str,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        if ctx is not None:
+            ctx.extra = exc
+            if ctx.listening:
+                ctx.emit(
+                    CallRejected(
+                        pipeline=ctx.pipeline,
+                        operation=ctx.operation,
+                        policy=exc.policy,
+                        at=ctx.clock.now(),
+                        reason=reason,
+                        retry_after=exc.retry_after,
+                        error_type=type(exc).__name__,
+                    )
+                )
+        start, body = _plain(status, text, headers)
+        await send(start)
+        await send(body)
+
+    # -- websockets ---------------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
+        limiter = self._limiter
+        if limiter is not None:
+            decision = await limiter.try_acquire(self.client_key(scope))
+            if not decision.allowed:
+                refusal = (
+                    429,
+                    b"Too Many Requests\n",
+                    [
+                        (b"retry-after", _seconds_header(decision.retry_after)),
+                        *self._rate_headers(decision.remaining, decision.reset),
+                    ],
+                )
+        bulkhead = self._bulkhead
+        if (
+            refusal is None
+            and bulkhead is not None
+            and bulkhead.snapshot().running >= bulkhead.max_concurrent
+        ):
+            refusal = (
+                503,
+                b"Service Unavailable\n",
+                [(b"retry-after", _seconds_header(self._shed_retry_after))],
+            )
+        if refusal is None:
+            await self._app(scope, receive, send)
+            return
+        status, text, headers = refusal
+        message = await receive()
+        if message.get("type") != "websocket.connect":
+            return
+        if "websocket.http.response" in scope.get("extensions", {}):
+            start, body = _plain(status, text, headers)
+            start["type"] = "websocket.http.response.start"
+            body["type"] = "websocket.http.response.body"
+            await send(start)
+            await send(body)
+        else:
+            await send({"type": "websocket.close", "code": 1013, "reason": "try again later"})
