@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import re
 import socket
 import sys
 import threading
@@ -453,16 +454,16 @@ def start_metrics() -> Any | None:
     return prometheus.start_http_server(0, "127.0.0.1")
 
 
-def metrics_excerpt(url: str, limit: int = 12) -> list[str]:
-    """A few of the demo pipeline's samples, as Prometheus serves them."""
+def metrics_excerpt(url: str, per_family: int = 2) -> list[str]:
+    """A few of the demo pipeline's samples as Prometheus scrapes them (``otel_scope_*``
+    labels left out for width)."""
     text = httpx.get(url, timeout=5.0).text
-    lines = [
-        line
-        for line in text.splitlines()
-        if line.startswith(_SHOWN) and 'resilient_pipeline="demo"' in line
-    ]
-    lines.sort(key=lambda line: (_SHOWN.index(line.split("{", 1)[0]), line))
-    return lines[:limit]
+    shown: dict[str, list[str]] = {family: [] for family in _SHOWN}
+    for line in text.splitlines():
+        family = line.split("{", 1)[0]
+        if family in shown and 'resilient_pipeline="demo"' in line:
+            shown[family].append(re.sub(r'otel_scope_\w+="[^"]*",?', "", line))
+    return [line for lines in shown.values() for line in sorted(lines)[:per_family]]
 
 
 # --------------------------------------------------------------------------------------------

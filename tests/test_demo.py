@@ -28,8 +28,10 @@ def test_demo_runs_and_reports_side_by_side(tmp_path: Path) -> None:
     for row in ("success rate", "latency p99", "requests the upstream received",
                 "load amplification", "time to recover after the outage"):  # fmt: skip
         assert row in out
-    assert "plain httpx" in out
-    assert "httpx-retries" in out
+    header = next(line for line in out.splitlines() if "plain httpx" in line)
+    assert header.split() == ["plain", "httpx", "httpx-retries", "resilient"]
+    assert "breaker openings" in out
+    assert "resilient_call_duration_seconds_count{" in out  # scraped from /metrics
     chart = tmp_path / "demo.png"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"chart: {chart}" in out
