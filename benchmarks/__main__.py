@@ -137,9 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="where to write the JSON results")
     parser.add_argument("--no-docs", action="store_true", help="full mode: leave docs/ alone")
     parser.add_argument("--list", action="store_true", help="list the suites and exit")
+    parser.add_argument(
+        "--report", type=Path, metavar="JSON", help="rewrite docs/ from a full run's JSON; no run"
+    )
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(SUITES))
+        return 0
+    if args.report:
+        from benchmarks._report import write_docs
+
+        for path in write_docs(json.loads(args.report.read_text()), ROOT / "docs"):
+            print(f"wrote {path}")
         return 0
     quick = not args.full
     suites = args.suite or SUITES

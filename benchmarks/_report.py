@@ -54,6 +54,34 @@ def _gate_rows(report: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _headline(report: dict[str, Any]) -> list[str]:
+    """The issue's headline ratios, from ``suite_stacks``, when ``standard()`` was measured."""
+    from benchmarks.suite_stacks import PEER_STACK, SKETCH, STANDARD
+
+    results = report["suites"].get("suite_stacks", {}).get("results", {})
+    if STANDARD not in results or SKETCH not in results or PEER_STACK not in results:
+        return []
+    ours = results[STANDARD]
+    lines = [
+        "## Headline",
+        "",
+        f"`resilient.standard()` (total timeout, retry with budget, circuit breaker, rate "
+        f"limiter, bulkhead, attempt timeout; telemetry off) costs **{ours / 1000:.1f} us** per "
+        f"successful call here:",
+        "",
+        f"- **{ours / results[SKETCH]:.2f}x** the hand-written five-policy sketch with "
+        f"`asyncio.timeout` (target: at most 1.3x);",
+        f"- **{results[PEER_STACK] / ours:.1f}x faster** than the same five jobs done by "
+        f"tenacity + aiobreaker + asyncio.Semaphore + aiolimiter + asyncio.timeout "
+        f"(target: at least 6x);",
+    ]
+    for peer, label in (("hyx: 5 policies", "hyx"), ("pyresilience: 5 policies", "pyresilience")):
+        if peer in results:
+            lines.append(f"- {results[peer] / ours:.1f}x faster than {label}'s five policies;")
+    lines[-1] = lines[-1].rstrip(";") + "."
+    return [*lines, ""]
+
+
 def render(report: dict[str, Any], *, chart: bool) -> str:
     """The generated block (markers included) for ``performance.md``."""
     env = report["environment"]
@@ -67,6 +95,7 @@ def render(report: dict[str, Any], *, chart: bool) -> str:
         "[benchmarks.md](benchmarks.md).",
         "",
     ]
+    lines += _headline(report)
     if chart:
         lines += [f"![benchmark chart]({CHART})", ""]
     gate_rows = _gate_rows(report)

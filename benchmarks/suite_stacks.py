@@ -6,7 +6,6 @@ a circuit breaker, a rate limiter, a bulkhead and a per-attempt timeout.
 
 from __future__ import annotations
 
-import resilient
 from benchmarks import _peers as p
 from benchmarks._harness import Case, loop, medians, run_timed
 
@@ -31,7 +30,6 @@ GATES = [
     (STANDARD, PEER_STACK, 1 / 6),
     (EXPLICIT, SKETCH, 1.3),
     (EXPLICIT, PEER_STACK, 1 / 6),
-    ("resilient: Pipeline(Timeout, Timeout)", SKETCH, 1.3),
 ]
 
 
@@ -50,13 +48,6 @@ def cases() -> dict[str, Case]:
     explicit = p.five_policies()
     if explicit is not None:
         out[EXPLICIT] = loop(p.wrapped(explicit))
-    if standard is None and explicit is None:
-        # Until the policies land: the two timeouts of the standard pipeline, which alone
-        # must stay within the sketch's budget (one armed timer per attempt).
-        timeouts = resilient.Pipeline(
-            resilient.Timeout(10.0), resilient.Timeout(2.0), name="bench", telemetry=False
-        )
-        out["resilient: Pipeline(Timeout, Timeout)"] = loop(p.wrapped(timeouts))
     return out
 
 
