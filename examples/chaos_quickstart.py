@@ -1,4 +1,4 @@
-"""Fault injection in two places: a client-side policy and a server-side ASGI middleware.
+"""Fault injection: a client-side policy, a server-side ASGI middleware, and inside httpx.
 
 Run: .venv/bin/python examples/chaos_quickstart.py  (about one second, no network)
 """
@@ -15,7 +15,16 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 import resilient
-from resilient.chaos import Chaos, ChaosError, ChaosMiddleware, ChaosPolicy, Phase, Scenario
+from resilient.chaos import (
+    Chaos,
+    ChaosError,
+    ChaosMiddleware,
+    ChaosPolicy,
+    Injection,
+    Phase,
+    Scenario,
+)
+from resilient.httpx import ResilientTransport
 
 
 async def fetch_price(item: str) -> float:
@@ -69,9 +78,32 @@ async def server_side() -> None:
         print(f"  {phase:<9} {status}")
 
 
+def injected_response(injection: Injection, ctx: resilient.Context) -> httpx.Response:
+    """What an injected fault looks like to an httpx client: a response with its status."""
+    headers = {"Retry-After": f"{injection.retry_after:g}"} if injection.retry_after else {}
+    return httpx.Response(injection.status, headers=headers, text=f"chaos: {injection.phase}")
+
+
+async def inside_httpx() -> None:
+    # The policy goes last in the transport's pipeline, so each attempt draws its own fate and
+    # the retry policy sees injected 503s and 429s exactly like real ones.
+    chaos = Chaos(Phase(error_rate=0.4, throttle_rate=0.1, retry_after=0.01), enabled=True, seed=2)
+    pipeline = resilient.Pipeline(
+        resilient.Timeout(2.0),
+        resilient.Retry(attempts=4, base_delay=0.01, budget=None),
+        ChaosPolicy(chaos, outcome=injected_response),
+        name="prices",
+    )
+    upstream = httpx.MockTransport(lambda request: httpx.Response(200, text="9.99"))
+    async with httpx.AsyncClient(transport=ResilientTransport(pipeline, upstream)) as client:
+        statuses = Counter([(await client.get("http://prices/")).status_code for _ in range(30)])
+    print(f"inside httpx, 30 requests with retries: {dict(statuses)} | {chaos.counts}")
+
+
 async def main() -> None:
     await client_side()
     await server_side()
+    await inside_httpx()
 
 
 if __name__ == "__main__":
