@@ -496,7 +496,7 @@ def _as_scenario(parameter: str, faults: object) -> Scenario:
     raise ConfigurationError(parameter, faults, "expected a Phase or a Scenario")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class FaultInjected(Event):
     """``ChaosPolicy`` injected a fault into a call.
 
