@@ -20,8 +20,6 @@ TITLE = "Failure path: cost per retried attempt (fails twice, then succeeds; zer
 REFERENCE = "hand-rolled loop + sleep(0): per retried attempt"
 
 OURS = "resilient Retry: per retried attempt"
-OURS_TIMED = "resilient Retry + Timeout(attempt): per retried attempt"
-SKETCH = "sketch5 + asyncio.timeout: per retried attempt"
 
 NOTES = {
     "hand-rolled loop: per retried attempt": "try/except in a for loop: the floor",
@@ -29,9 +27,15 @@ NOTES = {
     "stamina: per retried attempt": "hooks off (by default it logs and counts every retry)",
 }
 
+# The per-attempt figures are differences of two medians, too noisy in quick mode to gate
+# tightly; the timed comparison is gated on the whole failure path instead.
 GATES = [
     (OURS, REFERENCE, 2.0),
-    (OURS_TIMED, SKETCH, 1.3),
+    (
+        "resilient Retry + Timeout(attempt): fail, fail, succeed",
+        "sketch5 + asyncio.timeout: fail, fail, succeed",
+        1.3,
+    ),
     (OURS, "tenacity: per retried attempt", 0.25),
 ]
 
