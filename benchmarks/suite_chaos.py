@@ -6,7 +6,7 @@ from typing import Any
 
 import resilient
 from benchmarks import _peers as p
-from benchmarks._harness import Case, loop, medians, run_timed
+from benchmarks._harness import Case, loop, run_timed, summary
 from resilient.chaos import Chaos, ChaosMiddleware, ChaosPolicy, Phase
 
 TITLE = "Chaos switched off: per-call overhead"
@@ -61,4 +61,4 @@ def cases() -> dict[str, Case]:
 
 
 def run(*, quick: bool) -> dict[str, float]:
-    return medians(run_timed(cases, quick=quick))
+    return summary(run_timed(cases, quick=quick), quick=quick)

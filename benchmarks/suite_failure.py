@@ -14,7 +14,7 @@ from typing import Any
 
 import resilient
 from benchmarks import _peers as p
-from benchmarks._harness import Case, loop, medians, run_timed
+from benchmarks._harness import Case, loop, run_timed, summary
 
 TITLE = "Failure path: cost per retried attempt (fails twice, then succeeds; zero backoff)"
 REFERENCE = "hand-rolled loop + sleep(0): per retried attempt"
@@ -183,7 +183,7 @@ def run(*, quick: bool) -> dict[str, float]:
             out[f"{name}: fail, fail, succeed"] = failing
         return out
 
-    measured = medians(run_timed(cases, quick=quick))
+    measured = summary(run_timed(cases, quick=quick), quick=quick)
     report: dict[str, float] = {}
     for name in names:
         per_retry = (measured[f"{name}: fail, fail, succeed"] - measured[f"{name}: success"]) / 2

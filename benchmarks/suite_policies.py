@@ -12,7 +12,7 @@ from typing import Any
 
 import resilient
 from benchmarks import _peers as p
-from benchmarks._harness import Case, loop, medians, run_timed
+from benchmarks._harness import Case, loop, run_timed, summary
 
 TITLE = "Each policy alone vs the peers (success path, telemetry off)"
 REFERENCE = "bare await"
@@ -160,4 +160,4 @@ def cases() -> dict[str, Case]:
 
 
 def run(*, quick: bool) -> dict[str, float]:
-    return medians(run_timed(cases, quick=quick))
+    return summary(run_timed(cases, quick=quick), quick=quick)

@@ -7,7 +7,7 @@ a circuit breaker, a rate limiter, a bulkhead and a per-attempt timeout.
 from __future__ import annotations
 
 from benchmarks import _peers as p
-from benchmarks._harness import Case, loop, medians, run_timed
+from benchmarks._harness import Case, loop, run_timed, summary
 
 TITLE = "Five policies together (success path, telemetry off)"
 REFERENCE = "bare await"
@@ -52,4 +52,4 @@ def cases() -> dict[str, Case]:
 
 
 def run(*, quick: bool) -> dict[str, float]:
-    return medians(run_timed(cases, quick=quick))
+    return summary(run_timed(cases, quick=quick), quick=quick)
