@@ -84,35 +84,70 @@ def _serve(which: str, port: int) -> None:  # runs in the server process
     )
 
 
-async def _connection(port: int, stop: float, counts: list[int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    done = 0
-    try:
-        while time.perf_counter() < stop:
-            writer.write(_REQUEST)
-            head = await reader.readuntil(b"\r\n\r\n")
-            at = head.find(b"content-length: ")
-            length = int(head[at + 16 : head.index(b"\r\n", at)])
-            if length:
-                await reader.readexactly(length)
-            done += 1
-    finally:
-        counts.append(done)
-        writer.close()
+class _Client(asyncio.Protocol):
+    """One keep-alive connection sending the next request as soon as a response is complete.
+
+    A bare protocol, not streams: the load generator must cost far less per request than the
+    server, or it, not the server, would set the pace.
+    """
+
+    def __init__(self, stop: float, done: asyncio.Future[int]) -> None:
+        self.stop = stop
+        self.done = done
+        self.count = 0
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(_REQUEST)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            at = buffer.find(b"content-length: ", 0, end)
+            length = int(buffer[at + 16 : buffer.index(b"\r\n", at)]) if at >= 0 else 0
+            if len(buffer) < end + 4 + length:
+                break
+            buffer = buffer[end + 4 + length :]
+            self.count += 1
+            if time.perf_counter() >= self.stop:
+                assert self.transport is not None
+                self.transport.close()
+                if not self.done.done():
+                    self.done.set_result(self.count)
+                return
+            assert self.transport is not None
+            self.transport.write(_REQUEST)
+        self.buffer = buffer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(self.count)
+
+
+async def _burst(port: int, seconds: float) -> tuple[float, int]:
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter()
+    stop = start + seconds
+    futures: list[asyncio.Future[int]] = []
+    for _ in range(CONNECTIONS):
+        done: asyncio.Future[int] = loop.create_future()
+        futures.append(done)
+        await loop.create_connection(lambda done=done: _Client(stop, done), "127.0.0.1", port)
+    count = sum(await asyncio.gather(*futures))
+    return count / (time.perf_counter() - start), count
 
 
 def _load() -> None:  # runs in the load process: "port seconds" per line -> requests/s
     for line in sys.stdin:
         port, seconds = line.split()
-
-        async def burst(port: int = int(port), seconds: float = float(seconds)) -> float:
-            counts: list[int] = []
-            start = time.perf_counter()
-            stop = start + seconds
-            await asyncio.gather(*(_connection(port, stop, counts) for _ in range(CONNECTIONS)))
-            return sum(counts) / (time.perf_counter() - start)
-
-        print(asyncio.run(burst()), flush=True)
+        rps, count = asyncio.run(_burst(int(port), float(seconds)))
+        print(rps, count, flush=True)
 
 
 def _free_port() -> int:
@@ -136,8 +171,15 @@ def _python(code: str, **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", code], text=True, env=env, **kwargs)
 
 
+def _cpu_ns(pid: int) -> int:
+    """Nanoseconds the process's main thread has run on a CPU (Linux schedstat)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
 def server_throughput(*, rounds: int, seconds: float) -> dict[str, float]:
-    """ns per request of each server, median over interleaved rounds."""
+    """ns per request of each server (wall: 1e9 / throughput; cpu: the server's own CPU
+    time per request), median over interleaved rounds."""
     which = {
         "uvicorn: trivial ASGI app": "plain",
         "uvicorn: + ResilienceMiddleware": "protected",
@@ -159,25 +201,33 @@ def server_throughput(*, rounds: int, seconds: float) -> dict[str, float]:
     )
     assert load.stdin is not None
     assert load.stdout is not None
+    pids = dict(zip(ports, (server.pid for server in servers), strict=True))
     samples: dict[str, list[float]] = {name: [] for name in ports}
+    cpu: dict[str, list[float]] = {name: [] for name in ports}
     try:
         for port in ports.values():
             _wait_ready(port, time.monotonic() + 20)
         for round_ in range(rounds + 1):  # round 0 warms both servers up
             order = list(ports.items()) if round_ % 2 else list(reversed(ports.items()))
             for name, port in order:
+                before = _cpu_ns(pids[name])
                 load.stdin.write(f"{port} {seconds}\n")
                 load.stdin.flush()
-                rps = float(load.stdout.readline())
+                rps, count = load.stdout.readline().split()
+                used = _cpu_ns(pids[name]) - before
                 if round_:
-                    samples[name].append(1e9 / rps)
+                    samples[name].append(1e9 / float(rps))
+                    cpu[name].append(used / int(count))
     finally:
         load.stdin.close()
         load.wait(timeout=30)
         for server in servers:
             server.terminate()
             server.wait(timeout=30)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    results = {name: statistics.median(values) for name, values in samples.items()}
+    for name, values in cpu.items():
+        results[name.replace(":", " cpu:", 1)] = statistics.median(values)
+    return results
 
 
 def cases() -> dict[str, Case]:

@@ -56,7 +56,8 @@ _DISCONNECT_MESSAGE: Final = {"type": "http.disconnect"}
 class Wheel:
     """A coarse timer shared by every request on one asyncio loop.
 
-    A new request is only appended to ``recent`` (no timer handle, no computation). At the
+    A new request is only added to ``recent`` (no timer handle, no computation) and removed
+    from it when it finishes, so a finished request is not kept alive until the tick. At the
     next 10 ms tick, requests still running are looked at: their disconnect watcher starts
     and, if they have a deadline, they move to the bucket of the tick it falls in. Buckets
     are dicts keyed by tick; one loop timer is armed for the earliest tick.
@@ -70,7 +71,7 @@ class Wheel:
         self._ticks: list[int] = []
         self._handle: asyncio.TimerHandle | None = None
         self.armed: int | None = None
-        self.recent: list[Exchange] = []
+        self.recent: dict[Exchange, None] = {}
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -78,8 +79,8 @@ class Wheel:
         return self._loop
 
     def enter(self, exchange: Exchange) -> None:
-        """A request started: look at it at the next tick (the hot path: one append)."""
-        self.recent.append(exchange)
+        """A request started: look at it at the next tick (the hot path: one dict store)."""
+        self.recent[exchange] = None
         if self.armed is None:
             self._arm(math.floor(self._loop.time() * TICKS_PER_SECOND) + 1)
 
@@ -115,8 +116,8 @@ class Wheel:
         due: list[Exchange] = []
         recent = self.recent
         if recent:
-            self.recent = []
-            due.extend(e for e in recent if e.phase != DONE)
+            self.recent = {}
+            due.extend(recent)
         while ticks and ticks[0] <= limit:
             bucket = self._buckets.pop(heappop(ticks), None)
             if bucket:
@@ -302,6 +303,7 @@ class Exchange:
         self.phase = DONE
         wheel = self.wheel
         if wheel is not None:
+            wheel.recent.pop(self, None)
             if self.tick:
                 wheel.discard(self, self.tick)
             watcher = self.watcher
