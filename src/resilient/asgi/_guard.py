@@ -157,7 +157,6 @@ class Exchange:
         "_send",
         "body_done",
         "cancel_scope",
-        "cancelling",
         "clock",
         "deadline",
         "end_deadline",
@@ -172,7 +171,6 @@ class Exchange:
         "start_deadline",
         "started_at",
         "stash",
-        "status",
         "task",
         "task_group",
         "tick",
@@ -182,17 +180,18 @@ class Exchange:
         "wheel",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - built once per request: positional is the cheap call
         self,
         scope: Scope,
         receive: Receive,
         send: Send,
-        *,
         clock: Clock,
         now: float,
         start_deadline: float,
         end_deadline: float,
-        extra_headers: list[tuple[bytes, bytes]] | None,
+        extra_headers: tuple[tuple[bytes, bytes], ...] | None,
+        wheel: Wheel | None = None,
+        task: asyncio.Task[Any] | None = None,
     ) -> None:
         self.scope = scope
         self._receive = receive
@@ -206,7 +205,6 @@ class Exchange:
         self.reason: str | None = None
         self.fired_phase = RUNNING
         self.deadline = start_deadline
-        self.status = 0
         self.trailers = False
         self.body_done = False
         self.receiving = False
@@ -215,10 +213,9 @@ class Exchange:
         self.stash: Message | None = None
         self.watcher: Any = None  # asyncio.Task, or True while an anyio watcher runs
         # asyncio runtime
-        self.wheel: Wheel | None = None
-        self.task: asyncio.Task[Any] | None = None
+        self.wheel = wheel
+        self.task = task
         self.tick = 0
-        self.cancelling = 0
         # anyio runtime
         self.task_group: anyio.abc.TaskGroup | None = None
         self.cancel_scope: anyio.CancelScope | None = None
@@ -275,8 +272,8 @@ class Exchange:
         kind = message["type"]
         if self.phase == RUNNING:
             if kind == "http.response.start":
-                self.status = message.get("status", 0)
-                self.trailers = bool(message.get("trailers", False))
+                if message.get("trailers", False):
+                    self.trailers = True
                 extra = self.extra_headers
                 if extra:
                     message = {**message, "headers": [*message.get("headers", ()), *extra]}
