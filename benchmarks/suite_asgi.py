@@ -4,9 +4,11 @@ uvicorn servers (httptools, one worker each) serve a trivial raw ASGI app and a 
 Starlette route, each bare and behind ``ResilienceMiddleware(max_concurrent=100,
 rate=<never reached>, timeout=5.0)``. A load generator in a separate process keeps 8
 keep-alive connections busy against one server at a time, alternating between them in short
-rounds; each case reports nanoseconds per request
-(1e9 / throughput). The in-process cases time the middleware's own work around a trivial app
-with no server at all.
+rounds (a bare asyncio protocol, so that the server, not the client, sets the pace); each
+case reports nanoseconds per request: 1e9 / throughput, and the server process's own CPU time
+per request (Linux schedstat), the steadier of the two on a shared machine. A server behind a
+middleware that only wraps ``send`` shows the floor of any response-aware middleware. The
+in-process cases time the middleware's own work around a trivial app with no server at all.
 """
 
 from __future__ import annotations
@@ -50,7 +52,36 @@ async def trivial_app(scope: Any, receive: Any, send: Any) -> None:
 protected_app = ResilienceMiddleware(trivial_app, **_OPTIONS)
 
 
-def _starlette(protected: bool) -> Any:
+class _SendWrapper:
+    """The least any response-aware middleware does: its own ``send`` seeing each message."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self.started = False
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+
+class FloorMiddleware:
+    """A pure-ASGI middleware doing nothing but wrap ``send``: the floor for any middleware
+    that must see the response start (as one adding headers or timing out requests must)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, _SendWrapper(send).send)
+
+
+def _starlette(protected: bool | str) -> Any:
     from starlette.applications import Starlette
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
@@ -59,7 +90,9 @@ def _starlette(protected: bool) -> Any:
         return PlainTextResponse("ok")
 
     app = Starlette(routes=[Route("/", hello)])
-    if protected:
+    if protected == "floor":
+        app.add_middleware(FloorMiddleware)
+    elif protected:
         app.add_middleware(ResilienceMiddleware, **_OPTIONS)
     return app
 
@@ -72,6 +105,7 @@ def _serve(which: str, port: int) -> None:  # runs in the server process
         "plain": trivial_app,
         "starlette": _starlette(False),
         "starlette+protected": _starlette(True),
+        "starlette+floor": _starlette("floor"),
     }[which]
     uvicorn.run(
         app,
@@ -185,6 +219,7 @@ def server_throughput(*, rounds: int, seconds: float) -> dict[str, float]:
         "uvicorn: + ResilienceMiddleware": "protected",
         "uvicorn+Starlette: trivial route": "starlette",
         "uvicorn+Starlette: + ResilienceMiddleware": "starlette+protected",
+        "uvicorn+Starlette: + send-wrapping floor": "starlette+floor",
     }
     ports = {name: _free_port() for name in which}
     servers = [
@@ -262,13 +297,14 @@ def cases() -> dict[str, Case]:
     return {"in-process: trivial app": bare, "in-process: + ResilienceMiddleware": protected}
 
 
-# The issue's target is at most 5% of throughput when nothing is shed. NOT MET YET: on this
-# shared 2-core machine a trivial Starlette route measures 1.3-1.6x (the middleware's own work
-# is ~7-9 us per request in process, telemetry observation included, against a route that
-# costs uvicorn ~40-60 us). The gate guards against regressions from there; tighten it to
-# 1.05 once the observed path is cheaper. The bare-ASGI pair is reported, not gated.
+# The issue's target: at most 5% of throughput when nothing is shed. Gated on the server's own
+# CPU time per request (a saturated single worker serves 1 / that per second): unlike the wall
+# ratio it is not flattered when the load generator, not the server, sets the pace on a busy
+# machine. NOT MET on this shared 2-core machine (docs/asgi.md, "Performance"): measured
+# 1.15-1.45x, against 0.9-1.1x for a middleware that only wraps send (the floor any
+# response-aware middleware pays); quick mode allows 1.5x the target.
 GATES = [
-    ("uvicorn+Starlette: + ResilienceMiddleware", "uvicorn+Starlette: trivial route", 1.4),
+    ("uvicorn+Starlette cpu: + ResilienceMiddleware", "uvicorn+Starlette cpu: trivial route", 1.05),
 ]
 
 
