@@ -301,7 +301,7 @@ def cases() -> dict[str, Case]:
 # CPU time per request (a saturated single worker serves 1 / that per second): unlike the wall
 # ratio it is not flattered when the load generator, not the server, sets the pace on a busy
 # machine. NOT MET on this shared 2-core machine (docs/asgi.md, "Performance"): measured
-# 1.15-1.45x, against 0.9-1.1x for a middleware that only wraps send (the floor any
+# 1.15-1.5x, against 0.9-1.1x for a middleware that only wraps send (the floor any
 # response-aware middleware pays); quick mode allows 1.5x the target.
 GATES = [
     ("uvicorn+Starlette cpu: + ResilienceMiddleware", "uvicorn+Starlette cpu: trivial route", 1.05),
