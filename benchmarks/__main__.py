@@ -22,6 +22,7 @@ SUITES = [
     "suite_limits",
     "suite_telemetry",
     "suite_asgi",
+    "suite_httpx",
 ]
 QUICK_MARGIN = 1.5  # quick mode fails only past 1.5x the target: noisy shared machines
 

@@ -22,7 +22,7 @@ from . import _validate as check
 from ._classify import DEFAULT_CLASSIFIER
 from ._clock import SYSTEM_CLOCK, Clock
 from ._context import Context, default_random
-from ._events import CallRejected, WaitEnded, error_type
+from ._events import WaitEnded, report_rejection
 from ._exceptions import BulkheadFullError, ConfigurationError
 from ._keyed import BoundedKeyMap
 from ._pipeline import Call, Policy, PolicyDecorator
@@ -361,29 +361,7 @@ class Bulkhead(PolicyDecorator):
                 message = f"bulkhead {self.name!r}: no slot freed within {self._max_wait:g}s"
             exc = BulkheadFullError(message, policy=self.name, retry_after=hint)
         if ctx.listening:
-            at = ctx.clock.now()
-            if waited is not None:
-                ctx.emit(
-                    WaitEnded(
-                        pipeline=ctx.pipeline,
-                        operation=ctx.operation,
-                        policy=self.name,
-                        at=at,
-                        waited=waited,
-                        admitted=False,
-                    )
-                )
-            ctx.emit(
-                CallRejected(
-                    pipeline=ctx.pipeline,
-                    operation=ctx.operation,
-                    policy=self.name,
-                    at=at,
-                    reason=reason,
-                    retry_after=hint,
-                    error_type=error_type(exc),
-                )
-            )
+            report_rejection(ctx, self.name, exc, reason=reason, retry_after=hint, waited=waited)
         return exc
 
     def __repr__(self) -> str:

@@ -35,9 +35,13 @@ __all__ = [
 logger = logging.getLogger("resilient")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Event:
     """Base of every event.
+
+    Events are plain slotted records, not frozen ones: a frozen dataclass costs twice as much
+    to build, and with an OpenTelemetry SDK installed a retry emits two per attempt. Treat
+    them as read-only; every listener receives the same object.
 
     Attributes:
         pipeline: name of the pipeline running the call.
@@ -52,14 +56,14 @@ class Event:
     at: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class AttemptStarted(Event):
     """An attempt (1 for the first call) is about to run."""
 
     attempt: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class AttemptEnded(Event):
     """An attempt finished with a verdict after ``duration`` seconds.
 
@@ -72,7 +76,7 @@ class AttemptEnded(Event):
     error_type: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RetryScheduled(Event):
     """Attempt ``attempt`` failed with a retryable verdict; the next starts after ``delay``.
 
@@ -86,7 +90,7 @@ class RetryScheduled(Event):
     retry_after: float | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class RetryGaveUp(Event):
     """The retry policy stopped after ``attempts`` attempts.
 
@@ -100,14 +104,14 @@ class RetryGaveUp(Event):
     error_type: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class BudgetRefused(Event):
     """The retry budget refused a retry after attempt ``attempt``."""
 
     attempt: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CallRejected(Event):
     """A policy refused the call (breaker open, bulkhead full, rate limited, ...).
 
@@ -121,7 +125,7 @@ class CallRejected(Event):
     error_type: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class CircuitStateChanged(Event):
     """A breaker moved from ``previous`` to ``state`` (``key`` for keyed breakers)."""
 
@@ -130,14 +134,14 @@ class CircuitStateChanged(Event):
     key: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class TimeoutFired(Event):
     """A timeout policy's own deadline cut the call after ``timeout`` seconds."""
 
     timeout: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class WaitEnded(Event):
     """A call waited ``waited`` seconds in a bulkhead or rate limiter queue.
 
@@ -197,3 +201,39 @@ def error_type(exc: BaseException) -> str:
         if len(_ERROR_TYPES) < _MAX_ERROR_TYPES:
             _ERROR_TYPES[cls] = name
     return name
+
+
+def report_rejection(
+    ctx: Context,
+    policy: str,
+    exc: BaseException,
+    *,
+    reason: str,
+    retry_after: float | None,
+    waited: float | None = None,
+) -> None:
+    """Emit a queue policy's refusal: ``WaitEnded(admitted=False)`` if it waited, then
+    ``CallRejected``. Call only when ``ctx.listening``."""
+    at = ctx.clock.now()
+    if waited is not None:
+        ctx.emit(
+            WaitEnded(
+                pipeline=ctx.pipeline,
+                operation=ctx.operation,
+                policy=policy,
+                at=at,
+                waited=waited,
+                admitted=False,
+            )
+        )
+    ctx.emit(
+        CallRejected(
+            pipeline=ctx.pipeline,
+            operation=ctx.operation,
+            policy=policy,
+            at=at,
+            reason=reason,
+            retry_after=retry_after,
+            error_type=error_type(exc),
+        )
+    )

@@ -39,6 +39,7 @@ def standard(
     max_concurrent: int | None = 100,
     max_waiting: int = 100,
     max_wait: float = 1.0,
+    per_key: bool = False,
     classify: ClassifierLike | Callable[..., Any] | Iterable[Any] | None = None,
     clock: Clock | None = None,
     random: Callable[[], float] | None = None,
@@ -83,6 +84,8 @@ def standard(
         max_concurrent: ``Bulkhead.max_concurrent``, or ``None`` for no bulkhead.
         max_waiting: ``Bulkhead.max_waiting``.
         max_wait: ``Bulkhead.max_wait``.
+        per_key: give the rate limiter and the bulkhead one state per ``ctx.key`` (the httpx
+            transport sets the host) instead of one shared by all calls.
         classify: the pipeline's classifier.
         clock: the pipeline's clock.
         random: the pipeline's random source.
@@ -119,11 +122,17 @@ def standard(
                 rate=rate,
                 burst=burst if burst is not None else max(1, int(rate)),
                 max_wait=rate_max_wait,
+                per_key=per_key,
             )
         )
     if max_concurrent is not None:
         policies.append(
-            Bulkhead(max_concurrent=max_concurrent, max_waiting=max_waiting, max_wait=max_wait)
+            Bulkhead(
+                max_concurrent=max_concurrent,
+                max_waiting=max_waiting,
+                max_wait=max_wait,
+                per_key=per_key,
+            )
         )
     if attempt_timeout is not None:
         policies.append(Timeout(attempt_timeout, name="attempt_timeout"))

@@ -1,0 +1,79 @@
+"""``standard()``: the recommended pipeline behind a transport, one state per host."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+from opentelemetry import trace
+
+from resilient._classify import Classification, ClassifierLike, Outcome, Verdict
+from resilient._exceptions import ConfigurationError
+from resilient._presets import standard as _standard_pipeline
+
+from ._transport import _MAX_BUFFER, DEADLINE_HEADER, IDEMPOTENT_METHODS, ResilientTransport
+
+__all__ = ["standard"]
+
+
+def standard(
+    transport: httpx.AsyncBaseTransport | None = None,
+    *,
+    name: str = "http",
+    classify: ClassifierLike
+    | Callable[[Outcome], Classification | Verdict | None]
+    | Iterable[Any]
+    | None = None,
+    retry_methods: Iterable[str] = IDEMPOTENT_METHODS,
+    idempotency_header: str | None = "Idempotency-Key",
+    propagate_deadline: bool = False,
+    deadline_header: str = DEADLINE_HEADER,
+    tracer_provider: trace.TracerProvider | None = None,
+    buffer_limit: int = _MAX_BUFFER,
+    **options: Any,
+) -> ResilientTransport:
+    """A ``ResilientTransport`` running ``resilient.standard()`` with one state per host.
+
+    The pipeline is ``resilient.standard(name, per_key=True, **options)``:
+    ``Timeout(total) -> Retry -> CircuitBreaker -> [RateLimiter] -> Bulkhead ->
+    Timeout(attempt)`` with its documented defaults; the breaker, the bulkhead and the rate
+    limiter (when ``rate`` is given) keep one state per host (``ctx.key``), so a dead or slow
+    host never blocks a healthy one. Requests are classified by ``http_classifier()``
+    unless ``classify`` is given.
+
+    Args:
+        transport: what sends requests (default ``httpx.AsyncHTTPTransport()``).
+        name: the pipeline's name (a bounded telemetry attribute).
+        classify: classification replacing ``http_classifier()`` (given to the transport,
+            which keeps its idempotency rules on top of it).
+        retry_methods: methods that may be retried.
+        idempotency_header: a header making any request retryable (``None`` to disable).
+        propagate_deadline: send the remaining deadline upstream in ``deadline_header``.
+        deadline_header: the header for it.
+        tracer_provider: the OpenTelemetry tracer provider for attempt spans.
+        buffer_limit: see ``ResilientTransport``.
+        **options: any option of ``resilient.standard()`` (``total_timeout``,
+            ``attempt_timeout``, ``attempts``, ``rate``, ``max_concurrent``, ``clock``,
+            ``telemetry``, ...), except ``classify`` and ``per_key``.
+
+    Raises:
+        ConfigurationError: an invalid option (the message names it).
+    """
+    for taken in ("per_key", "classify"):
+        if taken in options:
+            raise ConfigurationError(
+                f"standard.{taken}", options[taken], "set by resilient.httpx.standard() itself"
+            )
+    pipeline = _standard_pipeline(name, per_key=True, **options)
+    return ResilientTransport(
+        pipeline,
+        transport,
+        classify=classify,
+        retry_methods=retry_methods,
+        idempotency_header=idempotency_header,
+        propagate_deadline=propagate_deadline,
+        deadline_header=deadline_header,
+        tracer_provider=tracer_provider,
+        buffer_limit=buffer_limit,
+    )

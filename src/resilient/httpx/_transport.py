@@ -1,0 +1,479 @@
+"""``ResilientTransport``: a whole pipeline behind an ``httpx.AsyncClient``."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, Final, final
+
+import anyio
+import httpx
+from opentelemetry import trace
+
+from resilient import __version__
+from resilient import _validate as check
+from resilient._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
+from resilient._classify import Classification as _Classification
+from resilient._exceptions import ConfigurationError, ResilientError
+from resilient._pipeline import Pipeline
+
+from ._classify import NEVER_SENT, NotRetryable, http_classifier
+from ._spans import end_span, start_span
+
+__all__ = [
+    "DEADLINE_HEADER",
+    "IDEMPOTENT_EXTENSION",
+    "IDEMPOTENT_METHODS",
+    "ROUTE_EXTENSION",
+    "ResilientTransport",
+    "UnsafeResendError",
+]
+
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+"""Methods RFC 9110 defines as idempotent: retried by default."""
+
+ROUTE_EXTENSION: Final = "resilient.route"
+"""Request extension naming the route template, e.g. ``{"resilient.route": "/users/{id}"}``.
+
+It becomes the operation (``"GET /users/{id}"``) in events, metrics and span names.
+"""
+
+IDEMPOTENT_EXTENSION: Final = "resilient.idempotent"
+"""Request extension overriding idempotency for one request: ``True`` allows retries of a
+POST or PATCH, ``False`` forbids them for any method."""
+
+DEADLINE_HEADER: Final = "x-request-deadline"
+"""Header carrying the caller's remaining time budget to the server.
+
+Its value is the number of milliseconds the caller still waits, a non-negative decimal
+integer measured when the attempt is sent (relative, so the two clocks need not agree).
+``resilient.asgi`` reads it on the server side.
+"""
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_MAX_BUFFER = 64 * 1024
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def _replayable(stream: object) -> bool:
+    """Whether a request body can be sent again byte for byte."""
+    if isinstance(stream, httpx.ByteStream):
+        return True
+    # Multipart bodies are rebuilt from their fields on every iteration; files are rewound
+    # by httpx, which works only for seekable files.
+    fields = getattr(stream, "fields", None)
+    if type(stream).__name__ != "MultipartStream" or not isinstance(fields, list):
+        return False
+    for field in fields:
+        file = getattr(field, "file", None)
+        if file is None or isinstance(file, str | bytes):
+            continue
+        seekable = getattr(file, "seekable", None)
+        if not (callable(seekable) and seekable()):
+            return False
+    return True
+
+
+async def _close(response: httpx.Response) -> None:
+    # Shielded: a discarded response must release its pooled connection even when the
+    # task is being cancelled (a timeout cutting a call must not poison the pool).
+    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await response.aclose()
+
+
+@final
+class _Tracing:
+    """The attempt tracer, resolved once an SDK (a real tracer provider) is configured."""
+
+    __slots__ = ("_provider", "_tracer")
+
+    def __init__(self, provider: trace.TracerProvider | None) -> None:
+        self._provider = provider
+        self._tracer: trace.Tracer | None = None
+
+    def tracer(self) -> trace.Tracer | None:
+        tracer = self._tracer
+        if tracer is not None:
+            return tracer
+        provider = self._provider or trace.get_tracer_provider()
+        if isinstance(provider, trace.ProxyTracerProvider):
+            return None  # no SDK configured (yet): no span at all, not even a no-op one
+        tracer = self._tracer = provider.get_tracer("resilient.httpx", __version__)
+        return tracer
+
+
+@final
+class UnsafeResendError(httpx.RequestError, ResilientError):
+    """A policy asked to send a request again when sending it twice is not safe.
+
+    The transport classifies such requests (a POST without an ``Idempotency-Key``, a streamed
+    body) as not retryable; a retry policy with its own ``classify=`` may still try again.
+    The transport then answers with the previous attempt's outcome without re-sending; this
+    error is raised only when there is no such outcome (the previous attempt was cancelled).
+    """
+
+
+@final
+class _Exchange:
+    """One request through the pipeline: the function each attempt calls, and its state."""
+
+    __slots__ = (
+        "ctx",
+        "error",
+        "last",
+        "left",
+        "owner",
+        "replayable",
+        "request",
+        "resendable",
+        "route",
+        "sends",
+    )
+
+    def __init__(
+        self,
+        owner: ResilientTransport,
+        request: httpx.Request,
+        route: str | None,
+        replayable: bool,
+        resendable: bool,
+    ) -> None:
+        self.owner = owner
+        self.request = request
+        self.route = route
+        self.replayable = replayable
+        self.resendable = resendable
+        self.sends = 0
+        self.left = False
+        self.last: httpx.Response | None = None
+        self.error: Exception | None = None
+        self.ctx: Any = None
+
+    def _replay(self) -> httpx.Response:
+        # Not safe to send again: answer with what the server already said (or what failed).
+        if self.error is not None:
+            raise self.error
+        if self.last is not None:
+            return self.last
+        raise UnsafeResendError(
+            f"resilient: {self.request.method} {self.ctx.key} is not safe to send twice (not "
+            "idempotent, or a streamed body), and its previous attempt was cut; not re-sent"
+        )
+
+    async def __call__(self) -> httpx.Response:
+        if self.sends:
+            if not self.resendable and (self.left or not self.replayable):
+                return self._replay()
+            last = self.last
+            if last is not None:
+                # A new attempt means the previous response is being discarded, whatever the
+                # retry policy does with it: release its connection now.
+                self.last = None
+                await _close(last)
+        request = self.request
+        owner = self.owner
+        ctx = self.ctx
+        header = owner._deadline_header
+        if header is not None:
+            remaining = ctx.remaining()
+            if remaining != math.inf:
+                request.headers[header] = str(max(0, int(remaining * 1000.0)))
+        resends = self.sends
+        self.sends = resends + 1
+        self.left = True  # until proven otherwise: a cut attempt may have reached the server
+        self.error = None
+        tracing = owner._tracing
+        tracer = None if tracing is None else tracing.tracer()
+        span = None
+        if tracer is not None:
+            span = start_span(tracer, request, self.route, resends, ctx.span)
+        settled: httpx.Response | None = None
+        try:
+            response = await owner._transport.handle_async_request(request)
+            self.last = response
+            if owner._buffer_limit and owner._worth_buffering(response, ctx, request):
+                await owner._buffer(response)
+            settled = response
+        except Exception as exc:
+            self.error = exc
+            if isinstance(exc, NEVER_SENT):
+                self.left = False
+            raise
+        finally:
+            if span is not None:
+                end_span(span, settled, self.error)
+        return response
+
+
+@final
+class ResilientTransport(httpx.AsyncBaseTransport):
+    """An httpx transport running every request through a ``Pipeline``.
+
+    Use it as ``httpx.AsyncClient(transport=ResilientTransport(pipeline))``. Each request
+    is one pipeline call whose attempts each send the request through the wrapped transport:
+
+    - operation ``"<METHOD> <route>"`` when the request names its route template in the
+      ``resilient.route`` extension, else ``"<METHOD> <host[:port]>"``; never the raw URL;
+    - key ``host[:port]``, so keyed breakers and limiters isolate hosts from one another;
+    - classified by ``classify``, else the pipeline's own classifier when it was given one,
+      else ``http_classifier()`` (status table, transport errors, ``Retry-After``);
+    - idempotency: only requests with a method in ``retry_methods``, an ``Idempotency-Key``
+      header or the ``resilient.idempotent`` extension may be retried; for any other request
+      a retryable failure becomes a FAILURE (counts against the breaker, not retried), except
+      failures where the request provably never left (connect errors, connect and pool
+      timeouts);
+    - a body held in memory is re-sent byte for byte; a streamed body that cannot be
+      replayed makes the request non-retryable and is never re-sent (not even empty);
+    - every discarded response is closed, so retries never leak pooled connections.
+
+    The transport adds no policy of its own: what runs is exactly the pipeline.
+
+    Args:
+        pipeline: the policies to run each request through.
+        transport: the transport that sends requests (default ``httpx.AsyncHTTPTransport()``);
+            closed when this transport is closed.
+        classify: classification replacing the default (a ``Classifier``, rules or a
+            function of an ``Outcome``); build on ``http_classifier(*rules)`` to keep the
+            HTTP table.
+        retry_methods: methods that may be retried (default: the idempotent methods).
+        idempotency_header: a header whose presence makes any request retryable (``None``
+            to disable).
+        propagate_deadline: send the remaining deadline in ``deadline_header`` on each
+            attempt when the call has one.
+        deadline_header: the header name for ``propagate_deadline``.
+        telemetry: per-attempt OpenTelemetry client spans; ``None`` (default) follows the
+            pipeline (on when the pipeline has telemetry).
+        tracer_provider: the OpenTelemetry tracer provider (default: the global one).
+        buffer_limit: a retryable response (a 503, a 429) whose body is at most this many
+            bytes is read at once and its connection released, so a call waiting to retry
+            holds no connection; ``0`` disables it.
+
+    Raises:
+        ConfigurationError: an invalid option.
+    """
+
+    __slots__ = (
+        "_buffer_limit",
+        "_classifier",
+        "_context",
+        "_deadline_header",
+        "_idempotency_header",
+        "_not_replayable",
+        "_not_retryable",
+        "_pipeline",
+        "_plain_http",
+        "_retry_methods",
+        "_run",
+        "_tracing",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        classify: ClassifierLike
+        | Callable[[Outcome], _Classification | Verdict | None]
+        | Iterable[Any]
+        | None = None,
+        retry_methods: Iterable[str] = IDEMPOTENT_METHODS,
+        idempotency_header: str | None = "Idempotency-Key",
+        propagate_deadline: bool = False,
+        deadline_header: str = DEADLINE_HEADER,
+        telemetry: bool | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        buffer_limit: int = _MAX_BUFFER,
+    ) -> None:
+        options: dict[str, object] = {
+            "pipeline": pipeline,
+            "idempotency_header": idempotency_header,
+            "deadline_header": deadline_header,
+            "propagate_deadline": propagate_deadline,
+            "telemetry": telemetry,
+        }
+        if not isinstance(options["pipeline"], Pipeline):
+            raise ConfigurationError(
+                "ResilientTransport.pipeline", pipeline, "expected a resilient.Pipeline"
+            )
+        if transport is None:
+            transport = httpx.AsyncHTTPTransport()
+        elif not callable(getattr(transport, "handle_async_request", None)):
+            raise ConfigurationError(
+                "ResilientTransport.transport", transport, "expected an httpx async transport"
+            )
+        self._pipeline = pipeline
+        self._transport = transport
+        self._context = pipeline.context
+        self._run = pipeline.run
+        classifier = as_classifier("ResilientTransport.classify", classify)
+        if classifier is None:
+            own = pipeline.classifier
+            classifier = own if own is not DEFAULT_CLASSIFIER else http_classifier()
+        # With the plain HTTP table (no user rules) a status below 400 is never retryable.
+        self._plain_http = classify is None and classifier is not pipeline.classifier
+        self._classifier: ClassifierLike = classifier
+        self._not_retryable = NotRetryable(classifier, unsent_ok=True)
+        self._not_replayable = NotRetryable(classifier, unsent_ok=False)
+        if isinstance(retry_methods, str):
+            raise ConfigurationError(
+                "ResilientTransport.retry_methods", retry_methods, "expected a set of methods"
+            )
+        methods = []
+        candidates: Iterable[object] = retry_methods
+        for method in candidates:
+            if not isinstance(method, str) or not _TOKEN.match(method):
+                raise ConfigurationError(
+                    "ResilientTransport.retry_methods", method, "expected an HTTP method name"
+                )
+            methods.append(method.upper())
+        self._retry_methods = frozenset(methods)
+        header_option = options["idempotency_header"]
+        if header_option is not None and not (
+            isinstance(header_option, str) and _TOKEN.match(header_option)
+        ):
+            raise ConfigurationError(
+                "ResilientTransport.idempotency_header",
+                idempotency_header,
+                "expected a header name or None",
+            )
+        self._idempotency_header = idempotency_header
+        header_option = options["deadline_header"]
+        if not isinstance(header_option, str) or not _TOKEN.match(header_option):
+            raise ConfigurationError(
+                "ResilientTransport.deadline_header", deadline_header, "expected a header name"
+            )
+        if not isinstance(options["propagate_deadline"], bool):
+            raise ConfigurationError(
+                "ResilientTransport.propagate_deadline", propagate_deadline, "expected a bool"
+            )
+        self._deadline_header = deadline_header.lower() if propagate_deadline else None
+        if telemetry is None:
+            telemetry = pipeline.observer is not None
+        elif not isinstance(options["telemetry"], bool):
+            raise ConfigurationError(
+                "ResilientTransport.telemetry", telemetry, "expected True, False or None"
+            )
+        self._tracing = _Tracing(tracer_provider) if telemetry else None
+        self._buffer_limit = check.integer(
+            "ResilientTransport.buffer_limit", buffer_limit, minimum=0
+        )
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The pipeline every request runs through."""
+        return self._pipeline
+
+    @property
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """The wrapped transport that sends requests."""
+        return self._transport
+
+    @property
+    def classifier(self) -> ClassifierLike:
+        """The classification used for requests that may be retried."""
+        return self._classifier
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the pipeline and return the response it settles on.
+
+        Raises:
+            Whatever the last attempt raised (httpx's exceptions), or a
+            ``resilient.RejectedError`` when a policy refused the call.
+        """
+        url = request.url
+        host = url.host
+        port = url.port
+        key = host if port is None else f"{host}:{port}"
+        method = request.method
+        extensions = request.extensions
+        route = extensions.get(ROUTE_EXTENSION)
+        if not (route and isinstance(route, str)):
+            route = None
+        replayable = _replayable(request.stream)
+        idempotent = extensions.get(IDEMPOTENT_EXTENSION)
+        if idempotent is None:
+            idempotent = method in self._retry_methods or (
+                self._idempotency_header is not None and self._idempotency_header in request.headers
+            )
+        classifier: Any
+        if not replayable:
+            classifier = self._not_replayable
+        else:
+            classifier = self._classifier if idempotent else self._not_retryable
+        exchange = _Exchange(self, request, route, replayable, replayable and bool(idempotent))
+        ctx = self._context(
+            exchange,
+            operation=f"{method} {route or key}",
+            key=key,
+            classify=classifier,
+        )
+        exchange.ctx = ctx
+        ctx.extra = request
+        result: Any = None
+        try:
+            result = await self._run(ctx)
+            return result  # type: ignore[no-any-return]
+        finally:
+            last = exchange.last
+            if last is not None and last is not result:
+                await _close(last)
+
+    def _worth_buffering(self, response: httpx.Response, ctx: Any, request: httpx.Request) -> bool:
+        # A response the pipeline may retry is read now (when small) so that its connection
+        # returns to the pool before the retry policy sleeps; the caller still gets the
+        # whole body if this response ends up being returned. Synchronous on purpose: the
+        # success path pays no coroutine (and, with the plain HTTP table, no classification).
+        if self._plain_http and response.status_code < 400:
+            return False
+        try:
+            verdict = ctx.classifier.classify_result(response).verdict
+        except Exception:
+            return False  # a broken classifier is reported by the policies that use it
+        if verdict is not Verdict.TRANSIENT:
+            return False
+        if request.method != "HEAD" and response.status_code not in _NO_BODY_STATUSES:
+            length = response.headers.get("content-length")
+            if length is None or not length.isdigit() or int(length) > self._buffer_limit:
+                return False  # unknown or large: closed when discarded instead
+        stream = response.stream
+        return isinstance(stream, httpx.AsyncByteStream) and not isinstance(
+            stream, httpx.ByteStream
+        )
+
+    @staticmethod
+    async def _buffer(response: httpx.Response) -> None:
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        body = None
+        try:
+            body = b"".join([chunk async for chunk in stream])
+        finally:
+            if body is None:
+                await _close(response)
+        await stream.aclose()
+        response.stream = httpx.ByteStream(body)
+
+    async def __aenter__(self) -> ResilientTransport:
+        """Enter the wrapped transport."""
+        await self._transport.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc_value: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> None:
+        """Exit (and so close) the wrapped transport."""
+        await self._transport.__aexit__(exc_type, exc_value, traceback)
+
+    async def aclose(self) -> None:
+        """Close the wrapped transport and its connection pool."""
+        await self._transport.aclose()
+
+    def __repr__(self) -> str:
+        return f"ResilientTransport({self._pipeline!r}, {self._transport!r})"
