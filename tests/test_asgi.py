@@ -23,6 +23,7 @@ import resilient
 from resilient import CallRejected, ConfigurationError
 from resilient.asgi import ResilienceMiddleware
 from resilient.testing import EventRecorder, FakeClock
+from test_telemetry_support import Otel
 
 Message = dict[str, Any]
 
@@ -872,6 +873,51 @@ async def test_rejections_are_reported_per_route_template(clock: FakeClock) -> N
         ("/items/{item_id}", "deadline", "request_timeout"),
         ("GET", "rate_limited", "rate_limit"),
     ]
+
+
+async def test_spans_and_metrics_are_named_by_route_template_never_the_raw_path() -> None:
+    """The observer takes the route template the middleware learns after routing."""
+    otel = Otel.create()
+
+    async def user(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(request.path_params["id"])
+
+    app = Starlette(routes=[Route("/users/{id}", user)])
+    app.add_middleware(ResilienceMiddleware, telemetry=otel.telemetry)
+    async with client(app) as c:
+        assert (await c.get("/users/42")).text == "42"
+        assert (await c.get("/users/7")).text == "7"
+        assert (await c.get("/nowhere/13")).status_code == 404
+    spans = otel.spans()
+    assert [s.name for s in spans] == ["asgi /users/{id}", "asgi /users/{id}", "asgi GET"]
+    assert [s.attributes["resilient.operation"] for s in spans if s.attributes] == [
+        "/users/{id}",
+        "/users/{id}",
+        "GET",
+    ]
+    points = otel.points("resilient.call.duration")
+    assert sorted((p.attributes["resilient.operation"], p.count) for p in points) == [
+        ("/users/{id}", 2),
+        ("GET", 1),
+    ]
+    for text in [s.name for s in spans] + [str(p.attributes) for p in points]:
+        assert "42" not in text
+        assert "13" not in text
+
+
+async def test_route_names_stay_bounded_by_the_observer() -> None:
+    """Past Telemetry(max_operations) distinct names, later routes are reported as _OTHER."""
+    otel = Otel.create(max_operations=2)  # "GET" (the name at start) and one template
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/a/{x}", hello), Route("/b/{x}", hello)])
+    app.add_middleware(ResilienceMiddleware, telemetry=otel.telemetry)
+    async with client(app) as c:
+        await c.get("/a/1")
+        await c.get("/b/2")
+    assert [s.name for s in otel.spans()] == ["asgi /a/{x}", "asgi _OTHER"]
 
 
 # -- configuration --------------------------------------------------------------------------

@@ -532,6 +532,29 @@ class RateLimiter(PolicyDecorator):
             tokens = await store.tokens(key, rate=self._rate, burst=self._burst, now=now)
         return self._status(not wait, tokens, wait)
 
+    def _try_take_one_now(self, key: str | None, now: float) -> tuple[float, float] | None:
+        """``try_acquire(key)`` of one token, synchronously: ``(wait, tokens left)``.
+
+        ``None`` when only the asynchronous path can answer (an external store, or callers
+        queued for ``key``). For integrations on their hot path (the ASGI middleware).
+        """
+        queues = self._queues
+        if (queues and key in queues) or self._burst < 1.0:
+            return None
+        rate = self._rate
+        burst = self._burst
+        memory = self._memory
+        if memory is None:
+            if self._store is not None:
+                return None
+            if key is None:
+                self._full_at, wait = bucket_take(self._full_at, now, 1.0, rate, burst)
+                return wait, bucket_tokens(self._full_at, now, rate, burst)
+            memory = self._keyed()
+        cell = memory._get(key, now)
+        cell.full_at, wait = bucket_take(cell.full_at, now, 1.0, rate, burst)
+        return wait, bucket_tokens(cell.full_at, now, rate, burst)
+
     async def status(self, key: str | None = None, *, cost: float = 1.0) -> RateLimitStatus:
         """The bucket's numbers now, taking nothing (``allowed``: ``cost`` tokens are there).
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, Final, final
 
 from resilient._exceptions import ConfigurationError
@@ -127,6 +127,11 @@ class ClientKeyResolver:
             functools.partial(_normalize, ipv6_prefix=ipv6_prefix)
         )
         self._is_trusted = functools.lru_cache(maxsize=1024)(self._trusted_uncached)
+
+    @property
+    def normalize(self) -> Callable[[str], str]:
+        """``host -> key`` of a client at ``host`` (an IPv6 client keys its network; cached)."""
+        return self._normalize
 
     @property
     def uses_headers(self) -> bool:

@@ -56,7 +56,8 @@ _DISCONNECT_MESSAGE: Final = {"type": "http.disconnect"}
 class Wheel:
     """A coarse timer shared by every request on one asyncio loop.
 
-    A new request is only appended to ``recent`` (no timer handle, no computation). At the
+    A new request is only added to ``recent`` (no timer handle, no computation) and removed
+    from it when it finishes, so a finished request is not kept alive until the tick. At the
     next 10 ms tick, requests still running are looked at: their disconnect watcher starts
     and, if they have a deadline, they move to the bucket of the tick it falls in. Buckets
     are dicts keyed by tick; one loop timer is armed for the earliest tick.
@@ -70,7 +71,7 @@ class Wheel:
         self._ticks: list[int] = []
         self._handle: asyncio.TimerHandle | None = None
         self.armed: int | None = None
-        self.recent: list[Exchange] = []
+        self.recent: dict[Exchange, None] = {}
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -78,8 +79,8 @@ class Wheel:
         return self._loop
 
     def enter(self, exchange: Exchange) -> None:
-        """A request started: look at it at the next tick (the hot path: one append)."""
-        self.recent.append(exchange)
+        """A request started: look at it at the next tick (the hot path: one dict store)."""
+        self.recent[exchange] = None
         if self.armed is None:
             self._arm(math.floor(self._loop.time() * TICKS_PER_SECOND) + 1)
 
@@ -115,8 +116,8 @@ class Wheel:
         due: list[Exchange] = []
         recent = self.recent
         if recent:
-            self.recent = []
-            due.extend(e for e in recent if e.phase != DONE)
+            self.recent = {}
+            due.extend(recent)
         while ticks and ticks[0] <= limit:
             bucket = self._buckets.pop(heappop(ticks), None)
             if bucket:
@@ -156,7 +157,6 @@ class Exchange:
         "_send",
         "body_done",
         "cancel_scope",
-        "cancelling",
         "clock",
         "deadline",
         "end_deadline",
@@ -171,7 +171,6 @@ class Exchange:
         "start_deadline",
         "started_at",
         "stash",
-        "status",
         "task",
         "task_group",
         "tick",
@@ -181,17 +180,18 @@ class Exchange:
         "wheel",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - built once per request: positional is the cheap call
         self,
         scope: Scope,
         receive: Receive,
         send: Send,
-        *,
         clock: Clock,
         now: float,
         start_deadline: float,
         end_deadline: float,
-        extra_headers: list[tuple[bytes, bytes]] | None,
+        extra_headers: tuple[tuple[bytes, bytes], ...] | None,
+        wheel: Wheel | None = None,
+        task: asyncio.Task[Any] | None = None,
     ) -> None:
         self.scope = scope
         self._receive = receive
@@ -205,7 +205,6 @@ class Exchange:
         self.reason: str | None = None
         self.fired_phase = RUNNING
         self.deadline = start_deadline
-        self.status = 0
         self.trailers = False
         self.body_done = False
         self.receiving = False
@@ -214,10 +213,9 @@ class Exchange:
         self.stash: Message | None = None
         self.watcher: Any = None  # asyncio.Task, or True while an anyio watcher runs
         # asyncio runtime
-        self.wheel: Wheel | None = None
-        self.task: asyncio.Task[Any] | None = None
+        self.wheel = wheel
+        self.task = task
         self.tick = 0
-        self.cancelling = 0
         # anyio runtime
         self.task_group: anyio.abc.TaskGroup | None = None
         self.cancel_scope: anyio.CancelScope | None = None
@@ -274,8 +272,8 @@ class Exchange:
         kind = message["type"]
         if self.phase == RUNNING:
             if kind == "http.response.start":
-                self.status = message.get("status", 0)
-                self.trailers = bool(message.get("trailers", False))
+                if message.get("trailers", False):
+                    self.trailers = True
                 extra = self.extra_headers
                 if extra:
                     message = {**message, "headers": [*message.get("headers", ()), *extra]}
@@ -302,6 +300,7 @@ class Exchange:
         self.phase = DONE
         wheel = self.wheel
         if wheel is not None:
+            wheel.recent.pop(self, None)
             if self.tick:
                 wheel.discard(self, self.tick)
             watcher = self.watcher

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, cast, final
 
 import anyio
 
 from resilient import _validate as check
-from resilient._bulkhead import Bulkhead
+from resilient._bulkhead import Bulkhead, _release, _Slots
 from resilient._clock import SYSTEM_CLOCK, Clock
 from resilient._context import Context, pop_deadline, push_deadline
 from resilient._events import CallRejected, Listener, report_listener_error
@@ -24,7 +25,7 @@ from resilient._exceptions import (
 from resilient._pipeline import Pipeline
 from resilient._ratelimit import RateLimiter
 
-from ._client import ClientKeyResolver
+from ._client import NO_PEER_KEY, ClientKeyResolver
 from ._guard import (
     DISCONNECT,
     STREAMING,
@@ -45,12 +46,14 @@ DEFAULT_EXCLUDE: Final = ("/health", "/healthz", "/livez", "/readyz")
 """Paths never shed, limited or timed out by default: orchestrator probes."""
 
 _running_loop = asyncio._get_running_loop
+_monotonic = time.monotonic
 _current_task = asyncio.current_task
 _HEADER_MODES: Final = ("ietf", "legacy", "none")
 _METHODS: Final = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
 _MAX_OPERATIONS: Final = 512
+_MAX_HEADER_SETS: Final = 1024
 
 
 def _plain(status: int, text: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[Message, Message]:
@@ -74,6 +77,17 @@ async def _consume_cancellation(task: asyncio.Task[Any], cancelling: int) -> Non
     except asyncio.CancelledError:
         if task.cancelling() > cancelling:
             raise
+
+
+def _caller_deadline(value: bytes, now: float) -> float | None:
+    # The caller's remaining time in milliseconds -> an absolute deadline (None: unusable).
+    try:
+        remaining = float(value) / 1000.0
+    except ValueError:
+        return None
+    if not math.isfinite(remaining):
+        return None
+    return now + max(remaining, 0.0)
 
 
 def _seconds_header(seconds: float) -> bytes:
@@ -146,22 +160,31 @@ class ResilienceMiddleware:
     __slots__ = (
         "_app",
         "_bulkhead",
+        "_burst",
         "_clock",
         "_deadline_header",
+        "_exclude_any",
         "_exclude_exact",
         "_exclude_prefixes",
         "_fast",
+        "_header_cache",
         "_header_mode",
         "_key",
         "_key_fallback",
         "_limit_websockets",
         "_limiter",
+        "_listening",
         "_max_wait",
-        "_observed",
+        "_observe",
         "_operations",
+        "_peer_key",
         "_pipeline",
         "_policy_header",
+        "_rate",
+        "_recording",
         "_shed_retry_after",
+        "_slot_limit",
+        "_slots",
         "_timeout",
         "_total_timeout",
         "_wheel",
@@ -224,11 +247,17 @@ class ResilienceMiddleware:
         self._key_fallback = (
             None if client_key is None else check.callable_(p + "client_key", client_key)
         )
+        self._peer_key: Callable[[str], str] | None = (
+            self._key.normalize if client_key is None and not self._key.uses_headers else None
+        )
         self._header_mode = check.choice(
             p + "rate_limit_headers", rate_limit_headers, _HEADER_MODES
         )
         self._limiter: RateLimiter | None = None
-        self._policy_header: list[tuple[bytes, bytes]] = []
+        self._rate = 1.0
+        self._burst = 1.0
+        self._policy_header: tuple[tuple[bytes, bytes], ...] = ()
+        self._header_cache: dict[tuple[int, int], tuple[tuple[bytes, bytes], ...]] = {}
         if rate is not None:
             rate = check.positive(p + "rate", rate)
             if burst is None:
@@ -244,13 +273,15 @@ class ResilienceMiddleware:
                 clock=self._clock,
                 name="rate_limit",
             )
+            self._rate = float(rate)
+            self._burst = float(burst)
             window = max(1, math.ceil(burst / rate))
             if self._header_mode == "ietf":
-                self._policy_header = [
-                    (b"ratelimit-policy", f'"default";q={burst};w={window}'.encode())
-                ]
+                self._policy_header = (
+                    (b"ratelimit-policy", f'"default";q={burst};w={window}'.encode()),
+                )
             elif self._header_mode == "legacy":
-                self._policy_header = [(b"ratelimit-limit", str(burst).encode())]
+                self._policy_header = ((b"ratelimit-limit", str(burst).encode()),)
         elif burst is not None:
             raise ConfigurationError(p + "burst", burst, "needs rate to be set")
         self._timeout = math.inf if timeout is None else check.positive(p + "timeout", timeout)
@@ -282,14 +313,28 @@ class ResilienceMiddleware:
                 exact.add(path)
         self._exclude_exact = frozenset(exact)
         self._exclude_prefixes = tuple(prefixes)
+        self._exclude_any = bool(exact or prefixes)
         self._limit_websockets = bool(limit_websockets)
+        listeners = tuple(listeners)
         self._pipeline = Pipeline(
             name=check.name(p + "name", name),
             clock=self._clock,
             listeners=listeners,
             telemetry=telemetry,
         )
-        self._observed = self._pipeline.observer is not None or bool(tuple(listeners))
+        # Per request, a Context and the observer's start/end only while something records:
+        # a listener, or telemetry with an SDK installed (``recording()`` is the cheap probe).
+        observer = self._pipeline.observer
+        self._listening = bool(listeners)
+        self._observe = observer is not None or self._listening
+        probe = getattr(observer, "recording", None)
+        self._recording: Callable[[], bool] | None = probe if callable(probe) else None
+        self._slots: _Slots = _Slots()
+        self._slot_limit = 0
+        if self._bulkhead is not None:
+            # The uncontended path takes and returns the bulkhead's slot inline.
+            self._slots = self._bulkhead._slots
+            self._slot_limit = self._bulkhead.max_concurrent
         # The wheel runtime needs asyncio's own clock; other clocks use the anyio runtime.
         self._fast = self._clock is SYSTEM_CLOCK
         self._wheel: Wheel | None = None
@@ -342,22 +387,161 @@ class ResilienceMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope."""
-        kind = scope["type"]
-        if kind != "http":
-            if kind == "websocket" and self._limit_websockets and not self._excluded(scope):
+        if scope["type"] != "http":
+            if (
+                scope["type"] == "websocket"
+                and self._limit_websockets
+                and not self._excluded(scope)
+            ):
                 await self._websocket(scope, receive, send)
             else:
                 await self._app(scope, receive, send)
-        elif self._excluded(scope):
-            await self._app(scope, receive, send)
-        elif self._observed:
-            await self._observed_http(scope, receive, send)
-        else:
-            await self._handle(scope, receive, send, None)
+            return
+        if self._exclude_any:
+            path = scope.get("path", "")
+            if path in self._exclude_exact or (
+                self._exclude_prefixes and path.startswith(self._exclude_prefixes)
+            ):
+                await self._app(scope, receive, send)
+                return
+        # The hot path, in one frame: nothing below allocates for a feature not configured.
+        ctx: Context | None = None
+        if self._observe and (self._listening or self._recording is None or self._recording()):
+            ctx = self._begin(scope)
+        error: BaseException | None = None
+        try:
+            clock = self._clock
+            loop = _running_loop() if self._fast else None
+            # The system clock on asyncio reads time.monotonic(): the same number, directly.
+            now = _monotonic() if loop is not None else clock.now()
+            extra: tuple[tuple[bytes, bytes], ...] | None = None
+            limiter = self._limiter
+            if limiter is not None:
+                peer_key = self._peer_key
+                if peer_key is not None:  # no custom key, no trusted proxy: the peer address
+                    client = scope.get("client")
+                    key = peer_key(client[0]) if client else NO_PEER_KEY
+                else:
+                    key = self.client_key(scope)
+                took = limiter._try_take_one_now(key, now)
+                if took is None:  # an external store, or a queue: the asynchronous path
+                    status = await limiter.try_acquire(key)
+                    allowed, wait, tokens = status.allowed, status.retry_after, status.remaining
+                else:
+                    wait, tokens = took
+                    allowed = not wait
+                extra = self._rate_headers(tokens, (self._burst - tokens) / self._rate)
+                if not allowed:
+                    await self._rate_limited(ctx, send, wait, extra)
+                    return
+
+            start_deadline = now + self._timeout
+            end_deadline = now + self._total_timeout
+            header = self._deadline_header
+            if header is not None:
+                for name, value in scope.get("headers", ()):
+                    if name == header:
+                        caller = _caller_deadline(value, now)
+                        if caller is not None:
+                            if caller <= now:
+                                await self._caller_deadline_passed(ctx, send, extra)
+                                return
+                            end_deadline = min(end_deadline, caller)
+                        break
+            start_deadline = min(start_deadline, end_deadline)
+
+            wheel: Wheel | None = None
+            task: asyncio.Task[Any] | None = None
+            if loop is not None:
+                # asyncio with the system clock: the shared wheel; the app runs right here.
+                wheel = self._wheel
+                if wheel is None or wheel.loop is not loop:
+                    wheel = self._wheel = Wheel(loop)
+                task = _current_task(loop)
+                assert task is not None
+                exchange = Exchange(
+                    scope,
+                    receive,
+                    send,
+                    clock,
+                    now,
+                    start_deadline,
+                    end_deadline,
+                    extra,
+                    wheel,
+                    task,
+                )
+            else:
+                exchange = Exchange(
+                    scope, receive, send, clock, now, start_deadline, end_deadline, extra
+                )
+            token = None
+            if start_deadline != math.inf:
+                # The app's own resilient calls inherit the time left (resilient.remaining()),
+                # and so does the bulkhead's queue wait: the exchange reads like a Context.
+                token = push_deadline(cast("Context", exchange))
+            refusal: RejectedError | None = None
+            try:
+                if loop is not None:
+                    assert wheel is not None
+                    assert task is not None
+                    cancelling = task.cancelling()
+                    wheel.enter(exchange)
+                    try:
+                        bulkhead = self._bulkhead
+                        if bulkhead is None:
+                            await self._app(scope, exchange.receive, exchange.send)
+                        else:
+                            slots = self._slots
+                            if slots.running < self._slot_limit:
+                                slots.running += 1  # a free slot: no yield, no allocation
+                            else:
+                                try:
+                                    await bulkhead.__aenter__()
+                                except (BulkheadFullError, TimeoutExceeded) as exc:
+                                    refusal = exc  # full, waited too long, or deadline
+                            if refusal is None:
+                                try:
+                                    await self._app(scope, exchange.receive, exchange.send)
+                                finally:
+                                    _release(slots)
+                    except asyncio.CancelledError:
+                        if exchange.reason is None or task.uncancel() > cancelling:
+                            raise
+                    else:
+                        if exchange.reason is not None and task.uncancel() <= cancelling:
+                            await _consume_cancellation(task, cancelling)
+                else:
+                    refusal = await self._run_anyio(exchange)
+            finally:
+                if token is not None:
+                    pop_deadline(token)
+                exchange.finish()
+            if refusal is not None:
+                if isinstance(refusal, BulkheadFullError):
+                    await self._shed(ctx, send, extra, waited=self._max_wait > 0.0)
+                else:
+                    await self._reject(
+                        ctx,
+                        send,
+                        status=504,
+                        text=b"Gateway Timeout\n",
+                        exc=refusal,
+                        reason="deadline",
+                        headers=[*extra] if extra else [],
+                    )
+            elif exchange.reason is not None:
+                await self._after_fire(exchange, ctx, send)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if ctx is not None:
+                self._end(ctx, scope, error)
 
     # -- HTTP ---------------------------------------------------------------------------------
 
-    async def _observed_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _begin(self, scope: Scope) -> Context:
         method = scope.get("method", "")
         ctx = self._pipeline.context(operation=method if method in _METHODS else "OTHER")
         observer = ctx.observer
@@ -366,19 +550,16 @@ class ResilienceMiddleware:
                 observer.start(ctx)
             except Exception:
                 report_listener_error(observer)
-        error: BaseException | None = None
-        try:
-            await self._handle(scope, receive, send, ctx)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            ctx.operation = self._operation(scope, ctx.operation)
-            if observer is not None:
-                try:
-                    observer.end(ctx, error if error is not None else ctx.extra, None)
-                except Exception:
-                    report_listener_error(observer)
+        return ctx
+
+    def _end(self, ctx: Context, scope: Scope, error: BaseException | None) -> None:
+        ctx.operation = self._operation(scope, ctx.operation)
+        observer = ctx.observer
+        if observer is not None:
+            try:
+                observer.end(ctx, error if error is not None else ctx.extra, None)
+            except Exception:
+                report_listener_error(observer)
 
     def _operation(self, scope: Scope, fallback: str) -> str:
         # The route template once the app's router matched (Starlette/FastAPI set
@@ -394,127 +575,43 @@ class ResilienceMiddleware:
             operations.add(template)
         return template
 
-    async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, ctx: Context | None
+    async def _rate_limited(
+        self,
+        ctx: Context | None,
+        send: Send,
+        retry_after: float,
+        extra: tuple[tuple[bytes, bytes], ...],
     ) -> None:
-        loop = _running_loop() if self._fast else None
-        now = loop.time() if loop is not None else self._clock.now()
-        extra: list[tuple[bytes, bytes]] | None = None
-        limiter = self._limiter
-        if limiter is not None:
-            status = await limiter.try_acquire(self.client_key(scope))
-            extra = self._rate_headers(status.remaining, status.reset)
-            if not status.allowed:
-                retry_after = status.retry_after
-                await self._reject(
-                    ctx,
-                    send,
-                    status=429,
-                    text=b"Too Many Requests\n",
-                    exc=RateLimitedError(
-                        "rate limit exceeded for this client",
-                        policy="rate_limit",
-                        retry_after=retry_after,
-                    ),
-                    reason="rate_limited",
-                    headers=[(b"retry-after", _seconds_header(retry_after)), *extra],
-                )
-                return
-
-        start_deadline = now + self._timeout
-        end_deadline = now + self._total_timeout
-        header = self._deadline_header
-        if header is not None:
-            caller = self._caller_deadline(scope, header, now)
-            if caller is not None:
-                if caller <= now:
-                    await self._reject(
-                        ctx,
-                        send,
-                        status=504,
-                        text=b"Gateway Timeout\n",
-                        exc=TimeoutExceeded(
-                            "the caller's deadline passed before the request started",
-                            policy="request_timeout",
-                            timeout=0.0,
-                        ),
-                        reason="deadline",
-                        headers=extra or [],
-                    )
-                    return
-                end_deadline = min(end_deadline, caller)
-        start_deadline = min(start_deadline, end_deadline)
-
-        exchange = Exchange(
-            scope,
-            receive,
+        await self._reject(
+            ctx,
             send,
-            clock=self._clock,
-            now=now,
-            start_deadline=start_deadline,
-            end_deadline=end_deadline,
-            extra_headers=extra,
+            status=429,
+            text=b"Too Many Requests\n",
+            exc=RateLimitedError(
+                "rate limit exceeded for this client",
+                policy="rate_limit",
+                retry_after=retry_after,
+            ),
+            reason="rate_limited",
+            headers=[(b"retry-after", _seconds_header(retry_after)), *extra],
         )
-        token = None
-        if start_deadline != math.inf:
-            # The app's own resilient calls inherit the time left (resilient.remaining()),
-            # and so does the bulkhead's queue wait: the exchange reads like a Context there.
-            token = push_deadline(cast("Context", exchange))
-        refusal: RejectedError | None = None
-        try:
-            if loop is not None:
-                # asyncio with the system clock: the shared wheel; the app runs right here.
-                wheel = self._wheel
-                if wheel is None or wheel.loop is not loop:
-                    wheel = self._wheel = Wheel(loop)
-                task = _current_task(loop)
-                assert task is not None
-                exchange.wheel = wheel
-                exchange.task = task
-                cancelling = task.cancelling()
-                wheel.enter(exchange)
-                try:
-                    refusal = await self._admit_and_run(exchange)
-                except asyncio.CancelledError:
-                    if exchange.reason is None or task.uncancel() > cancelling:
-                        raise
-                else:
-                    if exchange.reason is not None and task.uncancel() <= cancelling:
-                        await _consume_cancellation(task, cancelling)
-            else:
-                refusal = await self._run_anyio(exchange)
-        finally:
-            if token is not None:
-                pop_deadline(token)
-            exchange.finish()
-        if refusal is not None:
-            if isinstance(refusal, BulkheadFullError):
-                await self._shed(ctx, send, extra, waited=self._max_wait > 0.0)
-            else:
-                await self._reject(
-                    ctx,
-                    send,
-                    status=504,
-                    text=b"Gateway Timeout\n",
-                    exc=refusal,
-                    reason="deadline",
-                    headers=extra or [],
-                )
-        elif exchange.reason is not None:
-            await self._after_fire(exchange, ctx, send)
 
-    @staticmethod
-    def _caller_deadline(scope: Scope, header: bytes, now: float) -> float | None:
-        for name, value in scope.get("headers", ()):
-            if name == header:
-                try:
-                    remaining = float(value) / 1000.0
-                except ValueError:
-                    return None
-                if not math.isfinite(remaining):
-                    return None
-                return now + max(remaining, 0.0)
-        return None
+    async def _caller_deadline_passed(
+        self, ctx: Context | None, send: Send, extra: tuple[tuple[bytes, bytes], ...] | None
+    ) -> None:
+        await self._reject(
+            ctx,
+            send,
+            status=504,
+            text=b"Gateway Timeout\n",
+            exc=TimeoutExceeded(
+                "the caller's deadline passed before the request started",
+                policy="request_timeout",
+                timeout=0.0,
+            ),
+            reason="deadline",
+            headers=[*extra] if extra else [],
+        )
 
     async def _admit_and_run(self, exchange: Exchange) -> RejectedError | None:
         bulkhead = self._bulkhead
@@ -594,28 +691,36 @@ class ResilienceMiddleware:
 
     # -- refusals -----------------------------------------------------------------------------
 
-    def _rate_headers(self, tokens: float, until_full: float) -> list[tuple[bytes, bytes]]:
+    def _rate_headers(self, tokens: float, until_full: float) -> tuple[tuple[bytes, bytes], ...]:
         mode = self._header_mode
         if mode == "none":
-            return []
+            return ()
         remaining = int(tokens + 1e-9) if tokens > 0.0 else 0
         reset = math.ceil(until_full - 1e-9) if until_full > 0.0 else 0
-        if mode == "ietf":
-            return [
-                *self._policy_header,
-                (b"ratelimit", b'"default";r=%d;t=%d' % (remaining, reset)),
-            ]
-        return [
-            *self._policy_header,
-            (b"ratelimit-remaining", b"%d" % remaining),
-            (b"ratelimit-reset", b"%d" % reset),
-        ]
+        cache = self._header_cache
+        found = cache.get((remaining, reset))
+        if found is None:
+            # Built once per (remaining, reset) pair: a client under its limit sees few.
+            if mode == "ietf":
+                found = (
+                    *self._policy_header,
+                    (b"ratelimit", b'"default";r=%d;t=%d' % (remaining, reset)),
+                )
+            else:
+                found = (
+                    *self._policy_header,
+                    (b"ratelimit-remaining", b"%d" % remaining),
+                    (b"ratelimit-reset", b"%d" % reset),
+                )
+            if len(cache) < _MAX_HEADER_SETS:
+                cache[(remaining, reset)] = found
+        return found
 
     async def _shed(
         self,
         ctx: Context | None,
         send: Send,
-        extra: list[tuple[bytes, bytes]] | None,
+        extra: tuple[tuple[bytes, bytes], ...] | None,
         *,
         waited: bool = False,
     ) -> None:

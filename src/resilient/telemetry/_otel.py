@@ -39,6 +39,7 @@ from resilient._events import (
     TimeoutFired,
     WaitEnded,
     error_type,
+    report_listener_error,
 )
 from resilient._exceptions import ConfigurationError
 
@@ -541,6 +542,27 @@ class _Observer:
                 return
         ctx.telemetry = (ctx.clock.now(), None, None, instruments, op)
 
+    def recording(self) -> bool:
+        """Whether a call starting now would record a span or metrics.
+
+        Cheap (the same checks ``start`` makes first): an integration may skip the per-call
+        ``Context``, ``start`` and ``end`` while it is ``False`` and no listener is set.
+        """
+        telemetry = self._telemetry
+        tracer = telemetry._tracer
+        if tracer is _PENDING:
+            tracer = None if _otel_trace._TRACER_PROVIDER is None else telemetry._poll_tracer()
+        if tracer is not None:
+            return True
+        instruments = telemetry._instruments
+        if instruments is _PENDING:
+            instruments = (
+                None
+                if _otel_metrics_internal._METER_PROVIDER is None
+                else telemetry._poll_instruments()
+            )
+        return instruments is not None
+
     def end(self, ctx: Context, error: BaseException | None, result: object, /) -> None:
         """Record the call's duration and verdict, then end its span."""
         state: _State | None = ctx.telemetry
@@ -552,6 +574,16 @@ class _Observer:
         if token is not None:
             _otel_context.detach(token)  # never raises
         verdict, error_kind = _outcome(ctx, error, result)
+        if ctx.operation != op.name:
+            # Named only during the call (an ASGI route template once routing matched):
+            # the span and the call's metrics take the final name, within the same bound.
+            op = self._ops.get(ctx.operation) or self._new_op(ctx.operation)
+            if span is not None:
+                try:
+                    span.update_name(op.span_name)
+                    span.set_attribute(n.OPERATION, op.name)
+                except Exception:
+                    report_listener_error(self)
         try:
             if instruments is not None:
                 key = (verdict, error_kind)
