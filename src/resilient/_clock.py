@@ -116,16 +116,17 @@ class _AsyncioTimer:
         self._fired = False
 
     async def __aenter__(self) -> _AsyncioTimer:
-        task = asyncio.current_task()
+        # One running-loop lookup (it costs a getpid() system call on CPython 3.11), then the
+        # task of that loop without a second lookup.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         if task is None:  # pragma: no cover - only reachable outside a task
             raise RuntimeError("a timeout needs to run inside an asyncio task")
         self._task = task
         self._cancelling = task.cancelling()
         # Deadlines are on time.monotonic(); arming relative to it is exact whatever time base
         # the loop uses (uvloop's loop.time() is a cached millisecond clock).
-        self._handle = asyncio.get_running_loop().call_later(
-            self._deadline - _monotonic(), self._fire
-        )
+        self._handle = loop.call_later(self._deadline - _monotonic(), self._fire)
         return self
 
     def _fire(self) -> None:
@@ -165,7 +166,8 @@ class SystemClock:
     __slots__ = ()
 
     def now(self) -> float:
-        if _on_trio():
+        # _on_trio() inlined: every policy reads the clock on every call.
+        if _sniffio_local is not None and _sniffio_local.name == "trio":
             return sys.modules["trio"].current_time()  # type: ignore[no-any-return]
         return _monotonic()
 
