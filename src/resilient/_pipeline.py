@@ -383,7 +383,6 @@ class PolicyDecorator:
         if isinstance(fn, staticmethod):
             return staticmethod(self.wrap(fn.__func__))
         where = f"{type(self).__name__}({self.name!r})"
-        _check_async_callable(fn, where)
         return _wrap(Pipeline(self, name=self.name), fn, where)  # type: ignore[arg-type]
 
     @overload
@@ -404,12 +403,26 @@ class PolicyDecorator:
 def _wrap(pipeline: Pipeline, fn: Callable[P, Awaitable[T]], where: str) -> Any:
     _check_async_callable(fn, where)
     operation = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    run = pipeline.run
-    context = pipeline.context
+    # A pipeline is immutable: everything a call needs is looked up once, here. The wrapper
+    # builds its Context positionally, as Pipeline.call does (no context()/run() layers).
+    name, clock, random, classifier = (
+        pipeline._name,
+        pipeline._clock,
+        pipeline._random,
+        pipeline._classifier,
+    )
+    listeners, observer, observed = pipeline._listeners, pipeline._observer, pipeline._observed
+    chain = pipeline._chain if pipeline._chain is not None else _invoke
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        result: T = await run(context(fn, args, kwargs, operation=operation))
+        ctx = Context(
+            name, operation, clock, random, classifier, fn, args, kwargs, None, listeners, observer
+        )
+        if observer is None:
+            result: T = await chain(ctx)
+        else:
+            result = await observed(chain, ctx)
         return result
 
     return wrapper
