@@ -13,6 +13,7 @@ from ._events import CallObserver, Listener
 from ._pipeline import ObserverFactory, Pipeline, Policy
 from ._ratelimit import RateLimiter
 from ._retry import Retry
+from ._timeout import Timeout
 
 __all__ = ["standard"]
 
@@ -95,8 +96,6 @@ def standard(
     Raises:
         ConfigurationError: any invalid option, naming the policy's parameter.
     """
-    from ._timeout import Timeout
-
     policies: list[Policy] = []
     if total_timeout is not None:
         policies.append(Timeout(total_timeout, name="total_timeout"))

@@ -5,8 +5,8 @@ virtual time moves only when something sleeps or the test calls ``advance()``, a
 fire exactly when virtual time reaches their deadline::
 
     clock = FakeClock()
-    pipeline = Pipeline(Retry(attempts=3), clock=clock)
-    ...
+    pipeline = Pipeline(Retry(attempts=3, jitter="none"), clock=clock)
+    ...  # a call failing twice with a ConnectionError, then succeeding
     assert clock.sleeps == [0.1, 0.2]
 
 On trio, ``trio.testing.MockClock(autojump_threshold=0)`` with the default clock works too.
