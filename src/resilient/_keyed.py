@@ -20,6 +20,16 @@ V = TypeVar("V")
 
 
 @final
+class _Entry(Generic[V]):
+    # Mutable on purpose: a hit only updates `last`, allocating nothing on the hot path.
+    __slots__ = ("last", "value")
+
+    def __init__(self, value: V, last: float) -> None:
+        self.value = value
+        self.last = last
+
+
+@final
 class BoundedKeyMap(Generic[V]):
     """Per-key values created on demand, bounded in number, idle entries evicted.
 
@@ -54,7 +64,7 @@ class BoundedKeyMap(Generic[V]):
         )
         self._evictable = evictable
         # key -> (value, last use time); ordered from least to most recently used.
-        self._entries: OrderedDict[str, tuple[V, float]] = OrderedDict()
+        self._entries: OrderedDict[str, _Entry[V]] = OrderedDict()
 
     @property
     def max_keys(self) -> int:
@@ -66,28 +76,28 @@ class BoundedKeyMap(Generic[V]):
         entries = self._entries
         found = entries.get(key)
         if found is not None:
-            entries[key] = (found[0], now)
+            found.last = now
             entries.move_to_end(key)
-            return found[0]
+            return found.value
         self._evict(now)
         value = self._factory(key)
-        entries[key] = (value, now)
+        entries[key] = _Entry(value, now)
         return value
 
     def peek(self, key: str) -> V | None:
         """The value for ``key`` if present, without creating or touching it."""
         found = self._entries.get(key)
-        return None if found is None else found[0]
+        return None if found is None else found.value
 
     def _evict(self, now: float) -> None:
         entries = self._entries
         ttl = self._idle_ttl
         if ttl is not None:
             for key in list(entries):  # oldest first
-                value, last = entries[key]
-                if now - last < ttl:
+                entry = entries[key]
+                if now - entry.last < ttl:
                     break
-                if self._evictable is None or self._evictable(value):
+                if self._evictable is None or self._evictable(entry.value):
                     del entries[key]
         while len(entries) >= self._max_keys:
             entries.popitem(last=False)
@@ -100,8 +110,8 @@ class BoundedKeyMap(Generic[V]):
 
     def items(self) -> Iterator[tuple[str, V]]:
         """(key, value) pairs, least recently used first."""
-        for key, (value, _) in list(self._entries.items()):
-            yield key, value
+        for key, entry in list(self._entries.items()):
+            yield key, entry.value
 
     def clear(self) -> None:
         """Drop every entry."""
