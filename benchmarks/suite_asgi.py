@@ -1,19 +1,39 @@
 """ASGI suite: what ResilienceMiddleware costs a real uvicorn server when nothing is shed.
 
-uvicorn servers (httptools, one worker each) serve a trivial raw ASGI app and a trivial
-Starlette route, each bare and behind ``ResilienceMiddleware(max_concurrent=100,
-rate=<never reached>, timeout=5.0)``. A load generator in a separate process keeps 8
-keep-alive connections busy against one server at a time, alternating between them in short
-rounds (a bare asyncio protocol, so that the server, not the client, sets the pace); each
-case reports nanoseconds per request: 1e9 / throughput, and the server process's own CPU time
-per request (Linux schedstat), the steadier of the two on a shared machine. A server behind a
-middleware that only wraps ``send`` shows the floor of any response-aware middleware. The
-in-process cases time the middleware's own work around a trivial app with no server at all.
+One uvicorn server process (httptools, asyncio loop, one worker, access log and proxy headers
+off, no lifespan) serves every case: a trivial Starlette route, bare, behind
+``ResilienceMiddleware(max_concurrent=100, rate=<never reached>, timeout=5.0)`` and behind a
+middleware that only wraps ``send`` (the floor of any middleware that must see the response
+start); the full run adds a trivial raw ASGI app, bare and protected. Between rounds the
+benchmark tells the server (a line on its stdin) which app the connections opened next serve.
+A load generator in a separate process keeps 8 keep-alive connections busy for a fixed time
+per round (a bare asyncio protocol, cheaper per request than the server, so that the server
+sets the pace). Each case reports, per request, the wall time (1e9 / requests per second)
+and the server process's own CPU time (Linux schedstat).
+
+Why this is fair on a noisy shared machine:
+
+- one server process for both sides of every ratio: no per-process bias (hash seed, memory
+  layout, which core the scheduler favours), which alone made two identical servers differ
+  by 10-15% when each case had its own process;
+- the same server configuration and the same load, by construction;
+- short rounds, interleaved ABBA (every other round runs the cases in reverse order), so a
+  drift in the machine's speed hits both sides alike; a warm-up round (imports, Starlette's
+  middleware stack, caches) is discarded; the server collects garbage at every switch;
+- the ratios are paired: a case's value is the reference's median times the median over
+  rounds of ``case / reference`` measured in the same round, seconds apart; a burst of
+  load from other jobs spoils one round's pair, not the median;
+- server CPU per request is not flattered when the load generator, sharing two cores with
+  the server, sets the pace (the wall time is, then): the gate is on CPU; both are reported.
+  A same-app control (two identical arms) measures 1.00 +- 0.01 this way.
+
+The in-process cases time the middleware's own work around a trivial app, no server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -50,6 +70,7 @@ async def trivial_app(scope: Any, receive: Any, send: Any) -> None:
 
 
 protected_app = ResilienceMiddleware(trivial_app, **_OPTIONS)
+default_app = ResilienceMiddleware(trivial_app)
 
 
 class _SendWrapper:
@@ -97,25 +118,56 @@ def _starlette(protected: bool | str) -> Any:
     return app
 
 
-def _serve(which: str, port: int) -> None:  # runs in the server process
-    import uvicorn
-
-    app = {
-        "protected": protected_app,
+def _apps() -> dict[str, Any]:
+    return {
         "plain": trivial_app,
+        "protected": protected_app,
         "starlette": _starlette(False),
         "starlette+protected": _starlette(True),
         "starlette+floor": _starlette("floor"),
-    }[which]
-    uvicorn.run(
-        app,
+    }
+
+
+def _serve(port: int) -> None:  # runs in the server process
+    """One uvicorn server for every app: a line ``<app>`` on stdin makes the connections
+    opened from then on serve that app (uvicorn reads ``config.loaded_app`` per connection);
+    the server answers ``ok`` once it has switched."""
+    import uvicorn
+
+    apps = _apps()
+    config = uvicorn.Config(
+        trivial_app,
         host="127.0.0.1",
         port=port,
         http="httptools",
-        log_level="warning",
+        loop="asyncio",
+        lifespan="off",
         access_log=False,
-        lifespan="on",
+        proxy_headers=False,
+        log_level="warning",
     )
+    config.load()
+    server = uvicorn.Server(config)
+    pending = b""
+
+    def command() -> None:
+        nonlocal pending
+        data = os.read(0, 4096)
+        if not data:
+            server.should_exit = True
+            return
+        pending += data
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            config.loaded_app = apps[line.decode().strip()]
+            gc.collect()  # every round starts from the same garbage
+            os.write(1, b"ok\n")
+
+    async def main() -> None:
+        asyncio.get_running_loop().add_reader(0, command)
+        await server.serve()
+
+    asyncio.run(main())
 
 
 class _Client(asyncio.Protocol):
@@ -211,59 +263,97 @@ def _cpu_ns(pid: int) -> int:
         return int(f.read().split()[0])
 
 
-def server_throughput(*, rounds: int, seconds: float) -> dict[str, float]:
-    """ns per request of each server, median over interleaved rounds: wall (1e9 / throughput)
-    and cpu (the server's own CPU time per request)."""
-    which = {
-        "uvicorn: trivial ASGI app": "plain",
-        "uvicorn: + ResilienceMiddleware": "protected",
-        "uvicorn+Starlette: trivial route": "starlette",
-        "uvicorn+Starlette: + ResilienceMiddleware": "starlette+protected",
-        "uvicorn+Starlette: + send-wrapping floor": "starlette+floor",
-    }
-    ports = {name: _free_port() for name in which}
-    servers = [
-        _python(
-            f"from benchmarks.suite_asgi import _serve; _serve({which[name]!r}, {port})",
-            stdout=subprocess.DEVNULL,
-        )
-        for name, port in ports.items()
-    ]
+# case -> (app the server runs, the reference case of its ratio)
+SERVER_CASES: dict[str, tuple[str, str]] = {
+    "uvicorn+Starlette: trivial route": ("starlette", ""),
+    "uvicorn+Starlette: + ResilienceMiddleware": (
+        "starlette+protected",
+        "uvicorn+Starlette: trivial route",
+    ),
+    "uvicorn+Starlette: + send-wrapping floor": (
+        "starlette+floor",
+        "uvicorn+Starlette: trivial route",
+    ),
+    "uvicorn: trivial ASGI app": ("plain", ""),
+    "uvicorn: + ResilienceMiddleware": ("protected", "uvicorn: trivial ASGI app"),
+}
+QUICK_SERVER_CASES = list(SERVER_CASES)[:3]
+
+
+def server_samples(
+    cases: dict[str, str], *, rounds: int, seconds: float, warmup: int = 1
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per round and case (``name -> app``): wall ns per request (1e9 / throughput) and
+    server CPU ns per request. One server process serves every case in turn; round ``i``
+    runs the cases in order, round ``i + 1`` in reverse (ABBA)."""
+    port = _free_port()
+    server = _python(
+        f"from benchmarks.suite_asgi import _serve; _serve({port})",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     load = _python(
         "from benchmarks.suite_asgi import _load; _load()",
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
+    assert server.stdin is not None
+    assert server.stdout is not None
     assert load.stdin is not None
     assert load.stdout is not None
-    pids = dict(zip(ports, (server.pid for server in servers), strict=True))
-    samples: dict[str, list[float]] = {name: [] for name in ports}
-    cpu: dict[str, list[float]] = {name: [] for name in ports}
+    wall: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
     try:
-        for port in ports.values():
-            _wait_ready(port, time.monotonic() + 20)
-        for round_ in range(rounds + 1):  # round 0 warms both servers up
-            order = list(ports.items()) if round_ % 2 else list(reversed(ports.items()))
-            for name, port in order:
-                before = _cpu_ns(pids[name])
+        _wait_ready(port, time.monotonic() + 20)
+        for round_ in range(warmup + rounds):
+            order = list(cases.items())
+            if round_ % 2:
+                order.reverse()
+            for name, app in order:
+                server.stdin.write(app + "\n")
+                server.stdin.flush()
+                if server.stdout.readline().strip() != "ok":
+                    raise RuntimeError("the server did not switch apps")
+                before = _cpu_ns(server.pid)
                 load.stdin.write(f"{port} {seconds}\n")
                 load.stdin.flush()
                 rps, count = load.stdout.readline().split()
-                used = _cpu_ns(pids[name]) - before
-                if round_:
-                    samples[name].append(1e9 / float(rps))
+                used = _cpu_ns(server.pid) - before
+                if round_ >= warmup:
+                    wall[name].append(1e9 / float(rps))
                     cpu[name].append(used / int(count))
     finally:
         load.stdin.close()
         load.wait(timeout=30)
-        for server in servers:
+        server.stdin.close()  # the server exits at the end of its stdin
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             server.terminate()
             server.wait(timeout=30)
-    results = {name: statistics.median(values) for name, values in samples.items()}
-    for name, values in cpu.items():
-        # The median: minima proved unsteady here too (a Starlette route once measured
-        # cheaper than the bare ASGI app), the host's load and clock speed vary by the second.
-        results[name.replace(":", " cpu:", 1)] = statistics.median(values)
+    return wall, cpu
+
+
+def paired(samples: dict[str, list[float]], reference: str, case: str) -> float:
+    """The reference's median times the median of the per-round ratios case / reference."""
+    ratios = [c / r for c, r in zip(samples[case], samples[reference], strict=True)]
+    return statistics.median(samples[reference]) * statistics.median(ratios)
+
+
+def server_throughput(*, names: list[str], rounds: int, seconds: float) -> dict[str, float]:
+    """ns per request of each case: wall (1e9 / throughput) and ``cpu`` (the server's own
+    CPU time per request), paired with the case's reference over interleaved rounds."""
+    wall, cpu = server_samples(
+        {name: SERVER_CASES[name][0] for name in names}, rounds=rounds, seconds=seconds
+    )
+    results: dict[str, float] = {}
+    for label, samples in (("", wall), (" cpu", cpu)):
+        for name in names:
+            reference = SERVER_CASES[name][1]
+            value = (
+                paired(samples, reference, name) if reference else statistics.median(samples[name])
+            )
+            results[name.replace(":", label + ":", 1)] = value
     return results
 
 
@@ -284,19 +374,20 @@ def cases() -> dict[str, Case]:
     async def send(message: Any) -> None:
         pass
 
-    async def bare(n: int) -> None:
-        for i in range(n):
-            await trivial_app(scope, receive, send)
-            if i % 128 == 0:
-                await asyncio.sleep(0)
+    def loop_of(app: Any) -> Case:
+        async def case(n: int) -> None:
+            for i in range(n):
+                await app(scope, receive, send)
+                if i % 128 == 0:
+                    await asyncio.sleep(0)
 
-    async def protected(n: int) -> None:
-        for i in range(n):
-            await protected_app(scope, receive, send)
-            if i % 128 == 0:
-                await asyncio.sleep(0)
+        return case
 
-    return {"in-process: trivial app": bare, "in-process: + ResilienceMiddleware": protected}
+    return {
+        "in-process: trivial app": loop_of(trivial_app),
+        "in-process: + ResilienceMiddleware": loop_of(protected_app),
+        "in-process: + ResilienceMiddleware() defaults": loop_of(default_app),
+    }
 
 
 # The issue's target: at most 5% of throughput when nothing is shed, i.e. 1.05. NOT MET on
@@ -314,7 +405,13 @@ GATES = [
 def run(*, quick: bool) -> dict[str, float]:
     inproc = run_cases(cases(), calls=2_000 if quick else 20_000, rounds=5 if quick else 9)
     results = {name: r.median_ns for name, r in inproc.items()}
-    results.update(server_throughput(rounds=6 if quick else 12, seconds=0.4 if quick else 1.5))
+    results.update(
+        server_throughput(
+            names=QUICK_SERVER_CASES if quick else list(SERVER_CASES),
+            rounds=10 if quick else 24,
+            seconds=0.15 if quick else 0.5,
+        )
+    )
     return results
 
 
