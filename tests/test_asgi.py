@@ -671,6 +671,27 @@ async def test_app_sees_the_request_deadline_through_resilient_remaining(
     assert seen[-1] == math.inf
 
 
+async def test_pipelines_in_the_app_inherit_the_request_deadline_on_the_system_clock() -> None:
+    """A pipeline called by the app starts from the request's deadline (not its own 60 s),
+    on the default clock (asyncio: the wheel runtime); no deadline is left afterwards."""
+    seen: list[float] = []
+
+    async def remaining() -> float:
+        return resilient.remaining()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(await resilient.Pipeline(resilient.Timeout(60.0)).call(remaining))
+        await ok_app(scope, receive, send)
+        seen.append(await resilient.Pipeline(resilient.Timeout(60.0)).call(remaining))
+
+    conn = Conn()
+    await ResilienceMiddleware(app, timeout=5.0)(scope(), conn.receive, conn.send)
+    assert conn.status == 200
+    assert 0.0 < seen[0] <= 5.0
+    assert 5.0 < seen[1] <= 60.0  # the response started: no start deadline any more
+    assert resilient.remaining() == math.inf
+
+
 @pytest.mark.parametrize("anyio_backend", ["trio"])  # asyncio: see test_asgi_server.py
 async def test_timeouts_on_the_system_clock_fire_on_trio_with_virtual_time() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:

@@ -551,9 +551,25 @@ class RateLimiter(PolicyDecorator):
                 self._full_at, wait = bucket_take(self._full_at, now, 1.0, rate, burst)
                 return wait, bucket_tokens(self._full_at, now, rate, burst)
             memory = self._keyed()
+        # bucket_take() then bucket_tokens() for one token, inlined: this runs per request.
         cell = memory._get(key, now)
-        cell.full_at, wait = bucket_take(cell.full_at, now, 1.0, rate, burst)
-        return wait, bucket_tokens(cell.full_at, now, rate, burst)
+        full_at = cell.full_at
+        if full_at < now:
+            full_at = now
+        elif (full_at - now) * rate > 2.0 * burst:
+            full_at = now + burst / rate
+        short = (full_at - now) * rate + 1.0 - burst
+        if short <= TOLERANCE:
+            full_at += 1.0 / rate
+            wait = 0.0
+        else:
+            wait = short / rate
+        cell.full_at = full_at
+        debt = full_at - now
+        if debt <= 0.0:
+            return wait, burst
+        tokens = burst - debt * rate
+        return wait, (tokens if tokens > 0.0 else 0.0)
 
     async def status(self, key: str | None = None, *, cost: float = 1.0) -> RateLimitStatus:
         """The bucket's numbers now, taking nothing (``allowed``: ``cost`` tokens are there).

@@ -19,7 +19,9 @@ the last chunk), and a message it takes early is handed to the app unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from heapq import heappop, heappush
 from typing import Any, Final, final
@@ -29,7 +31,19 @@ import anyio.abc
 
 from resilient._clock import Clock
 
-__all__ = ["DISCONNECT", "DONE", "QUEUED", "RUNNING", "STREAMING", "TIMEOUT", "Exchange", "Wheel"]
+__all__ = [
+    "DISCONNECT",
+    "DONE",
+    "QUEUED",
+    "RUNNING",
+    "STREAMING",
+    "TIMEOUT",
+    "Exchange",
+    "RequestDeadline",
+    "ScopeExchange",
+    "Wheel",
+    "WheelExchange",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -50,6 +64,7 @@ TICKS_PER_SECOND: Final = 100  # wheel resolution: 10 ms
 WATCH_AFTER: Final = 0.01  # a request still running after this gets a disconnect watcher
 _EPSILON_TICKS: Final = 1e-3
 _DISCONNECT_MESSAGE: Final = {"type": "http.disconnect"}
+_monotonic = time.monotonic  # the system clock on asyncio
 
 
 @final
@@ -63,28 +78,34 @@ class Wheel:
     are dicts keyed by tick; one loop timer is armed for the earliest tick.
     """
 
-    __slots__ = ("_buckets", "_handle", "_loop", "_ticks", "armed", "recent")
+    __slots__ = ("_buckets", "_context", "_handle", "_ticks", "armed", "loop", "recent")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._buckets: dict[int, dict[Exchange, None]] = {}
+        self.loop = loop
+        # The timer runs in a context of its own: armed from inside a request, it would
+        # otherwise copy (and keep alive until it fires) that request's context.
+        self._context = contextvars.Context()
+        self._buckets: dict[int, dict[WheelExchange, None]] = {}
         self._ticks: list[int] = []
         self._handle: asyncio.TimerHandle | None = None
         self.armed: int | None = None
-        self.recent: dict[Exchange, None] = {}
+        self.recent: dict[WheelExchange, None] = {}
 
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """The loop this wheel belongs to."""
-        return self._loop
+    def enter(self, exchange: WheelExchange) -> None:
+        """A request started: look at it at the next tick (the hot path: one dict store).
 
-    def enter(self, exchange: Exchange) -> None:
-        """A request started: look at it at the next tick (the hot path: one dict store)."""
+        The middleware inlines this: ``recent[exchange] = None``, then ``arm_next()`` if
+        ``armed`` is ``None``.
+        """
         self.recent[exchange] = None
         if self.armed is None:
-            self._arm(math.floor(self._loop.time() * TICKS_PER_SECOND) + 1)
+            self.arm_next()
 
-    def add(self, exchange: Exchange, due: float) -> int:
+    def arm_next(self) -> None:
+        """Arm the loop timer for the next tick."""
+        self._arm(math.floor(self.loop.time() * TICKS_PER_SECOND) + 1)
+
+    def add(self, exchange: WheelExchange, due: float) -> int:
         """Call ``exchange.due()`` at the first tick at or after ``due``; returns the tick."""
         tick = math.ceil(due * TICKS_PER_SECOND - _EPSILON_TICKS)
         bucket = self._buckets.get(tick)
@@ -96,7 +117,7 @@ class Wheel:
         bucket[exchange] = None
         return tick
 
-    def discard(self, exchange: Exchange, tick: int) -> None:
+    def discard(self, exchange: WheelExchange, tick: int) -> None:
         """Forget ``exchange`` registered at ``tick`` (empty buckets expire on their own)."""
         bucket = self._buckets.get(tick)
         if bucket is not None:
@@ -106,14 +127,14 @@ class Wheel:
         if self._handle is not None:
             self._handle.cancel()
         self.armed = tick
-        self._handle = self._loop.call_at(tick / TICKS_PER_SECOND, self._fire)
+        self._handle = self.loop.call_at(tick / TICKS_PER_SECOND, self._fire, context=self._context)
 
     def _fire(self) -> None:
         self._handle = None
         self.armed = None
-        limit = self._loop.time() * TICKS_PER_SECOND + _EPSILON_TICKS
+        limit = self.loop.time() * TICKS_PER_SECOND + _EPSILON_TICKS
         ticks = self._ticks
-        due: list[Exchange] = []
+        due: list[WheelExchange] = []
         recent = self.recent
         if recent:
             self.recent = {}
@@ -144,112 +165,121 @@ def _has_body(scope: Scope) -> bool:
 
 
 @final
-class Exchange:
-    """The state of one HTTP request/response passing through the middleware.
+class _Watch:
+    """Disconnect-watching state of one exchange, created when a watcher starts or the client
+    is seen leaving (most requests finish before either happens and never build one)."""
 
-    ``receive``/``send`` wrap the server's callables: they track the response phase, hand
-    over a message the watcher took early, add headers to the response start and drop
-    anything the app sends after the guard has cancelled it.
+    __slots__ = ("event", "gone", "stash", "task")
+
+    def __init__(self) -> None:
+        self.task: Any = None  # the watcher: an asyncio.Task, or True while an anyio one runs
+        self.stash: Message | None = None  # a message the watcher took, for the app
+        self.gone = False  # the client disconnected
+        self.event: asyncio.Event | anyio.Event | None = None  # the app waits for the watcher
+
+
+@final
+class RequestDeadline:
+    """A request's deadline as nested pipelines and ``resilient.remaining()`` see it.
+
+    Published in the deadline context variable while the app runs (duck-typed as a
+    ``Context``). Deliberately small and holding nothing of the request: contexts copied
+    during the request (loop callbacks, a server's keep-alive timer) may keep it alive for a
+    while, and a published exchange kept the whole request (scope, server callables) alive
+    with it, enough to set off the garbage collector every few requests.
     """
 
-    __slots__ = (
-        "_receive",
-        "_send",
-        "body_done",
-        "cancel_scope",
-        "clock",
-        "deadline",
-        "end_deadline",
-        "extra_headers",
-        "fired_phase",
-        "gone",
-        "phase",
-        "rearmed",
-        "reason",
-        "receiving",
-        "scope",
-        "start_deadline",
-        "started_at",
-        "stash",
-        "task",
-        "task_group",
-        "tick",
-        "trailers",
-        "watch_event",
-        "watcher",
-        "wheel",
-    )
-
-    def __init__(  # noqa: PLR0917 - built once per request: positional is the cheap call
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        clock: Clock,
-        now: float,
-        start_deadline: float,
-        end_deadline: float,
-        extra_headers: tuple[tuple[bytes, bytes], ...] | None,
-        wheel: Wheel | None = None,
-        task: asyncio.Task[Any] | None = None,
-    ) -> None:
-        self.scope = scope
-        self._receive = receive
-        self._send = send
-        self.clock = clock
-        self.started_at = now
-        self.start_deadline = start_deadline
-        self.end_deadline = end_deadline
-        self.extra_headers = extra_headers
-        self.phase = RUNNING
-        self.reason: str | None = None
-        self.fired_phase = RUNNING
-        self.deadline = start_deadline
-        self.trailers = False
-        self.body_done = False
-        self.receiving = False
-        self.gone = False
-        self.watch_event: asyncio.Event | anyio.Event | None = None
-        self.stash: Message | None = None
-        self.watcher: Any = None  # asyncio.Task, or True while an anyio watcher runs
-        # asyncio runtime
-        self.wheel = wheel
-        self.task = task
-        self.tick = 0
-        # anyio runtime
-        self.task_group: anyio.abc.TaskGroup | None = None
-        self.cancel_scope: anyio.CancelScope | None = None
-        self.rearmed: anyio.Event | None = None
-
-    # -- what resilient.remaining() and nested pipelines read (duck-typed as a Context) ----
+    __slots__ = ("clock", "deadline", "deadline_timeout")
 
     deadline_source: Final = "request_timeout"
 
-    @property
-    def deadline_timeout(self) -> float:
-        """The length of the request's deadline, from its start."""
-        return self.start_deadline - self.started_at
+    def __init__(self, clock: Clock, deadline: float, timeout: float) -> None:
+        self.clock = clock
+        self.deadline = deadline
+        self.deadline_timeout = timeout
 
     def remaining(self) -> float:
         """Seconds left before the request's current deadline."""
         deadline = self.deadline
         return math.inf if deadline == math.inf else deadline - self.clock.now()
 
+
+class Exchange:
+    """The state of one HTTP request/response passing through the middleware.
+
+    ``receive``/``send`` wrap the server's callables: they track the response phase, hand
+    over a message the watcher took early, add headers to the response start and drop
+    anything the app sends after the guard has cancelled it. Two runtimes subclass it:
+    ``WheelExchange`` (asyncio, system clock) and ``ScopeExchange`` (anyio).
+    """
+
+    __slots__ = (
+        "_receive",
+        "_send",
+        "body_done",
+        "deadline",
+        "end_deadline",
+        "extra_headers",
+        "fired_phase",
+        "phase",
+        "published",
+        "reason",
+        "receiving",
+        "scope",
+        "start_deadline",
+        "started_at",
+        "tick",
+        "trailers",
+        "watch",
+    )
+
+    fired_phase: int  # set by fire(), read only once ``reason`` is set
+    tick: int  # nonzero while a timer holds ``deadline`` (moving it then needs rearm())
+
+    def __init__(  # noqa: PLR0917 - built once per request: positional is the cheap call
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        now: float,
+        start_deadline: float,
+        end_deadline: float,
+        extra_headers: tuple[tuple[bytes, bytes], ...] | None,
+        published: RequestDeadline | None,
+    ) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.started_at = now
+        self.start_deadline = start_deadline
+        self.end_deadline = end_deadline
+        self.deadline = start_deadline
+        self.extra_headers = extra_headers
+        self.phase = RUNNING
+        self.reason: str | None = None
+        self.trailers = False
+        self.body_done = False
+        self.receiving = False
+        self.watch: _Watch | None = None
+        self.tick = 0
+        self.published = published
+
     # -- the app's view of the server --------------------------------------------------------
 
     async def receive(self) -> Message:
         """``receive`` as seen by the app."""
-        while True:
-            stash = self.stash
+        watch = self.watch
+        while watch is not None:
+            stash = watch.stash
             if stash is not None:
-                self.stash = None
+                watch.stash = None
                 return stash
-            if self.gone:
+            if watch.gone:
                 return dict(_DISCONNECT_MESSAGE)
-            if self.watcher is None:
+            if watch.task is None:
                 break
             # The watcher owns the server's receive: wait for what it takes next.
-            await self._wait_watch()
+            await self._wait_watch(watch)
         self.receiving = True
         try:
             message = await self._receive()
@@ -265,22 +295,33 @@ class Exchange:
             self._client_gone(from_app=True)
         return message
 
-    async def send(self, message: Message) -> None:
-        """``send`` as seen by the app."""
+    def send(self, message: Message) -> Awaitable[None]:
+        """``send`` as seen by the app.
+
+        A plain function returning the server's own awaitable: the app's ``await send(...)``
+        then awaits the server directly, no coroutine of ours in between.
+        """
         if self.reason is not None:
-            return  # the guard fired: nothing more from the app reaches the client
-        kind = message["type"]
-        if self.phase == RUNNING:
-            if kind == "http.response.start":
+            return _nothing()  # the guard fired: nothing more from the app reaches the client
+        phase = self.phase
+        if phase == RUNNING:
+            if message["type"] == "http.response.start":
                 if message.get("trailers", False):
                     self.trailers = True
                 extra = self.extra_headers
                 if extra:
                     message = {**message, "headers": [*message.get("headers", ()), *extra]}
                 self.phase = STREAMING
-                if self.end_deadline != self.start_deadline:
-                    self.rearm(self.end_deadline)
-        elif self.phase == STREAMING:
+                end = self.end_deadline
+                if end != self.start_deadline:
+                    self.deadline = end
+                    published = self.published
+                    if published is not None:
+                        published.deadline = end
+                    if self.tick:  # a timer holds the old deadline
+                        self.rearm(end)
+        elif phase == STREAMING:
+            kind = message["type"]
             if kind == "http.response.body":
                 complete = not message.get("more_body", False) and not self.trailers
             elif kind == "http.response.trailers":
@@ -288,42 +329,22 @@ class Exchange:
             else:
                 complete = kind == "http.response.pathsend"
             if complete:
-                self.finish()  # the last message is not cut by a deadline while it is written
-        await self._send(message)
+                # The last message is not cut by a deadline while it is written: a DONE
+                # exchange never fires. The middleware forgets it when the app returns.
+                self.phase = DONE
+                if self.watch is not None:
+                    self.finish()  # the watcher has nothing left to watch
+        return self._send(message)
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    # -- lifecycle (each runtime completes these) --------------------------------------------
 
     def finish(self) -> None:
-        """The response is complete (or the middleware is leaving): disarm everything."""
-        if self.phase == DONE:
-            return
-        self.phase = DONE
-        wheel = self.wheel
-        if wheel is not None:
-            wheel.recent.pop(self, None)
-            if self.tick:
-                wheel.discard(self, self.tick)
-            watcher = self.watcher
-            if watcher is not None and watcher is not True:
-                watcher.cancel()
-        else:
-            self.deadline = math.inf
-            rearmed = self.rearmed
-            if rearmed is not None:
-                rearmed.set()
+        """The middleware is leaving: disarm everything (idempotent)."""
+        raise NotImplementedError
 
     def rearm(self, deadline: float) -> None:
         """Move the guard's deadline (a new phase)."""
-        self.deadline = deadline
-        wheel = self.wheel
-        if wheel is not None:
-            if self.tick:  # already past its first tick: move to the new deadline's bucket
-                wheel.discard(self, self.tick)
-                self.tick = 0 if deadline == math.inf else wheel.add(self, deadline)
-        else:
-            rearmed = self.rearmed
-            if rearmed is not None:
-                rearmed.set()
+        raise NotImplementedError
 
     def fire(self, reason: str) -> None:
         """Cancel the app (a deadline passed or the client left), once."""
@@ -331,54 +352,35 @@ class Exchange:
             return
         self.reason = reason
         self.fired_phase = self.phase
-        if self.wheel is not None:
-            task = self.task
-            if task is not None and not task.done():
-                task.cancel()
-        elif self.cancel_scope is not None:
-            self.cancel_scope.cancel()
+        self._cancel()
 
-    # -- asyncio runtime ----------------------------------------------------------------------
-
-    def due(self) -> None:
-        """Wheel callback: the deadline passed, or it is time to start watching."""
-        if self.phase == DONE or self.reason is not None:
-            return
-        self.tick = 0
-        now = self.clock.now()
-        if now >= self.deadline:
-            self.fire(TIMEOUT)
-            return
-        wheel = self.wheel
-        assert wheel is not None
-        due = self.deadline
-        if self.watcher is None:
-            watch_at = self.started_at + WATCH_AFTER
-            if now < watch_at:
-                due = min(due, watch_at)  # too young: look again later
-            else:
-                self._start_watcher()
-        if due != math.inf:
-            self.tick = wheel.add(self, due)
+    def _cancel(self) -> None:
+        raise NotImplementedError
 
     def _watch_due(self) -> bool:
-        if self.wheel is None:
-            return True
-        return self.clock.now() >= self.started_at + WATCH_AFTER
+        return True
+
+    def _spawn_watcher(self, watch: _Watch) -> None:
+        raise NotImplementedError
+
+    def _new_event(self) -> asyncio.Event | anyio.Event:
+        raise NotImplementedError
 
     def _start_watcher(self) -> None:
-        if self.watcher is not None or self.receiving or self.stash is not None or self.gone:
+        watch = self.watch
+        if watch is not None and (watch.task is not None or watch.stash is not None or watch.gone):
+            return
+        if self.receiving:
             return
         if not self.body_done and _has_body(self.scope):
             return  # the app will read the body; watching starts after its last chunk
-        if self.wheel is not None:
-            self.watcher = task = self.wheel.loop.create_task(self._watch())
-            task.add_done_callback(_retrieve)
-        elif self.task_group is not None:
-            self.watcher = True
-            self.task_group.start_soon(self._watch)
+        if watch is None:
+            watch = self.watch = _Watch()
+        self._spawn_watcher(watch)
 
     async def _watch(self) -> None:
+        watch = self.watch
+        assert watch is not None
         try:
             while True:
                 message = await self._receive()
@@ -386,8 +388,8 @@ class Exchange:
                 if kind == "http.request":
                     # An empty chunk taken earlier carries nothing: replacing it keeps the
                     # body the app will read identical.
-                    self.stash = message
-                    self._signal()
+                    watch.stash = message
+                    self._signal(watch)
                     if message.get("more_body", False):
                         if message.get("body"):
                             break  # a body after all: the app reads it; watch again after it
@@ -399,36 +401,198 @@ class Exchange:
                     return
         except Exception:
             pass
-        self.watcher = None
+        watch.task = None
 
     def _client_gone(self, *, from_app: bool) -> None:
-        self.gone = True
-        self._signal()
-        if self.phase == DONE:
-            return
-        wheel = self.wheel
-        if wheel is not None and from_app:
-            # Never cancel our own running task: deliver it from a loop callback, where the
-            # task is suspended, so the cancellation lands at the app's current await.
-            wheel.loop.call_soon(self.fire, DISCONNECT)
-        else:
-            self.fire(DISCONNECT)
+        watch = self.watch
+        if watch is None:
+            watch = self.watch = _Watch()
+        watch.gone = True
+        self._signal(watch)
+        if self.phase != DONE:
+            self._deliver_gone(from_app=from_app)
 
-    async def _wait_watch(self) -> None:
-        event = self.watch_event
+    def _deliver_gone(self, *, from_app: bool) -> None:
+        self.fire(DISCONNECT)
+
+    async def _wait_watch(self, watch: _Watch) -> None:
+        event = watch.event
         if event is None or event.is_set():
-            event = self.watch_event = asyncio.Event() if self.wheel is not None else anyio.Event()
+            event = watch.event = self._new_event()
         await event.wait()
 
-    def _signal(self) -> None:
-        event = self.watch_event
+    @staticmethod
+    def _signal(watch: _Watch) -> None:
+        event = watch.event
         if event is not None:
             event.set()
 
-    # -- anyio runtime ------------------------------------------------------------------------
+
+@final
+class WheelExchange(Exchange):
+    """The asyncio runtime: the shared ``Wheel`` and ``Task.cancel()``."""
+
+    __slots__ = ("task", "wheel")
+
+    def __init__(  # noqa: PLR0917 - built once per request: positional is the cheap call
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        now: float,
+        start_deadline: float,
+        end_deadline: float,
+        extra_headers: tuple[tuple[bytes, bytes], ...] | None,
+        published: RequestDeadline | None,
+        wheel: Wheel,
+        task: asyncio.Task[Any],
+    ) -> None:
+        # Exchange.__init__ inlined (one call less per request).
+        self.scope = scope
+        self._receive = receive
+        self._send = send
+        self.started_at = now
+        self.start_deadline = start_deadline
+        self.end_deadline = end_deadline
+        self.deadline = start_deadline
+        self.extra_headers = extra_headers
+        self.phase = RUNNING
+        self.reason = None
+        self.trailers = False
+        self.body_done = False
+        self.receiving = False
+        self.watch = None
+        self.tick = 0
+        self.published = published
+        self.wheel = wheel
+        self.task = task
+
+    def finish(self) -> None:
+        """The middleware is leaving: disarm everything (idempotent).
+
+        The middleware inlines the common case: ``phase = DONE``, ``recent.pop()``, and this
+        call only when ``tick`` or ``watch`` is set.
+        """
+        self.phase = DONE
+        wheel = self.wheel
+        wheel.recent.pop(self, None)
+        if self.tick:
+            wheel.discard(self, self.tick)
+            self.tick = 0
+        watch = self.watch
+        if watch is not None:
+            watcher = watch.task
+            if watcher is not None and watcher is not True:
+                watcher.cancel()
+
+    def rearm(self, deadline: float) -> None:
+        """Move the guard's deadline (a new phase)."""
+        self.deadline = deadline
+        if self.tick:  # already past its first tick: move to the new deadline's bucket
+            wheel = self.wheel
+            wheel.discard(self, self.tick)
+            self.tick = 0 if deadline == math.inf else wheel.add(self, deadline)
+
+    def _cancel(self) -> None:
+        task = self.task
+        if not task.done():
+            task.cancel()
+
+    def due(self) -> None:
+        """Wheel callback: the deadline passed, or it is time to start watching."""
+        if self.phase == DONE or self.reason is not None:
+            return
+        self.tick = 0
+        wheel = self.wheel
+        now = _monotonic()
+        if now >= self.deadline:
+            self.fire(TIMEOUT)
+            return
+        due = self.deadline
+        watch = self.watch
+        if watch is None or watch.task is None:
+            watch_at = self.started_at + WATCH_AFTER
+            if now < watch_at:
+                due = min(due, watch_at)  # too young: look again later
+            else:
+                self._start_watcher()
+        if due != math.inf:
+            self.tick = wheel.add(self, due)
+
+    def _watch_due(self) -> bool:
+        return _monotonic() >= self.started_at + WATCH_AFTER
+
+    def _spawn_watcher(self, watch: _Watch) -> None:
+        watch.task = task = self.wheel.loop.create_task(self._watch())
+        task.add_done_callback(_retrieve)
+
+    def _new_event(self) -> asyncio.Event:
+        return asyncio.Event()
+
+    def _deliver_gone(self, *, from_app: bool) -> None:
+        if from_app:
+            # Never cancel our own running task: deliver it from a loop callback, where the
+            # task is suspended, so the cancellation lands at the app's current await.
+            self.wheel.loop.call_soon(self.fire, DISCONNECT)
+        else:
+            self.fire(DISCONNECT)
+
+
+@final
+class ScopeExchange(Exchange):
+    """The anyio runtime: a cancel scope in the request's task, a timer task on ``clock``."""
+
+    __slots__ = ("cancel_scope", "clock", "rearmed", "task_group")
+
+    def __init__(  # noqa: PLR0917 - built once per request: positional is the cheap call
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        now: float,
+        start_deadline: float,
+        end_deadline: float,
+        extra_headers: tuple[tuple[bytes, bytes], ...] | None,
+        published: RequestDeadline | None,
+        clock: Clock,
+    ) -> None:
+        Exchange.__init__(
+            self, scope, receive, send, now, start_deadline, end_deadline, extra_headers, published
+        )
+        self.clock = clock
+        self.task_group: anyio.abc.TaskGroup | None = None
+        self.cancel_scope: anyio.CancelScope | None = None
+        self.rearmed: anyio.Event | None = None
+
+    def finish(self) -> None:
+        """The middleware is leaving: disarm everything (idempotent)."""
+        self.phase = DONE
+        self.deadline = math.inf
+        rearmed = self.rearmed
+        if rearmed is not None:
+            rearmed.set()
+
+    def rearm(self, deadline: float) -> None:
+        """Move the guard's deadline (a new phase)."""
+        self.deadline = deadline
+        rearmed = self.rearmed
+        if rearmed is not None:
+            rearmed.set()
+
+    def _cancel(self) -> None:
+        if self.cancel_scope is not None:
+            self.cancel_scope.cancel()
+
+    def _spawn_watcher(self, watch: _Watch) -> None:
+        if self.task_group is not None:
+            watch.task = True
+            self.task_group.start_soon(self._watch)
+
+    def _new_event(self) -> anyio.Event:
+        return anyio.Event()
 
     async def timer(self) -> None:
-        """Helper task (anyio runtime): fire when the current deadline passes on ``clock``."""
+        """Helper task: fire when the current deadline passes on ``clock``."""
         clock = self.clock
         while self.phase != DONE and self.reason is None:
             deadline = self.deadline
@@ -444,6 +608,10 @@ class Exchange:
                 if scope.expired() and self.deadline == deadline:
                     self.fire(TIMEOUT)
                     return
+
+
+async def _nothing() -> None:
+    return None
 
 
 def _retrieve(task: asyncio.Task[Any]) -> None:

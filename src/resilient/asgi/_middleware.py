@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final, cast, final
+from contextvars import Token
+from typing import Any, Final, final
 
 import anyio
 
@@ -28,13 +30,17 @@ from resilient._ratelimit import RateLimiter
 from ._client import NO_PEER_KEY, ClientKeyResolver
 from ._guard import (
     DISCONNECT,
+    DONE,
     STREAMING,
     Exchange,
     Message,
     Receive,
+    RequestDeadline,
     Scope,
+    ScopeExchange,
     Send,
     Wheel,
+    WheelExchange,
 )
 
 __all__ = ["DEFAULT_EXCLUDE", "ASGIApp", "ResilienceMiddleware"]
@@ -48,12 +54,16 @@ DEFAULT_EXCLUDE: Final = ("/health", "/healthz", "/livez", "/readyz")
 _running_loop = asyncio._get_running_loop
 _monotonic = time.monotonic
 _current_task = asyncio.current_task
+_get_ident = threading.get_ident
+_ceil = math.ceil
+_INF: Final = math.inf
 _HEADER_MODES: Final = ("ietf", "legacy", "none")
 _METHODS: Final = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
 _MAX_OPERATIONS: Final = 512
 _MAX_HEADER_SETS: Final = 1024
+_PROBE_INTERVAL: Final = 1.0  # seconds between telemetry probes while nothing records
 
 
 def _plain(status: int, text: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[Message, Message]:
@@ -169,17 +179,23 @@ class ResilienceMiddleware:
         "_fast",
         "_header_cache",
         "_header_mode",
+        "_header_mode_on",
         "_key",
         "_key_fallback",
+        "_last_headers",
+        "_last_remaining",
+        "_last_reset",
         "_limit_websockets",
         "_limiter",
         "_listening",
+        "_loop",
         "_max_wait",
         "_observe",
         "_operations",
         "_peer_key",
         "_pipeline",
         "_policy_header",
+        "_quiet_until",
         "_rate",
         "_recording",
         "_shed_retry_after",
@@ -253,11 +269,15 @@ class ResilienceMiddleware:
         self._header_mode = check.choice(
             p + "rate_limit_headers", rate_limit_headers, _HEADER_MODES
         )
+        self._header_mode_on = self._header_mode != "none"
         self._limiter: RateLimiter | None = None
         self._rate = 1.0
         self._burst = 1.0
         self._policy_header: tuple[tuple[bytes, bytes], ...] = ()
         self._header_cache: dict[tuple[int, int], tuple[tuple[bytes, bytes], ...]] = {}
+        self._last_remaining = -1
+        self._last_reset = -1
+        self._last_headers: tuple[tuple[bytes, bytes], ...] = ()
         if rate is not None:
             rate = check.positive(p + "rate", rate)
             if burst is None:
@@ -329,6 +349,7 @@ class ResilienceMiddleware:
         self._observe = observer is not None or self._listening
         probe = getattr(observer, "recording", None)
         self._recording: Callable[[], bool] | None = probe if callable(probe) else None
+        self._quiet_until = -math.inf  # no need to ask _recording() before (time.monotonic)
         self._slots: _Slots = _Slots()
         self._slot_limit = 0
         if self._bulkhead is not None:
@@ -338,6 +359,7 @@ class ResilienceMiddleware:
         # The wheel runtime needs asyncio's own clock; other clocks use the anyio runtime.
         self._fast = self._clock is SYSTEM_CLOCK
         self._wheel: Wheel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # see __call__
         self._operations: set[str] = set()
 
     @property
@@ -405,15 +427,30 @@ class ResilienceMiddleware:
                 await self._app(scope, receive, send)
                 return
         # The hot path, in one frame: nothing below allocates for a feature not configured.
+        # asyncio with the system clock runs on the shared wheel in the request's own task.
+        # The loop is looked up once (a lookup costs a getpid() system call on CPython 3.11):
+        # while it runs on this thread, it is the running loop here.
+        task: asyncio.Task[Any] | None = None
+        loop = self._loop
+        if loop is not None and loop._thread_id == _get_ident():  # type: ignore[attr-defined]
+            task = _current_task(loop)
+        elif self._fast:
+            task = self._find_task()
+            if task is not None:
+                loop = task.get_loop()
+        if task is not None:
+            # The system clock on asyncio reads time.monotonic(): the same number, directly.
+            now = mono = _monotonic()
+        else:
+            mono = _monotonic()
+            now = self._clock.now()
         ctx: Context | None = None
-        if self._observe and (self._listening or self._recording is None or self._recording()):
+        if self._observe and (
+            self._listening or (mono >= self._quiet_until and self._recording_now(mono))
+        ):
             ctx = self._begin(scope)
         error: BaseException | None = None
         try:
-            clock = self._clock
-            loop = _running_loop() if self._fast else None
-            # The system clock on asyncio reads time.monotonic(): the same number, directly.
-            now = _monotonic() if loop is not None else clock.now()
             extra: tuple[tuple[bytes, bytes], ...] | None = None
             limiter = self._limiter
             if limiter is not None:
@@ -430,9 +467,16 @@ class ResilienceMiddleware:
                 else:
                     wait, tokens = took
                     allowed = not wait
-                extra = self._rate_headers(tokens, (self._burst - tokens) / self._rate)
+                if self._header_mode_on:
+                    # tokens is in [0, burst]: whole tokens left, whole seconds until full.
+                    remaining = int(tokens + 1e-9)
+                    reset = _ceil((self._burst - tokens) / self._rate - 1e-9)
+                    if remaining == self._last_remaining and reset == self._last_reset:
+                        extra = self._last_headers
+                    else:
+                        extra = self._rate_headers(remaining, reset)
                 if not allowed:
-                    await self._rate_limited(ctx, send, wait, extra)
+                    await self._rate_limited(ctx, send, wait, extra or ())
                     return
 
             start_deadline = now + self._timeout
@@ -448,88 +492,86 @@ class ResilienceMiddleware:
                                 return
                             end_deadline = min(end_deadline, caller)
                         break
-            start_deadline = min(start_deadline, end_deadline)
+            if end_deadline < start_deadline:  # noqa: PLR1730 - min() costs a call per request
+                start_deadline = end_deadline
 
-            wheel: Wheel | None = None
-            task: asyncio.Task[Any] | None = None
-            if loop is not None:
-                # asyncio with the system clock: the shared wheel; the app runs right here.
-                wheel = self._wheel
-                if wheel is None or wheel.loop is not loop:
-                    wheel = self._wheel = Wheel(loop)
-                task = _current_task(loop)
-                assert task is not None
-                exchange = Exchange(
-                    scope,
-                    receive,
-                    send,
-                    clock,
-                    now,
-                    start_deadline,
-                    end_deadline,
-                    extra,
-                    wheel,
-                    task,
-                )
-            else:
-                exchange = Exchange(
-                    scope, receive, send, clock, now, start_deadline, end_deadline, extra
-                )
+            # The app's own resilient calls inherit the time left (resilient.remaining()),
+            # and so does the bulkhead's queue wait.
+            published: RequestDeadline | None = None
             token = None
-            if start_deadline != math.inf:
-                # The app's own resilient calls inherit the time left (resilient.remaining()),
-                # and so does the bulkhead's queue wait: the exchange reads like a Context.
-                token = push_deadline(cast("Context", exchange))
+            if start_deadline != _INF:
+                published = RequestDeadline(self._clock, start_deadline, start_deadline - now)
+                token = push_deadline(published)  # type: ignore[arg-type]  # reads as a Context
+            if task is None:
+                await self._run_anyio(
+                    ScopeExchange(
+                        scope,
+                        receive,
+                        send,
+                        now,
+                        start_deadline,
+                        end_deadline,
+                        extra,
+                        published,
+                        self._clock,
+                    ),
+                    ctx,
+                    send,
+                    token,
+                )
+                return
+            wheel = self._wheel
+            if wheel is None or wheel.loop is not loop:
+                assert loop is not None
+                wheel = self._wheel = Wheel(loop)
+            exchange = WheelExchange(
+                scope,
+                receive,
+                send,
+                now,
+                start_deadline,
+                end_deadline,
+                extra,
+                published,
+                wheel,
+                task,
+            )
             refusal: RejectedError | None = None
+            cancelling = task.cancelling()
+            wheel.recent[exchange] = None  # looked at on the next tick if still running
+            if wheel.armed is None:
+                wheel.arm_next()
             try:
-                if loop is not None:
-                    assert wheel is not None
-                    assert task is not None
-                    cancelling = task.cancelling()
-                    wheel.enter(exchange)
+                slots = self._slots
+                if self._bulkhead is None:
+                    await self._app(scope, exchange.receive, exchange.send)
+                elif slots.running < self._slot_limit:
+                    slots.running += 1  # a free slot: no yield, no allocation
                     try:
-                        bulkhead = self._bulkhead
-                        if bulkhead is None:
-                            await self._app(scope, exchange.receive, exchange.send)
+                        await self._app(scope, exchange.receive, exchange.send)
+                    finally:
+                        if slots.waiters:
+                            _release(slots)
                         else:
-                            slots = self._slots
-                            if slots.running < self._slot_limit:
-                                slots.running += 1  # a free slot: no yield, no allocation
-                            else:
-                                try:
-                                    await bulkhead.__aenter__()
-                                except (BulkheadFullError, TimeoutExceeded) as exc:
-                                    refusal = exc  # full, waited too long, or deadline
-                            if refusal is None:
-                                try:
-                                    await self._app(scope, exchange.receive, exchange.send)
-                                finally:
-                                    _release(slots)
-                    except asyncio.CancelledError:
-                        if exchange.reason is None or task.uncancel() > cancelling:
-                            raise
-                    else:
-                        if exchange.reason is not None and task.uncancel() <= cancelling:
-                            await _consume_cancellation(task, cancelling)
+                            slots.running -= 1
                 else:
-                    refusal = await self._run_anyio(exchange)
+                    refusal = await self._queue_and_run(exchange)
+            except asyncio.CancelledError:
+                if exchange.reason is None or task.uncancel() > cancelling:
+                    raise
+            else:
+                if exchange.reason is not None and task.uncancel() <= cancelling:
+                    await _consume_cancellation(task, cancelling)
             finally:
                 if token is not None:
                     pop_deadline(token)
-                exchange.finish()
+                if exchange.tick or exchange.watch is not None:
+                    exchange.finish()
+                else:  # finish(), inlined for a request that ended before its first tick
+                    exchange.phase = DONE
+                    wheel.recent.pop(exchange, None)
             if refusal is not None:
-                if isinstance(refusal, BulkheadFullError):
-                    await self._shed(ctx, send, extra, waited=self._max_wait > 0.0)
-                else:
-                    await self._reject(
-                        ctx,
-                        send,
-                        status=504,
-                        text=b"Gateway Timeout\n",
-                        exc=refusal,
-                        reason="deadline",
-                        headers=[*extra] if extra else [],
-                    )
+                await self._refused(refusal, ctx, send, extra)
             elif exchange.reason is not None:
                 await self._after_fire(exchange, ctx, send)
         except BaseException as exc:
@@ -538,6 +580,52 @@ class ResilienceMiddleware:
         finally:
             if ctx is not None:
                 self._end(ctx, scope, error)
+
+    def _find_task(self) -> asyncio.Task[Any] | None:
+        # The asyncio task running this request, or None (trio, including trio as an asyncio
+        # guest, or no task): the anyio runtime then. Caches a loop that records the thread
+        # it runs on (asyncio's own loops do), so later requests skip this lookup.
+        loop = _running_loop()
+        if loop is None:
+            return None
+        task = _current_task(loop)
+        if task is not None and getattr(loop, "_thread_id", None) == _get_ident():
+            self._loop = loop
+        return task
+
+    async def _queue_and_run(self, exchange: WheelExchange) -> RejectedError | None:
+        # No free slot: queue in the bulkhead (bounded by max_wait and the deadline).
+        bulkhead = self._bulkhead
+        assert bulkhead is not None
+        try:
+            await bulkhead.__aenter__()
+        except (BulkheadFullError, TimeoutExceeded) as exc:
+            return exc  # full, waited too long, or the deadline passed: never ran
+        try:
+            await self._app(exchange.scope, exchange.receive, exchange.send)
+        finally:
+            _release(self._slots)
+        return None
+
+    async def _refused(
+        self,
+        refusal: RejectedError,
+        ctx: Context | None,
+        send: Send,
+        extra: tuple[tuple[bytes, bytes], ...] | None,
+    ) -> None:
+        if isinstance(refusal, BulkheadFullError):
+            await self._shed(ctx, send, extra, waited=self._max_wait > 0.0)
+        else:
+            await self._reject(
+                ctx,
+                send,
+                status=504,
+                text=b"Gateway Timeout\n",
+                exc=refusal,
+                reason="deadline",
+                headers=[*extra] if extra else [],
+            )
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -628,26 +716,39 @@ class ResilienceMiddleware:
             await bulkhead.__aexit__(None, None, None)
         return None
 
-    async def _run_anyio(self, exchange: Exchange) -> RejectedError | None:
+    async def _run_anyio(
+        self, exchange: ScopeExchange, ctx: Context | None, send: Send, token: Token[Any] | None
+    ) -> None:
+        # trio, custom clocks (FakeClock), or no asyncio task: an anyio cancel scope in this
+        # task, the timer and the disconnect watcher in helper tasks.
         error: Exception | None = None
         refusal: RejectedError | None = None
-        async with anyio.create_task_group() as tg:
-            exchange.task_group = tg
-            exchange.cancel_scope = anyio.CancelScope()
-            if exchange.start_deadline != math.inf or exchange.end_deadline != math.inf:
-                tg.start_soon(exchange.timer)
-            exchange._start_watcher()
-            try:
-                with exchange.cancel_scope:
-                    refusal = await self._admit_and_run(exchange)
-            except Exception as exc:  # re-raised below, outside the task group (no group)
-                error = exc
-            finally:
-                exchange.finish()
-                tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                exchange.task_group = tg
+                exchange.cancel_scope = anyio.CancelScope()
+                if exchange.start_deadline != math.inf or exchange.end_deadline != math.inf:
+                    exchange.tick = 1  # a timer holds the deadline: moving it needs rearm()
+                    tg.start_soon(exchange.timer)
+                exchange._start_watcher()
+                try:
+                    with exchange.cancel_scope:
+                        refusal = await self._admit_and_run(exchange)
+                except Exception as exc:  # re-raised below, outside the task group (no group)
+                    error = exc
+                finally:
+                    exchange.finish()
+                    tg.cancel_scope.cancel()
+        finally:
+            if token is not None:
+                pop_deadline(token)
+            exchange.finish()
         if error is not None:
             raise error
-        return refusal
+        if refusal is not None:
+            await self._refused(refusal, ctx, send, exchange.extra_headers)
+        elif exchange.reason is not None:
+            await self._after_fire(exchange, ctx, send)
 
     async def _after_fire(self, exchange: Exchange, ctx: Context | None, send: Send) -> None:
         if exchange.reason == DISCONNECT:
@@ -691,17 +792,13 @@ class ResilienceMiddleware:
 
     # -- refusals -----------------------------------------------------------------------------
 
-    def _rate_headers(self, tokens: float, until_full: float) -> tuple[tuple[bytes, bytes], ...]:
-        mode = self._header_mode
-        if mode == "none":
-            return ()
-        remaining = int(tokens + 1e-9) if tokens > 0.0 else 0
-        reset = math.ceil(until_full - 1e-9) if until_full > 0.0 else 0
+    def _rate_headers(self, remaining: int, reset: int) -> tuple[tuple[bytes, bytes], ...]:
+        # Built once per (remaining, reset) pair: a client under its limit sees few. The
+        # last pair is remembered apart (consecutive requests mostly share it).
         cache = self._header_cache
         found = cache.get((remaining, reset))
         if found is None:
-            # Built once per (remaining, reset) pair: a client under its limit sees few.
-            if mode == "ietf":
+            if self._header_mode == "ietf":
                 found = (
                     *self._policy_header,
                     (b"ratelimit", b'"default";r=%d;t=%d' % (remaining, reset)),
@@ -714,7 +811,27 @@ class ResilienceMiddleware:
                 )
             if len(cache) < _MAX_HEADER_SETS:
                 cache[(remaining, reset)] = found
+        self._last_remaining = remaining
+        self._last_reset = reset
+        self._last_headers = found
         return found
+
+    def _headers_for(self, tokens: float, until_full: float) -> tuple[tuple[bytes, bytes], ...]:
+        # The RateLimit headers for a bucket holding ``tokens``, full in ``until_full`` s.
+        if not self._header_mode_on:
+            return ()
+        remaining = int(tokens + 1e-9) if tokens > 0.0 else 0
+        reset = _ceil(until_full - 1e-9) if until_full > 0.0 else 0
+        return self._rate_headers(remaining, reset)
+
+    def _recording_now(self, now: float) -> bool:
+        # Whether telemetry records (an SDK is installed). While it does not, ask again at
+        # most once a second: an SDK installed later is picked up within a second.
+        recording = self._recording
+        if recording is None or recording():
+            return True
+        self._quiet_until = now + _PROBE_INTERVAL
+        return False
 
     async def _shed(
         self,
@@ -782,7 +899,7 @@ class ResilienceMiddleware:
                     b"Too Many Requests\n",
                     [
                         (b"retry-after", _seconds_header(decision.retry_after)),
-                        *self._rate_headers(decision.remaining, decision.reset),
+                        *self._headers_for(decision.remaining, decision.reset),
                     ],
                 )
         bulkhead = self._bulkhead
