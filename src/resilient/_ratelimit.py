@@ -551,8 +551,16 @@ class RateLimiter(PolicyDecorator):
                 self._full_at, wait = bucket_take(self._full_at, now, 1.0, rate, burst)
                 return wait, bucket_tokens(self._full_at, now, rate, burst)
             memory = self._keyed()
-        # bucket_take() then bucket_tokens() for one token, inlined: this runs per request.
-        cell = memory._get(key, now)
+        # bucket_take() then bucket_tokens() for one token, and a hit of the keyed map
+        # (BoundedKeyMap.get), inlined: this runs per request.
+        keys = memory._keys
+        entry = keys._entries.get(key) if keys is not None and key is not None else None
+        if entry is None:
+            cell = memory._get(key, now)  # a new key (eviction first) or the unkeyed bucket
+        else:
+            entry.last = now
+            keys._entries.move_to_end(key)  # type: ignore[union-attr,arg-type]  # both set
+            cell = entry.value
         full_at = cell.full_at
         if full_at < now:
             full_at = now

@@ -41,6 +41,9 @@ from ._guard import (
     Send,
     Wheel,
     WheelExchange,
+    new_request_deadline,
+    new_scope_exchange,
+    new_wheel_exchange,
 )
 
 __all__ = ["DEFAULT_EXCLUDE", "ASGIApp", "ResilienceMiddleware"]
@@ -201,6 +204,7 @@ class ResilienceMiddleware:
         "_shed_retry_after",
         "_slot_limit",
         "_slots",
+        "_timed",
         "_timeout",
         "_total_timeout",
         "_wheel",
@@ -310,6 +314,7 @@ class ResilienceMiddleware:
             if total_timeout is None
             else check.positive(p + "total_timeout", total_timeout)
         )
+        self._timed = self._timeout != math.inf or self._total_timeout != math.inf
         if deadline_header is not None:
             given: object = deadline_header
             if not isinstance(given, str) or not given.strip():
@@ -479,8 +484,11 @@ class ResilienceMiddleware:
                     await self._rate_limited(ctx, send, wait, extra or ())
                     return
 
-            start_deadline = now + self._timeout
-            end_deadline = now + self._total_timeout
+            if self._timed:
+                start_deadline = now + self._timeout
+                end_deadline = now + self._total_timeout
+            else:
+                start_deadline = end_deadline = _INF
             header = self._deadline_header
             if header is not None:
                 for name, value in scope.get("headers", ()):
@@ -500,21 +508,11 @@ class ResilienceMiddleware:
             published: RequestDeadline | None = None
             token = None
             if start_deadline != _INF:
-                published = RequestDeadline(self._clock, start_deadline, start_deadline - now)
+                published = new_request_deadline(self._clock, start_deadline, end_deadline, now)
                 token = push_deadline(published)  # type: ignore[arg-type]  # reads as a Context
             if task is None:
                 await self._run_anyio(
-                    ScopeExchange(
-                        scope,
-                        receive,
-                        send,
-                        now,
-                        start_deadline,
-                        end_deadline,
-                        extra,
-                        published,
-                        self._clock,
-                    ),
+                    new_scope_exchange(scope, receive, send, now, extra, published, self._clock),
                     ctx,
                     send,
                     token,
@@ -524,18 +522,7 @@ class ResilienceMiddleware:
             if wheel is None or wheel.loop is not loop:
                 assert loop is not None
                 wheel = self._wheel = Wheel(loop)
-            exchange = WheelExchange(
-                scope,
-                receive,
-                send,
-                now,
-                start_deadline,
-                end_deadline,
-                extra,
-                published,
-                wheel,
-                task,
-            )
+            exchange = new_wheel_exchange(scope, receive, send, now, extra, published, wheel, task)
             refusal: RejectedError | None = None
             cancelling = task.cancelling()
             wheel.recent[exchange] = None  # looked at on the next tick if still running
@@ -727,7 +714,7 @@ class ResilienceMiddleware:
             async with anyio.create_task_group() as tg:
                 exchange.task_group = tg
                 exchange.cancel_scope = anyio.CancelScope()
-                if exchange.start_deadline != math.inf or exchange.end_deadline != math.inf:
+                if exchange.published is not None:
                     exchange.tick = 1  # a timer holds the deadline: moving it needs rearm()
                     tg.start_soon(exchange.timer)
                 exchange._start_watcher()
@@ -759,19 +746,21 @@ class ResilienceMiddleware:
         now = self._clock.now()
         if ctx is not None:
             ctx.operation = self._operation(exchange.scope, ctx.operation)
-        timeout = exchange.start_deadline - exchange.started_at
+        published = exchange.published
+        assert published is not None  # only a deadline fires for a timeout
+        if phase >= STREAMING:
+            # Too late for a 504: abort the response; the server closes the connection.
+            raise TimeoutExceeded(
+                "request deadline exceeded after the response started",
+                policy="request_timeout",
+                timeout=published.end - exchange.started_at,
+            )
+        timeout = published.deadline_timeout
         exc = TimeoutExceeded(
             f"request deadline of {timeout:g}s exceeded",
             policy="request_timeout",
             timeout=timeout,
         )
-        if phase == STREAMING:
-            # Too late for a 504: abort the response; the server closes the connection.
-            raise TimeoutExceeded(
-                "request deadline exceeded after the response started",
-                policy="request_timeout",
-                timeout=exchange.end_deadline - exchange.started_at,
-            )
         if ctx is not None and ctx.listening:
             ctx.emit(
                 CallRejected(
