@@ -7,7 +7,6 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from contextvars import Token
 from typing import Any, Final, final
 
 import anyio
@@ -35,7 +34,6 @@ from ._guard import (
     Exchange,
     Message,
     Receive,
-    RequestDeadline,
     Scope,
     ScopeExchange,
     Send,
@@ -505,17 +503,16 @@ class ResilienceMiddleware:
 
             # The app's own resilient calls inherit the time left (resilient.remaining()),
             # and so does the bulkhead's queue wait.
-            published: RequestDeadline | None = None
-            token = None
-            if start_deadline != _INF:
-                published = new_request_deadline(self._clock, start_deadline, end_deadline, now)
-                token = push_deadline(published)  # type: ignore[arg-type]  # reads as a Context
+            published = (
+                None
+                if start_deadline == _INF
+                else new_request_deadline(self._clock, start_deadline, end_deadline, now)
+            )
             if task is None:
                 await self._run_anyio(
                     new_scope_exchange(scope, receive, send, now, extra, published, self._clock),
                     ctx,
                     send,
-                    token,
                 )
                 return
             wheel = self._wheel
@@ -528,6 +525,10 @@ class ResilienceMiddleware:
             wheel.recent[exchange] = None  # looked at on the next tick if still running
             if wheel.armed is None:
                 wheel.arm_next()
+            # The app's own resilient calls inherit the time left (resilient.remaining()),
+            # and so does the bulkhead's queue wait: the published deadline reads like a
+            # Context.
+            token = None if published is None else push_deadline(published)  # type: ignore[arg-type]
             try:
                 slots = self._slots
                 if self._bulkhead is None:
@@ -703,11 +704,11 @@ class ResilienceMiddleware:
             await bulkhead.__aexit__(None, None, None)
         return None
 
-    async def _run_anyio(
-        self, exchange: ScopeExchange, ctx: Context | None, send: Send, token: Token[Any] | None
-    ) -> None:
+    async def _run_anyio(self, exchange: ScopeExchange, ctx: Context | None, send: Send) -> None:
         # trio, custom clocks (FakeClock), or no asyncio task: an anyio cancel scope in this
         # task, the timer and the disconnect watcher in helper tasks.
+        published = exchange.published
+        token = None if published is None else push_deadline(published)  # type: ignore[arg-type]
         error: Exception | None = None
         refusal: RejectedError | None = None
         try:
