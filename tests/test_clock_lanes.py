@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import weakref
 
 import pytest
@@ -158,3 +159,25 @@ def test_lanes_go_away_with_their_event_loop() -> None:
     asyncio.run(main())
     gc.collect()
     assert loops[0]() is None
+
+
+def test_an_infinite_deadline_arms_nothing_and_leaves_the_lanes_to_finite_ones() -> None:
+    async def main() -> tuple[int, str]:
+        forever = asyncio.ensure_future(Pipeline(Timeout(math.inf)).call(_hang))
+        await asyncio.sleep(0)
+        short = Pipeline(Timeout(0.02))
+        for _ in range(3):  # each joins the one lane an infinite scope would otherwise block
+            with pytest.raises(TimeoutExceeded):
+                await short.call(_hang)
+        lanes = len(_lanes())
+        forever.cancel()
+        outcome = "cancelled"
+        try:
+            await forever
+        except asyncio.CancelledError:
+            pass
+        else:  # pragma: no cover - the assertion below reports it
+            outcome = "finished"
+        return lanes, outcome
+
+    assert asyncio.run(main()) == (1, "cancelled")

@@ -192,11 +192,14 @@ class _AsyncioTimer:
             raise RuntimeError("a timeout needs to run inside an asyncio task")
         self._task = task
         self._cancelling = task.cancelling()
+        deadline = self._deadline
+        if deadline == math.inf:  # never fires: nothing to arm
+            self._lane = self._handle = None
+            return
         try:
             lanes = loop._resilient_timer_lanes  # type: ignore[attr-defined]
         except AttributeError:
             lanes = _loop_lanes(loop)
-        deadline = self._deadline
         # Best fit: the lane whose newest deadline is the latest one not after ours, so that
         # timeouts of different lengths settle in lanes of their own.
         best = None
@@ -228,7 +231,8 @@ class _AsyncioTimer:
         if not self._fired:
             lane = self._lane
             if lane is None:
-                self._handle.cancel()
+                if self._handle is not None:
+                    self._handle.cancel()
             else:
                 scopes = lane.scopes
                 del scopes[self]
