@@ -4,8 +4,9 @@ Cases (ns per successful call, one asyncio loop, interleaved rounds, fastest rou
 
 - ``bare await``: the reference.
 - ``Pipeline(pass-through)``: a pipeline whose only policy awaits the rest of the chain; the
-  pipeline's own per-call cost (building the ``Context``), which every policy pays.
-- ``Pipeline(CircuitBreaker())``: the issue's measure (time window, the default).
+  pipeline's general per-call cost (a ``Context`` and one chain step per policy).
+- ``Pipeline(CircuitBreaker())``: the issue's measure (time window, the default), on the
+  direct path a pipeline takes when a breaker is its only policy and nobody listens.
 - ``Pipeline(CircuitBreaker(count))``: a count window (no clock read on success).
 - ``breaker step (time|count window)``: the breaker's composed chain step awaited with one
   pre-built context: the breaker's own cost without the pipeline's.
@@ -186,20 +187,24 @@ def memory() -> dict[str, float]:
 
 
 # (case, reference, target ratio): checked in quick mode with a generous margin.
-# The issue asks for "Pipeline(CircuitBreaker()) at most 6x a bare await": unreachable while a
-# pipeline with a pass-through policy alone costs 6-7x (its per-call Context). Ratios to a bare
-# await also swing 1.5x on this shared machine (the tiny bare loop suffers least from load), so
-# the gates compare the breaker's own step with steps of the same shape. A time window reads
-# the clock once per call, the core clock's cost: "bare await + clock.now()" shows it.
+# The issue asks for "Pipeline(CircuitBreaker()) at most 6x a bare await". A pipeline whose only
+# policy is a breaker, with telemetry off and no listeners, takes the direct path (the pipeline
+# awaits the function itself: no chain step, no Context), which is what makes 6x reachable; a
+# pass-through policy has no such path and pays both. Ratios to a bare await swing on this
+# shared machine (the tiny bare loop suffers least from load), so the other gates compare the
+# breaker's own step with steps of the same shape. A time window reads the clock once per call,
+# the core clock's cost: "bare await + clock.now()" shows it.
 GATES = [
+    ("Pipeline(CircuitBreaker())", "bare await", 6.0),
+    ("Pipeline(CircuitBreaker(count))", "bare await", 6.0),
     # The breaker's logic costs at most one extra coroutine layer.
     ("breaker step (count window)", "pass-through step", 2.0),
     # At least ~2x faster than the fastest peer breaker (circuitbreaker) without a clock read;
     # about as fast with one.
     ("breaker step (count window)", "circuitbreaker", 0.6),
     ("breaker step (time window)", "circuitbreaker", 1.2),
-    # Inside a pipeline the breaker adds less than the pipeline itself costs.
-    ("Pipeline(CircuitBreaker())", "Pipeline(pass-through)", 2.0),
+    # Alone in a pipeline the breaker costs less than a pass-through policy (direct path).
+    ("Pipeline(CircuitBreaker())", "Pipeline(pass-through)", 1.0),
     ("mem: CircuitBreaker() (us column = KB)", "mem: 1 KiB reference (us column = KB)", 1.0),
     ("mem: one more key (us column = KB)", "mem: 1 KiB reference (us column = KB)", 1.0),
 ]

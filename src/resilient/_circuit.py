@@ -22,11 +22,12 @@ from typing import Any, ClassVar, Final, Literal, final
 from . import _validate as check
 from ._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
 from ._classify import Classification as _Classification
+from ._clock import Clock
 from ._context import Context
 from ._events import CallRejected, CircuitStateChanged, Event, Listener, report_listener_error
 from ._exceptions import CircuitOpenError, ConfigurationError, TimeoutExceeded
 from ._keyed import BoundedKeyMap
-from ._pipeline import Call, Policy, PolicyDecorator
+from ._pipeline import Call, DirectHooks, Policy, PolicyDecorator
 
 __all__ = ["CircuitBreaker", "CircuitSnapshot"]
 
@@ -540,6 +541,70 @@ class CircuitBreaker(PolicyDecorator):
             return result
 
         return run_timed if self._timed else run_counted
+
+    def _direct(self, clock: Clock, classifier: ClassifierLike) -> DirectHooks | None:
+        """Synchronous hooks for a pipeline whose only policy is this breaker (see ``Pipeline``).
+
+        The pipeline awaits the function itself, with no chain step and no ``Context`` unless an
+        outcome needs one. ``enter`` admits a call in the plain closed state (anything else takes
+        the full chain); ``leave`` records a success that cannot change the state (no failure in
+        the window, generation unchanged, a success for the classifier) and otherwise asks for
+        ``complete``, which records it through the general path with a context.
+        """
+        if self._slow_after is not None:
+            return None  # slowness needs each call's start time: the full chain
+        st = self._state
+        classifier = self._classifier or classifier
+        custom = classifier is not DEFAULT_CLASSIFIER
+        classify_result = classifier.classify_result
+        finish = self._finish
+        roll = self._roll
+        size = self._size
+        closed = CLOSED
+        success = _SUCCESS
+        one_call = _CALL
+        now = clock.now
+
+        def enter() -> int | None:
+            return st.gen if st.kind is closed else None
+
+        def leave_timed(gen: int, result: Any) -> bool:
+            # No failure in the window: one more success cannot open the breaker.
+            if st.failures or st.gen != gen:
+                return False
+            if custom and classify_result(result).verdict is not success:
+                return False
+            t = now()
+            if t >= st.edge:
+                roll(st, t)
+            st.ring[st.pos] += 1
+            st.calls += 1
+            return True
+
+        def leave_counted(gen: int, result: Any) -> bool:
+            if st.failures or st.gen != gen:
+                return False
+            if custom and classify_result(result).verdict is not success:
+                return False
+            # With no failure recorded and slowness not tracked, the overwritten slot is empty
+            # or a plain success.
+            ring = st.ring
+            pos = st.pos
+            if ring[pos] == 0:
+                st.calls += 1
+            ring[pos] = one_call
+            pos += 1
+            st.pos = 0 if pos == size else pos
+            return True
+
+        def complete(gen: int, result: Any, ctx: Context) -> None:
+            verdict = classify_result(result).verdict if custom else success
+            finish(st, gen, closed, verdict, 0.0, ctx)
+
+        def fail(gen: int, exc: Exception, ctx: Context) -> None:
+            finish(st, gen, closed, _exception_verdict(classifier, exc, ctx), 0.0, ctx)
+
+        return enter, leave_timed if self._timed else leave_counted, complete, fail
 
     async def _guarded(self, call: Call, ctx: Context, st: _State) -> Any:
         # Every state but a plain closed one, and the closed state when slowness is tracked.

@@ -38,6 +38,20 @@ class Policy(Protocol):
     async def execute(self, call: Call, ctx: Context, /) -> Any: ...
 
 
+DirectHooks = tuple[
+    Callable[[], Any],
+    Callable[[Any, Any], bool],
+    Callable[[Any, Any, Context], None],
+    Callable[[Any, Exception, Context], None],
+]
+"""What a policy's optional ``_direct(clock, classifier)`` returns: ``(enter, leave, complete,
+fail)``, synchronous hooks that let a pipeline whose only policy it is await the function
+itself. ``enter()`` returns a token, or ``None`` to run the full chain; after the function
+returned, ``leave(token, result)`` returns whether it handled the outcome, and if not the
+pipeline calls ``complete(token, result, ctx)``; when it raised an ``Exception``, the pipeline
+calls ``fail(token, exc, ctx)`` and re-raises. A ``BaseException`` (cancellation) calls nothing:
+a policy offering hooks holds nothing that would need releasing."""
+
 ObserverFactory = Callable[["Pipeline"], CallObserver | None]
 _observer_factory: ObserverFactory | None = None
 
@@ -114,6 +128,7 @@ class Pipeline:
         "_chain",
         "_classifier",
         "_clock",
+        "_direct",
         "_listeners",
         "_name",
         "_observer",
@@ -185,6 +200,14 @@ class Pipeline:
         self._chain: Call | None = (
             _compose(self._policies, _invoke) if self._policies or observer is not None else None
         )
+        # One policy offering synchronous hooks, and nobody observing calls: `call()` and
+        # `wrap()` await the function themselves and build a Context only when an outcome
+        # needs one (about half the cost of a single-policy pipeline).
+        self._direct: DirectHooks | None = None
+        if len(self._policies) == 1 and observer is None and not listeners:
+            direct = getattr(self._policies[0], "_direct", None)
+            if direct is not None:
+                self._direct = direct(self._clock, self._classifier)
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -273,6 +296,19 @@ class Pipeline:
         chain = self._chain
         if chain is None:
             return await fn(*args, **kwargs)
+        direct = self._direct
+        if direct is not None:
+            enter, leave, complete, fail = direct
+            token = enter()
+            if token is not None:
+                try:
+                    value: T = await fn(*args, **kwargs)
+                except Exception as exc:
+                    fail(token, exc, self.context(fn, args, kwargs))
+                    raise
+                if not leave(token, value):
+                    complete(token, value, self.context(fn, args, kwargs))
+                return value
         ctx = Context(
             self._name,
             getattr(fn, "__qualname__", None) or "call",
@@ -413,6 +449,41 @@ def _wrap(pipeline: Pipeline, fn: Callable[P, Awaitable[T]], where: str) -> Any:
     )
     listeners, observer, observed = pipeline._listeners, pipeline._observer, pipeline._observed
     chain = pipeline._chain if pipeline._chain is not None else _invoke
+    direct = pipeline._direct
+    if direct is not None:
+        enter, leave, complete, fail = direct
+        context = pipeline.context
+
+        @functools.wraps(fn)
+        async def direct_wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            token = enter()
+            if token is None:
+                outcome: T = await chain(
+                    Context(
+                        name,
+                        operation,
+                        clock,
+                        random,
+                        classifier,
+                        fn,
+                        args,
+                        kwargs,
+                        None,
+                        listeners,
+                        observer,
+                    )
+                )
+                return outcome
+            try:
+                result: T = await fn(*args, **kwargs)
+            except Exception as exc:
+                fail(token, exc, context(fn, args, kwargs, operation=operation))
+                raise
+            if not leave(token, result):
+                complete(token, result, context(fn, args, kwargs, operation=operation))
+            return result
+
+        return direct_wrapper
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:

@@ -6,6 +6,7 @@ import functools
 from typing import Any, ClassVar, final
 
 from . import _validate as check
+from ._clock import _AsyncioTimer
 from ._context import Context, pop_deadline, push_deadline
 from ._events import TimeoutFired
 from ._exceptions import TimeoutExceeded
@@ -104,6 +105,18 @@ class Timeout(PolicyDecorator):
         token = push_deadline(ctx)
         timer = clock.timeout_at(deadline)
         try:
+            if type(timer) is _AsyncioTimer:
+                # The default clock on asyncio: the scope's synchronous halves, without the
+                # two coroutines an `async with` would create on every call.
+                timer.arm()
+                try:
+                    result = await call(ctx)
+                except BaseException as exc:
+                    if timer.disarm(type(exc)):
+                        raise TimeoutError from exc  # renamed below, as `async with` would
+                    raise
+                timer.disarm(None)
+                return result
             async with timer:
                 return await call(ctx)
         except TimeoutError:

@@ -1,0 +1,183 @@
+"""The default clock's coalesced timers on asyncio (lanes of scopes sharing one loop timer).
+
+These run on asyncio only (trio has its own deadlines) and use short real timeouts: each test
+asserts which scopes expired and in what order, never how long anything took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import math
+import weakref
+
+import pytest
+
+from resilient import Pipeline, SystemClock, Timeout, TimeoutExceeded
+
+clock = SystemClock()
+
+
+async def _hang() -> None:
+    await asyncio.Event().wait()
+
+
+async def _quick() -> str:
+    await asyncio.sleep(0)
+    return "ok"
+
+
+def _lanes() -> list[object]:
+    loop = asyncio.get_running_loop()
+    return getattr(loop, "_resilient_timer_lanes", [])
+
+
+def test_concurrent_scopes_of_one_length_expire_exactly_when_they_hang() -> None:
+    async def main() -> tuple[list[str], int]:
+        pipeline = Pipeline(Timeout(0.05), telemetry=False)
+
+        async def one(i: int) -> str:
+            try:
+                return await pipeline.call(_hang if i % 2 else _quick)
+            except TimeoutExceeded:
+                return "timeout"
+
+        outcomes = await asyncio.gather(*(one(i) for i in range(200)))
+        return outcomes, len(_lanes())
+
+    outcomes, lanes = asyncio.run(main())
+    assert outcomes == ["ok" if i % 2 == 0 else "timeout" for i in range(200)]
+    assert lanes == 1  # 200 scopes of one length shared one lane (and one loop timer)
+
+
+def test_a_shorter_timeout_entered_later_still_fires_first() -> None:
+    async def main() -> list[str]:
+        finished: list[str] = []
+        long, short = Pipeline(Timeout(0.3)), Pipeline(Timeout(0.03))
+
+        async def one(pipeline: Pipeline, label: str) -> None:
+            with pytest.raises(TimeoutExceeded):
+                await pipeline.call(_hang)
+            finished.append(label)
+
+        async with asyncio.timeout(10):  # a lost timer fails the test instead of hanging it
+            await asyncio.gather(
+                *(one(long, "long") for _ in range(5)), *(one(short, "short") for _ in range(5))
+            )
+        return finished
+
+    assert asyncio.run(main()) == ["short"] * 5 + ["long"] * 5
+
+
+def test_an_emptied_lane_rearms_for_an_earlier_deadline() -> None:
+    async def main() -> None:
+        # A 60 s scope leaves its lane empty with the lane's timer still set 60 s out; a 20 ms
+        # scope then takes that lane and must not wait for the stale timer.
+        assert await Pipeline(Timeout(60.0)).call(_quick) == "ok"
+        async with asyncio.timeout(10):
+            with pytest.raises(TimeoutExceeded):
+                await Pipeline(Timeout(0.02)).call(_hang)
+
+    asyncio.run(main())
+
+
+def test_deadlines_in_falling_order_open_lanes_then_own_timers_and_all_fire_in_order() -> None:
+    async def main() -> tuple[list[int], int]:
+        fired: list[int] = []
+
+        async def one(i: int) -> None:
+            # Entered in order i = 0..11 with deadlines falling: none fits an existing lane.
+            timer = clock.timeout_at(clock.now() + 0.02 + 0.01 * (12 - i))
+            with pytest.raises(TimeoutError):
+                async with timer:
+                    await _hang()
+            assert timer.expired()
+            fired.append(i)
+
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(one(i) for i in range(12)))
+        return fired, len(_lanes())
+
+    fired, lanes = asyncio.run(main())
+    assert fired == list(range(11, -1, -1))  # earliest deadline first
+    assert lanes == 8  # the lane limit; the other four scopes had loop timers of their own
+
+
+def test_nested_scopes_in_one_lane_report_the_inner_expiry() -> None:
+    async def main() -> None:
+        inner = Pipeline(Timeout(0.02, name="inner"))
+        outer = Pipeline(Timeout(0.5, name="outer"))
+
+        async def nested() -> None:
+            await inner.call(_hang)
+
+        with pytest.raises(TimeoutExceeded) as caught:
+            await outer.call(nested)
+        assert caught.value.policy == "inner"
+
+    asyncio.run(main())
+
+
+def test_an_outer_cancellation_of_a_laned_scope_stays_a_cancellation() -> None:
+    async def main() -> int:
+        pipeline = Pipeline(Timeout(60.0))
+        tasks = [asyncio.ensure_future(pipeline.call(_hang)) for _ in range(3)]
+        await asyncio.sleep(0)
+        tasks[1].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[1]
+        for task in (tasks[0], tasks[2]):  # the others are still timed, and still running
+            assert not task.done()
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return sum(len(lane.scopes) for lane in _lanes())  # type: ignore[attr-defined]
+
+    assert asyncio.run(main()) == 0  # every scope left its lane
+
+
+def test_a_scope_that_exits_early_leaves_the_lane_and_is_never_cancelled() -> None:
+    async def main() -> int:
+        pipeline = Pipeline(Timeout(0.02))
+        for _ in range(50):
+            assert await pipeline.call(_quick) == "ok"
+        await asyncio.sleep(0.05)  # past every deadline: the lane fires with nothing to do
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+
+    assert asyncio.run(main()) == 0
+
+
+def test_lanes_go_away_with_their_event_loop() -> None:
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def main() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        assert await Pipeline(Timeout(60.0)).call(_quick) == "ok"  # leaves a lane timer armed
+        assert _lanes()
+
+    asyncio.run(main())
+    gc.collect()
+    assert loops[0]() is None
+
+
+def test_an_infinite_deadline_arms_nothing_and_leaves_the_lanes_to_finite_ones() -> None:
+    async def main() -> tuple[int, str]:
+        forever = asyncio.ensure_future(Pipeline(Timeout(math.inf)).call(_hang))
+        await asyncio.sleep(0)
+        short = Pipeline(Timeout(0.02))
+        for _ in range(3):  # each joins the one lane an infinite scope would otherwise block
+            with pytest.raises(TimeoutExceeded):
+                await short.call(_hang)
+        lanes = len(_lanes())
+        forever.cancel()
+        outcome = "cancelled"
+        try:
+            await forever
+        except asyncio.CancelledError:
+            pass
+        else:  # pragma: no cover - the assertion below reports it
+            outcome = "finished"
+        return lanes, outcome
+
+    assert asyncio.run(main()) == (1, "cancelled")
