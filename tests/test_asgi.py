@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -611,6 +612,51 @@ async def test_deadline_after_the_response_started_aborts_instead_of_a_second_re
     assert conn.sent[-1] == {"type": "http.response.body", "body": b"partial", "more_body": True}
 
 
+@pytest.mark.parametrize("trailers", [True, False])
+async def test_a_response_is_guarded_until_its_last_message(
+    clock: FakeClock, trailers: bool
+) -> None:
+    """With trailers declared, the last body chunk does not complete the response: a deadline
+    passing before the trailers aborts it. Without, the app's work after the last chunk is
+    not cut (the response is complete)."""
+    proceed = anyio.Event()
+    finished = False
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal finished
+        await send({"type": "http.response.start", "status": 200, "trailers": trailers})
+        await send({"type": "http.response.body", "body": b"all", "more_body": False})
+        await proceed.wait()
+        if trailers:
+            await send({"type": "http.response.trailers", "headers": [], "more_trailers": False})
+        finished = True
+
+    mw = ResilienceMiddleware(app, total_timeout=10.0, clock=clock)
+    conn = Conn()
+    errors: list[Exception] = []
+
+    async def serve() -> None:
+        try:
+            await mw(scope(), conn.receive, conn.send)
+        except Exception as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve)
+        await wait_until(lambda: len(conn.sent) == 2)
+        clock.advance(20.0)  # past total_timeout
+        if trailers:
+            await wait_until(lambda: bool(errors))
+        proceed.set()
+    if trailers:
+        assert [type(e) for e in errors] == [resilient.TimeoutExceeded]
+        assert not finished
+    else:
+        assert errors == []
+        assert finished
+    assert [m["type"] for m in conn.sent][-1] == "http.response.body"
+
+
 async def test_streaming_after_start_is_not_cut_by_the_start_timeout(clock: FakeClock) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -690,6 +736,69 @@ async def test_pipelines_in_the_app_inherit_the_request_deadline_on_the_system_c
     assert 0.0 < seen[0] <= 5.0
     assert 5.0 < seen[1] <= 60.0  # the response started: no start deadline any more
     assert resilient.remaining() == math.inf
+
+
+async def test_a_context_copied_during_the_request_does_not_keep_the_request_alive() -> None:
+    """Loop callbacks and server timers scheduled by the app copy its context, deadline
+    included; that copy must not hold the request (scope, server callables) once it ended."""
+    copies: list[contextvars.Context] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        copies.append(contextvars.copy_context())  # as a keep-alive timer armed in send does
+        await ok_app(scope, receive, send)
+
+    conn = Conn()
+    await ResilienceMiddleware(app, timeout=5.0)(scope(), conn.receive, conn.send)
+    assert conn.status == 200
+    [published] = [v for v in copies[0].values() if hasattr(v, "deadline_source")]
+    assert published.deadline_timeout == pytest.approx(5.0)
+    alive = weakref.ref(conn)
+    del conn
+    assert alive() is None  # freed by reference counting: nothing in the copy points to it
+
+
+async def test_telemetry_without_an_sdk_is_probed_at_most_once_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While nothing records, requests skip the telemetry probe; an SDK installed later is
+    picked up within a second."""
+    import resilient.asgi._middleware as module
+
+    now = [1000.0]
+    monkeypatch.setattr(module, "_monotonic", lambda: now[0])
+    probes: list[float] = []
+    recording = False
+
+    def probe() -> bool:
+        probes.append(now[0])
+        return recording
+
+    starts: list[str] = []
+
+    class Observer:  # a CallObserver with the cheap recording() probe, as Telemetry has
+        def start(self, ctx: Any) -> None:
+            starts.append(ctx.operation)
+
+        def end(self, ctx: Any, error: Any, result: Any) -> None:
+            pass
+
+        def event(self, ctx: Any, event: Any) -> None:
+            pass
+
+        def recording(self) -> bool:
+            return probe()
+
+    mw = ResilienceMiddleware(ok_app, telemetry=Observer())
+    for _ in range(5):
+        await mw(scope(), Conn().receive, Conn().send)
+    now[0] += 0.5
+    await mw(scope(), Conn().receive, Conn().send)
+    assert probes == [1000.0]  # one probe for six requests
+    recording = True  # an SDK is installed
+    now[0] += 0.5
+    await mw(scope(), Conn().receive, Conn().send)
+    assert probes == [1000.0, 1001.0]
+    assert starts == ["GET"]
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])  # asyncio: see test_asgi_server.py
