@@ -3,17 +3,20 @@
 The app runs in the task that called the middleware, so context variables it sets stay
 visible to outer layers. Two interchangeable runtimes cancel it:
 
-- on asyncio with the system clock (the production case), a coarse timer wheel shared by
-  every request (one loop timer for all, 10 ms resolution) and ``Task.cancel()`` issued from
-  loop callbacks, balanced with ``uncancel()`` exactly as ``asyncio.timeout`` does. A request
-  that finishes within one tick (most of them) costs two dict operations and no timer handle,
-  no extra task, no cancel scope.
-- everywhere else (trio, custom clocks such as ``FakeClock``), an anyio cancel scope in the
-  same task plus two helper tasks: a timer on the configured clock and the disconnect watcher.
+- ``WheelExchange``, on asyncio with the system clock (the production case): a coarse timer
+  wheel shared by every request (one loop timer for all, 10 ms resolution) and
+  ``Task.cancel()`` issued from loop callbacks, balanced with ``uncancel()`` exactly as
+  ``asyncio.timeout`` does. A request that finishes within one tick (most of them) costs a
+  dict store and a dict pop: no timer handle, no extra task, no cancel scope.
+- ``ScopeExchange`` everywhere else (trio, custom clocks such as ``FakeClock``): an anyio
+  cancel scope in the same task plus two helper tasks, a timer on the configured clock and the
+  disconnect watcher.
 
-Disconnect watching never reads the request body: the watcher calls ``receive()`` only once
-no body is left (a request without a body by its headers, or after the app itself received
-the last chunk), and a message it takes early is handed to the app unchanged.
+A request with a deadline publishes a ``RequestDeadline`` (what ``resilient.remaining()`` and
+nested pipelines read); it is also the guard's deadline. Disconnect watching never reads the
+request body: the watcher calls ``receive()`` only once no body is left (a request without a
+body by its headers, or after the app itself received the last chunk), and a message it takes
+early is handed to the app unchanged.
 """
 
 from __future__ import annotations
