@@ -334,7 +334,7 @@ class Exchange:
         phase = self.phase
         if phase == RUNNING:
             if message["type"] == "http.response.start":
-                self.phase = TRAILING if message.get("trailers", False) else STREAMING
+                self.phase = TRAILING if message.get("trailers") else STREAMING
                 extra = self.extra_headers
                 if extra:  # a copy: the app may reuse its message and headers list
                     headers = [*message.get("headers", ()), *extra]
@@ -345,21 +345,31 @@ class Exchange:
                     published.deadline = published.end
                     if self.tick:  # a timer holds the old deadline
                         self.rearm()
-        elif STREAMING <= phase < DONE:  # STREAMING or TRAILING
+        elif phase == STREAMING:
             kind = message["type"]
             if kind == "http.response.body":
-                complete = phase == STREAMING and not message.get("more_body", False)
-            elif kind == "http.response.trailers":
-                complete = not message.get("more_trailers", False)
-            else:
-                complete = kind == "http.response.pathsend"
-            if complete:
-                # The last message is not cut by a deadline while it is written: a DONE
-                # exchange never fires. The middleware forgets it when the app returns.
-                self.phase = DONE
-                if self.watch is not None:
-                    self.finish()  # the watcher has nothing left to watch
+                if not message.get("more_body"):  # complete: _complete(), inlined
+                    self.phase = DONE
+                    if self.watch is not None:
+                        self.finish()
+            elif kind == "http.response.pathsend" or (
+                kind == "http.response.trailers" and not message.get("more_trailers")
+            ):
+                self._complete()
+        elif phase == TRAILING:
+            kind = message["type"]
+            if kind == "http.response.pathsend" or (
+                kind == "http.response.trailers" and not message.get("more_trailers")
+            ):
+                self._complete()
         return self._send(message)
+
+    def _complete(self) -> None:
+        # The last message is not cut by a deadline while it is written: a DONE exchange
+        # never fires. The middleware forgets it when the app returns.
+        self.phase = DONE
+        if self.watch is not None:
+            self.finish()  # the watcher has nothing left to watch
 
     # -- lifecycle (each runtime completes these) --------------------------------------------
 
