@@ -453,8 +453,8 @@ def run(*, quick: bool) -> dict[str, float]:
     results.update(
         server_throughput(
             names=QUICK_SERVER_CASES if quick else list(SERVER_CASES),
-            rounds=10 if quick else 24,
-            seconds=0.15 if quick else 0.5,
+            rounds=16 if quick else 24,
+            seconds=0.1 if quick else 0.5,
         )
     )
     return results
