@@ -181,3 +181,22 @@ def test_an_infinite_deadline_arms_nothing_and_leaves_the_lanes_to_finite_ones()
         return lanes, outcome
 
     assert asyncio.run(main()) == (1, "cancelled")
+
+
+def test_an_armed_lane_timer_holds_no_reference_to_the_call_that_armed_it() -> None:
+    class Payload:
+        pass
+
+    async def main() -> bool:
+        async def work(payload: Payload) -> str:
+            return "ok"
+
+        payload = Payload()
+        ref = weakref.ref(payload)
+        assert await Pipeline(Timeout(60.0)).call(work, payload) == "ok"
+        assert any(lane.handle is not None for lane in _lanes())  # type: ignore[attr-defined]
+        del payload
+        gc.collect()
+        return ref() is None
+
+    assert asyncio.run(main())

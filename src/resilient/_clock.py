@@ -8,6 +8,7 @@ Every policy reads time and waits through the clock of the call's context, never
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import sys
 import time
@@ -148,8 +149,12 @@ class _Lane:
             self.handle.cancel()
         self.armed = deadline
         # Deadlines are on time.monotonic(); arming relative to it is exact whatever time base
-        # the loop uses (uvloop's loop.time() is a cached millisecond clock).
-        self.handle = loop.call_later(deadline - _monotonic(), self.fire)
+        # the loop uses (uvloop's loop.time() is a cached millisecond clock). The timer runs in
+        # an empty context: a copy of the arming call's context would keep that call's state
+        # (its Context, arguments, a request) alive for as long as the lane's timer waits.
+        self.handle = loop.call_later(
+            deadline - _monotonic(), self.fire, context=contextvars.Context()
+        )
 
 
 # A loop's lanes live on the loop object itself, so they go away with it.
@@ -209,7 +214,9 @@ class _AsyncioTimer:
         if best is None:
             if lanes is None or len(lanes) >= _MAX_LANES:
                 self._lane = None
-                self._handle = loop.call_later(deadline - _monotonic(), self._fire)
+                self._handle = loop.call_later(
+                    deadline - _monotonic(), self._fire, context=contextvars.Context()
+                )
                 return
             best = _Lane()
             lanes.append(best)
