@@ -341,6 +341,22 @@ async def test_zero_delay_retries_without_sleeping(clock: FakeClock) -> None:
     assert clock.sleeps == []
 
 
+@pytest.mark.parametrize("jitter", ["full", "equal", "decorrelated", "none"])
+async def test_zero_max_delay_draws_no_jitter(clock: FakeClock, jitter: str) -> None:
+    draws = 0
+
+    def counting_random() -> float:
+        nonlocal draws
+        draws += 1
+        return 0.5
+
+    fn = Script(ConnectionError, ConnectionError, "ok")
+    retry = Retry(base_delay=0.0, max_delay=0.0, jitter=jitter)  # type: ignore[arg-type]
+    p = Pipeline(retry, clock=clock, random=counting_random, telemetry=False)
+    assert await p.call(fn) == "ok"
+    assert (clock.sleeps, draws) == ([], 0)
+
+
 async def test_thousands_of_attempts_keep_finite_capped_delays(clock: FakeClock) -> None:
     retry = Retry(attempts=3000, base_delay=0.001, max_delay=0.5, budget=None)
     fn = Script(ConnectionError)

@@ -328,7 +328,10 @@ class Retry(PolicyDecorator):
                 if attempt >= attempts:
                     reason = "attempts"
                     break
-                delay = previous = jitter(attempt - 1, base, cap, draw(), previous)
+                if cap > 0.0:
+                    delay = previous = jitter(attempt - 1, base, cap, draw(), previous)
+                else:
+                    delay = 0.0  # max_delay=0: immediate retries, no random draw needed
                 hint = classification.retry_after
                 if hint is not None:
                     seconds = _usable_hint(hint)
