@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import threading
 import weakref
 
 import pytest
@@ -200,3 +201,36 @@ def test_an_armed_lane_timer_holds_no_reference_to_the_call_that_armed_it() -> N
         return ref() is None
 
     assert asyncio.run(main())
+
+
+def test_timers_fire_on_the_right_loop_across_successive_loops_and_threads() -> None:
+    pipeline = Pipeline(Timeout(0.02))
+
+    async def main() -> str:
+        async with asyncio.timeout(10):  # a timer armed on the wrong loop fails, not hangs
+            with pytest.raises(TimeoutExceeded):
+                await pipeline.call(_hang)
+            assert await pipeline.call(_quick) == "ok"
+        return "done"
+
+    # Successive loops on this thread: the first loop stopped, the second must be used.
+    assert asyncio.run(main()) == "done"
+    assert asyncio.run(main()) == "done"
+
+    # Loops running at the same time on several threads: each arms its timers on its own loop.
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(5):
+                results.append(asyncio.run(main()))
+        except BaseException as exc:  # pragma: no cover - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert (errors, results) == ([], ["done"] * 15)
