@@ -8,6 +8,8 @@ Cases (ns per successful call, one asyncio loop, interleaved rounds, fastest rou
 - ``Pipeline(CircuitBreaker())``: the issue's measure (time window, the default), on the
   direct path a pipeline takes when a breaker is its only policy and nobody listens.
 - ``Pipeline(CircuitBreaker(count))``: a count window (no clock read on success).
+- ``Pipeline(CircuitBreaker()), telemetry on, no SDK``: as users build it; the direct path
+  holds while the telemetry observer's ``recording()`` probe says nothing would be recorded.
 - ``breaker step (time|count window)``: the breaker's composed chain step awaited with one
   pre-built context: the breaker's own cost without the pipeline's.
 - ``pass-through step``: a chain step that only awaits the rest (one coroutine layer): the
@@ -62,6 +64,7 @@ def cases() -> dict[str, Case]:
 
     passthrough = resilient.Pipeline(_PassThrough(), telemetry=False)
     timed = resilient.Pipeline(resilient.CircuitBreaker(), telemetry=False)
+    observed = resilient.Pipeline(resilient.CircuitBreaker())  # telemetry on, no SDK here
     counted = resilient.Pipeline(
         resilient.CircuitBreaker(window_type="count", window=100), telemetry=False
     )
@@ -89,6 +92,13 @@ def cases() -> dict[str, Case]:
 
     async def pipeline_timed(n: int) -> None:
         call = timed.call
+        for i in range(n):
+            await call(_f)
+            if i % 128 == 0:
+                await asyncio.sleep(0)
+
+    async def pipeline_observed(n: int) -> None:
+        call = observed.call
         for i in range(n):
             await call(_f)
             if i % 128 == 0:
@@ -154,6 +164,7 @@ def cases() -> dict[str, Case]:
         "Pipeline(pass-through)": pipeline_pass,
         "Pipeline(CircuitBreaker())": pipeline_timed,
         "Pipeline(CircuitBreaker(count))": pipeline_counted,
+        "Pipeline(CircuitBreaker()), telemetry on, no SDK": pipeline_observed,
         "pass-through step": pass_step,
         "breaker step (time window)": breaker_step_timed,
         "breaker step (count window)": breaker_step_counted,

@@ -54,8 +54,8 @@ def _pipelines(breaker_options: dict[str, Any], clock: FakeClock) -> tuple[Pipel
         random=random.Random(7).random,
         listeners=[lambda _: None],
     )
-    assert direct._direct is not None  # the path under test is really taken
-    assert general._direct is None
+    assert direct._hooks is not None  # the path under test is really taken
+    assert general._hooks is None
     return direct, general
 
 
@@ -223,3 +223,54 @@ async def test_wrapped_functions_take_the_direct_path_with_the_same_behaviour() 
     clock.advance(60.0)
     assert await flaky(False) == "ok"  # the half-open probe, through the full chain
     assert breaker.snapshot().state == "closed"
+
+
+async def test_default_telemetry_without_an_sdk_takes_the_direct_path() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(minimum_calls=3)
+    pipeline = Pipeline(breaker, clock=clock)  # telemetry on, as users build it
+    assert pipeline.observer is not None
+    assert pipeline._recording is not None
+    assert not pipeline._recording()  # no OpenTelemetry SDK configured in this process
+    assert pipeline._hooks is not None
+    for kind in ("ok", "boom", "boom"):
+        await _outcome(pipeline, kind)
+    assert await _outcome(pipeline, "ok") == "rejected"  # 2 of 3 failed: opened
+
+
+async def test_a_recording_observer_sees_every_call_of_a_lone_breaker() -> None:
+    from test_telemetry_support import Otel
+
+    otel = Otel.create()
+    clock = FakeClock()
+    breaker = CircuitBreaker(minimum_calls=2)
+    pipeline = Pipeline(breaker, clock=clock, name="p", telemetry=otel.telemetry)
+
+    async def fetch() -> str:
+        return "ok"
+
+    async def broken() -> str:
+        raise Boom
+
+    assert await pipeline.call(fetch) == "ok"
+    with pytest.raises(Boom):
+        await pipeline.call(broken)
+    with pytest.raises(CircuitOpenError):
+        await pipeline.call(fetch)
+    # Every call is a span: the observed path, not the direct one, while the SDK records.
+    assert len(otel.exporter.get_finished_spans()) == 3
+
+
+async def test_a_wrapped_function_with_a_recording_observer_is_observed() -> None:
+    from test_telemetry_support import Otel
+
+    otel = Otel.create()
+    clock = FakeClock()
+
+    @Pipeline(CircuitBreaker(), clock=clock, name="p", telemetry=otel.telemetry).wrap
+    async def fetch() -> str:
+        return "ok"
+
+    for _ in range(3):
+        assert await fetch() == "ok"
+    assert len(otel.exporter.get_finished_spans()) == 3

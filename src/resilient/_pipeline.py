@@ -128,12 +128,13 @@ class Pipeline:
         "_chain",
         "_classifier",
         "_clock",
-        "_direct",
+        "_hooks",
         "_listeners",
         "_name",
         "_observer",
         "_policies",
         "_random",
+        "_recording",
         "name",
     )
 
@@ -202,12 +203,17 @@ class Pipeline:
         )
         # One policy offering synchronous hooks, and nobody observing calls: `call()` and
         # `wrap()` await the function themselves and build a Context only when an outcome
-        # needs one (about half the cost of a single-policy pipeline).
-        self._direct: DirectHooks | None = None
-        if len(self._policies) == 1 and observer is None and not listeners:
+        # needs one (about half the cost of a single-policy pipeline). With telemetry on,
+        # that holds while the observer says nothing would be recorded (no OpenTelemetry SDK
+        # configured): its `recording()` probe is checked on every call.
+        self._hooks: DirectHooks | None = None
+        self._recording: Callable[[], bool] | None = None
+        if len(self._policies) == 1 and not listeners:
             direct = getattr(self._policies[0], "_direct", None)
-            if direct is not None:
-                self._direct = direct(self._clock, self._classifier)
+            recording = None if observer is None else getattr(observer, "recording", None)
+            if direct is not None and (observer is None or callable(recording)):
+                self._hooks = direct(self._clock, self._classifier)
+                self._recording = recording
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -256,6 +262,31 @@ class Pipeline:
             self._observer,
         )
 
+    def _quiet_context(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        operation: str | None,
+    ) -> Context:
+        # The context the direct path builds when an outcome needs one: nobody observes the
+        # call (no listener; an observer, if any, records nothing), so no event is built.
+        if operation is None:
+            operation = getattr(fn, "__qualname__", None) or "call"
+        return Context(
+            self._name,
+            operation,
+            self._clock,
+            self._random,
+            self._classifier,
+            fn,
+            args,
+            kwargs,
+            None,
+            self._listeners,
+            None,
+        )
+
     async def run(self, ctx: Context) -> Any:
         """Run the whole chain for a prepared ``ctx`` (see ``context()``)."""
         chain = self._chain
@@ -296,18 +327,18 @@ class Pipeline:
         chain = self._chain
         if chain is None:
             return await fn(*args, **kwargs)
-        direct = self._direct
-        if direct is not None:
+        direct = self._hooks
+        if direct is not None and (self._recording is None or not self._recording()):
             enter, leave, complete, fail = direct
             token = enter()
             if token is not None:
                 try:
                     value: T = await fn(*args, **kwargs)
                 except Exception as exc:
-                    fail(token, exc, self.context(fn, args, kwargs))
+                    fail(token, exc, self._quiet_context(fn, args, kwargs, None))
                     raise
                 if not leave(token, value):
-                    complete(token, value, self.context(fn, args, kwargs))
+                    complete(token, value, self._quiet_context(fn, args, kwargs, None))
                 return value
         ctx = Context(
             self._name,
@@ -449,39 +480,43 @@ def _wrap(pipeline: Pipeline, fn: Callable[P, Awaitable[T]], where: str) -> Any:
     )
     listeners, observer, observed = pipeline._listeners, pipeline._observer, pipeline._observed
     chain = pipeline._chain if pipeline._chain is not None else _invoke
-    direct = pipeline._direct
+    direct = pipeline._hooks
     if direct is not None:
         enter, leave, complete, fail = direct
-        context = pipeline.context
+        recording = pipeline._recording
+        quiet_context = pipeline._quiet_context
 
         @functools.wraps(fn)
         async def direct_wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            token = enter()
-            if token is None:
-                outcome: T = await chain(
-                    Context(
-                        name,
-                        operation,
-                        clock,
-                        random,
-                        classifier,
-                        fn,
-                        args,
-                        kwargs,
-                        None,
-                        listeners,
-                        observer,
-                    )
-                )
-                return outcome
-            try:
-                result: T = await fn(*args, **kwargs)
-            except Exception as exc:
-                fail(token, exc, context(fn, args, kwargs, operation=operation))
-                raise
-            if not leave(token, result):
-                complete(token, result, context(fn, args, kwargs, operation=operation))
-            return result
+            if recording is None or not recording():
+                token = enter()
+                if token is not None:
+                    try:
+                        result: T = await fn(*args, **kwargs)
+                    except Exception as exc:
+                        fail(token, exc, quiet_context(fn, args, kwargs, operation))
+                        raise
+                    if not leave(token, result):
+                        complete(token, result, quiet_context(fn, args, kwargs, operation))
+                    return result
+            ctx = Context(
+                name,
+                operation,
+                clock,
+                random,
+                classifier,
+                fn,
+                args,
+                kwargs,
+                None,
+                listeners,
+                observer,
+            )
+            if observer is None:
+                outcome: T = await chain(ctx)
+            else:
+                outcome = await observed(chain, ctx)
+            return outcome
 
         return direct_wrapper
 
