@@ -162,11 +162,9 @@ class _Lane:
 
 
 # The running loop without asyncio.get_running_loop(), which makes a getpid() system call on
-# every use in CPython 3.11: besides its own cost (about 0.25 us), a system call flushes
-# translation caches on a VM with kernel page-table isolation, which makes the code around it
-# measurably slower inside a real request (about 3 us per armed timer inside an httpx request,
-# against 1 us in a tight loop). A loop records the thread running it; only one loop runs per
-# thread, so the last loop seen, if it runs on this thread, is the running loop here.
+# every use in CPython 3.11 (about 0.25 us here, more on a VM where a system call is costly).
+# A loop records the thread running it; only one loop runs per thread, so the last loop seen,
+# if it runs on this thread, is the running loop here.
 # (Held weakly: a finished loop and everything on it, timer lanes included, can go.)
 _last_loop: Callable[[], Any] = lambda: None  # noqa: E731 - a dead weak reference
 
