@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import random
 import threading
 import weakref
 
@@ -234,3 +235,41 @@ def test_timers_fire_on_the_right_loop_across_successive_loops_and_threads() -> 
     for thread in threads:
         thread.join(30)
     assert (errors, results) == ([], ["done"] * 15)
+
+
+def test_random_mix_of_lengths_completions_and_cancellations_ends_with_empty_lanes() -> None:
+    """500 calls with 12 timeout lengths (more than the lane limit), some finishing early, some
+    hanging past their deadline, some cancelled from outside: each ends the way it must."""
+    rng = random.Random(1127)
+
+    async def main() -> tuple[list[tuple[str, str]], int]:
+        lengths = [0.01 + 0.005 * i for i in range(12)]
+        plans = [(rng.choice(lengths), rng.choice(("quick", "hang", "cancel"))) for _ in range(500)]
+
+        async def one(seconds: float, plan: str) -> str:
+            try:
+                await Pipeline(Timeout(seconds), telemetry=False).call(
+                    _quick if plan == "quick" else _hang
+                )
+            except TimeoutExceeded:
+                return "timeout"
+            return "ok"
+
+        tasks = [asyncio.ensure_future(one(seconds, plan)) for seconds, plan in plans]
+        await asyncio.sleep(0)  # every call has entered its timer
+        for task, (_, plan) in zip(tasks, plans, strict=True):
+            if plan == "cancel":
+                task.cancel()
+        async with asyncio.timeout(10):
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        seen = [
+            (plan, "cancelled" if isinstance(out, asyncio.CancelledError) else str(out))
+            for (_, plan), out in zip(plans, outcomes, strict=True)
+        ]
+        left = sum(len(lane.scopes) for lane in _lanes())  # type: ignore[attr-defined]
+        return seen, left
+
+    seen, left = asyncio.run(main())
+    expected = {"quick": "ok", "hang": "timeout", "cancel": "cancelled"}
+    assert [outcome for _, outcome in seen] == [expected[plan] for plan, _ in seen]
+    assert left == 0
