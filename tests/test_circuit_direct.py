@@ -20,6 +20,7 @@ from resilient import (
     on_result,
 )
 from resilient.testing import EventRecorder, FakeClock
+from test_telemetry_support import Otel
 
 
 class Boom(Exception):
@@ -239,8 +240,6 @@ async def test_default_telemetry_without_an_sdk_takes_the_direct_path() -> None:
 
 
 async def test_a_recording_observer_sees_every_call_of_a_lone_breaker() -> None:
-    from test_telemetry_support import Otel
-
     otel = Otel.create()
     clock = FakeClock()
     breaker = CircuitBreaker(minimum_calls=2)
@@ -262,8 +261,6 @@ async def test_a_recording_observer_sees_every_call_of_a_lone_breaker() -> None:
 
 
 async def test_a_wrapped_function_with_a_recording_observer_is_observed() -> None:
-    from test_telemetry_support import Otel
-
     otel = Otel.create()
     clock = FakeClock()
 

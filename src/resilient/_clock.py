@@ -152,13 +152,17 @@ class _Lane:
         if self.handle is not None:
             self.handle.cancel()
         self.armed = deadline
-        # Deadlines are on time.monotonic(); arming relative to it is exact whatever time base
-        # the loop uses (uvloop's loop.time() is a cached millisecond clock). The timer runs in
-        # an empty context: a copy of the arming call's context would keep that call's state
-        # (its Context, arguments, a request) alive for as long as the lane's timer waits.
-        self.handle = loop.call_later(
-            deadline - _monotonic(), self.fire, context=contextvars.Context()
-        )
+        self.handle = _call_at(loop, deadline, self.fire)
+
+
+def _call_at(
+    loop: asyncio.AbstractEventLoop, deadline: float, callback: Callable[[], object]
+) -> asyncio.TimerHandle:
+    # Deadlines are on time.monotonic(); arming relative to it is exact whatever time base the
+    # loop uses (uvloop's loop.time() is a cached millisecond clock). The timer runs in an
+    # empty context: a copy of the arming call's context would keep that call's state (its
+    # Context, arguments, a request) alive for as long as the timer waits.
+    return loop.call_later(deadline - _monotonic(), callback, context=contextvars.Context())
 
 
 # The running loop without asyncio.get_running_loop(), which makes a getpid() system call on
@@ -180,14 +184,11 @@ def _running_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-# A loop's lanes live on the loop object itself, so they go away with it.
-_LANES_ATTRIBUTE = "_resilient_timer_lanes"
-
-
 def _loop_lanes(loop: asyncio.AbstractEventLoop) -> list[_Lane] | None:
+    # A loop's lanes live on the loop object itself, so they go away with it.
     lanes: list[_Lane] = []
     try:
-        setattr(loop, _LANES_ATTRIBUTE, lanes)
+        loop._resilient_timer_lanes = lanes  # type: ignore[attr-defined]
     except (AttributeError, TypeError):  # pragma: no cover - a loop without __dict__
         return None
     return lanes
@@ -236,9 +237,7 @@ class _AsyncioTimer:
         if best is None:
             if lanes is None or len(lanes) >= _MAX_LANES:
                 self._lane = None
-                self._handle = loop.call_later(
-                    deadline - _monotonic(), self._fire, context=contextvars.Context()
-                )
+                self._handle = _call_at(loop, deadline, self._fire)
                 return
             best = _Lane()
             lanes.append(best)

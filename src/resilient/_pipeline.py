@@ -271,21 +271,10 @@ class Pipeline:
     ) -> Context:
         # The context the direct path builds when an outcome needs one: nobody observes the
         # call (no listener; an observer, if any, records nothing), so no event is built.
-        if operation is None:
-            operation = getattr(fn, "__qualname__", None) or "call"
-        return Context(
-            self._name,
-            operation,
-            self._clock,
-            self._random,
-            self._classifier,
-            fn,
-            args,
-            kwargs,
-            None,
-            self._listeners,
-            None,
-        )
+        ctx = self.context(fn, args, kwargs, operation=operation)
+        ctx.observer = None
+        ctx.listening = False
+        return ctx
 
     async def run(self, ctx: Context) -> Any:
         """Run the whole chain for a prepared ``ctx`` (see ``context()``)."""
@@ -480,45 +469,6 @@ def _wrap(pipeline: Pipeline, fn: Callable[P, Awaitable[T]], where: str) -> Any:
     )
     listeners, observer, observed = pipeline._listeners, pipeline._observer, pipeline._observed
     chain = pipeline._chain if pipeline._chain is not None else _invoke
-    direct = pipeline._hooks
-    if direct is not None:
-        enter, leave, complete, fail = direct
-        recording = pipeline._recording
-        quiet_context = pipeline._quiet_context
-
-        @functools.wraps(fn)
-        async def direct_wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            if recording is None or not recording():
-                token = enter()
-                if token is not None:
-                    try:
-                        result: T = await fn(*args, **kwargs)
-                    except Exception as exc:
-                        fail(token, exc, quiet_context(fn, args, kwargs, operation))
-                        raise
-                    if not leave(token, result):
-                        complete(token, result, quiet_context(fn, args, kwargs, operation))
-                    return result
-            ctx = Context(
-                name,
-                operation,
-                clock,
-                random,
-                classifier,
-                fn,
-                args,
-                kwargs,
-                None,
-                listeners,
-                observer,
-            )
-            if observer is None:
-                outcome: T = await chain(ctx)
-            else:
-                outcome = await observed(chain, ctx)
-            return outcome
-
-        return direct_wrapper
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -531,4 +481,27 @@ def _wrap(pipeline: Pipeline, fn: Callable[P, Awaitable[T]], where: str) -> Any:
             result = await observed(chain, ctx)
         return result
 
-    return wrapper
+    direct = pipeline._hooks
+    if direct is None:
+        return wrapper
+    enter, leave, complete, fail = direct
+    recording = pipeline._recording
+    quiet_context = pipeline._quiet_context
+
+    @functools.wraps(fn)
+    async def direct_wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        if recording is None or not recording():
+            token = enter()
+            if token is not None:
+                try:
+                    result: T = await fn(*args, **kwargs)
+                except Exception as exc:
+                    fail(token, exc, quiet_context(fn, args, kwargs, operation))
+                    raise
+                if not leave(token, result):
+                    complete(token, result, quiet_context(fn, args, kwargs, operation))
+                return result
+        # Not admitted by the hooks, or telemetry records: the general path.
+        return await wrapper(*args, **kwargs)
+
+    return direct_wrapper
