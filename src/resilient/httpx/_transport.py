@@ -381,8 +381,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         """Send ``request`` through the pipeline and return the response it settles on.
 
         Raises:
-            Whatever the last attempt raised (httpx's exceptions), or a
-            ``resilient.RejectedError`` when a policy refused the call.
+            Exception: whatever the last attempt raised (httpx's exceptions), or a
+                ``resilient.RejectedError`` when a policy refused the call.
         """
         url = request.url
         host = url.host
