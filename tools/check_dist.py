@@ -7,7 +7,8 @@ Run by ``make test`` (through ``make dist``) with the development virtualenv's P
 1. ``twine check`` (the metadata and README render on the package index) and
    ``check-wheel-contents`` (no stray or duplicate files in the wheel).
 2. The wheel holds ``resilient/py.typed``, its version is ``resilient.__version__`` of the
-   source tree, and its only runtime requirements are anyio and opentelemetry-api.
+   source tree, its only runtime requirements are anyio and opentelemetry-api, and it
+   declares the extras the README documents.
 3. The sdist holds the sources, the typed marker and the licence-relevant metadata, and no
    virtualenv, cache or build output.
 4. A clean virtualenv (no pip, no site packages) gets the wheel (``pip install --no-index
@@ -35,6 +36,8 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME = {"anyio", "opentelemetry-api"}
+# The extras the README's install table documents.
+EXTRAS = {"httpx", "prometheus", "redis", "asgi"}
 # What `import resilient` must never pull in (it is also a unit test on the source tree).
 OPTIONAL = ("httpx", "starlette", "redis", "prometheus_client", "opentelemetry.sdk")
 SDIST_FORBIDDEN = (".venv/", "__pycache__/", ".mypy_cache/", "site/", "dist/", "demo-output/")
@@ -126,6 +129,9 @@ def check_wheel(wheel: Path) -> list[Requirement]:
     version = Parser().parsestr(metadata)["Version"]
     if version != source_version():
         fail(f"wheel version {version} != resilient.__version__ {source_version()}")
+    extras = set(Parser().parsestr(metadata).get_all("Provides-Extra") or [])
+    if not extras >= EXTRAS:
+        fail(f"{wheel.name} lacks the documented extras {sorted(EXTRAS - extras)}")
     requirements = base_requirements(metadata)
     names_required = {canonicalize_name(r.name) for r in requirements}
     if names_required != RUNTIME:

@@ -1,0 +1,83 @@
+"""The README's example runs as written; the docs tooling finds what it must (the site itself is
+built strictly by `make docs`, which `make test` runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import resilient
+
+ROOT = Path(__file__).parent.parent
+
+
+def _tool(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_example_runs_top_to_bottom(tmp_path: Path) -> None:
+    """The README's snippet is a module that runs: nothing is used before it is defined."""
+    readme = (ROOT / "README.md").read_text()
+    snippets = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    assert len(snippets) == 1
+    script = tmp_path / "readme_example.py"
+    script.write_text(
+        snippets[0]
+        + "\nfrom resilient.asgi import ResilienceMiddleware as _M\n"
+        + "assert any(m.cls is _M for m in app.user_middleware), app.user_middleware\n"
+        + "assert [r.path for r in app.routes][-1] == '/users/{user_id}'\n"
+        + "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "ok"
+
+
+def test_reference_pages_cover_exactly_the_public_modules() -> None:
+    """One API page per public module, none for a private one."""
+    found = {
+        info.name
+        for info in pkgutil.walk_packages(resilient.__path__, "resilient.")
+        if not any(part.startswith("_") for part in info.name.split("."))
+    }
+    listed = _tool("docs_reference").public_modules()
+    assert listed[0] == "resilient"
+    assert set(listed) == found | {"resilient"}
+    assert {"resilient.httpx", "resilient.asgi", "resilient.testing"} <= set(listed)
+
+
+def test_dist_check_reads_only_base_requirements() -> None:
+    """The release check tells runtime requirements from an extra's."""
+    check_dist = _tool("check_dist")
+    metadata = (
+        "Metadata-Version: 2.4\nName: resilient-patterns\nVersion: 1.0\n"
+        "Requires-Dist: anyio>=4.4\n"
+        "Requires-Dist: opentelemetry-api>=1.25\n"
+        "Requires-Dist: httpx>=0.27; extra == 'httpx'\n"
+        "Requires-Dist: tomli; python_version < '3.0'\n"
+    )
+    names = [r.name for r in check_dist.base_requirements(metadata)]
+    assert names == ["anyio", "opentelemetry-api"]
+
+
+def test_dist_check_version_is_the_package_version() -> None:
+    """The version the release check expects is resilient.__version__, read from the source."""
+    assert _tool("check_dist").source_version() == resilient.__version__
