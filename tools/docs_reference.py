@@ -4,6 +4,9 @@ The public modules are found on disk (``src/resilient``): every module or packag
 path has no component starting with an underscore. A module added, moved or made private
 changes the reference on the next build with no page to edit; what each page shows is the
 module's ``__all__`` (read by griffe, never imported), so private helpers stay out.
+
+A page added to docs/ but not to the nav in mkdocs.yml is listed under "More" rather than left
+out of the navigation (move it to its section in mkdocs.yml).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from mkdocs.structure.files import File, Files
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "resilient"
 SECTION = "API reference"
+MORE = "More"
 
 
 def public_modules() -> list[str]:
@@ -40,12 +44,33 @@ def _content(module: str) -> str:
     return f"# `{module}`\n\n::: {module}\n"
 
 
+def _listed(nav: Any) -> set[str]:
+    """Every page path named in a nav (nested lists and single-key dicts)."""
+    if isinstance(nav, str):
+        return {nav}
+    if isinstance(nav, dict):
+        return set().union(*(_listed(value) for value in nav.values()))
+    if isinstance(nav, list):
+        return set().union(*(_listed(item) for item in nav))
+    return set()
+
+
 def on_config(config: MkDocsConfig, **_: Any) -> MkDocsConfig:
-    """Fill the nav's API reference section with one page per public module."""
+    """Fill the nav's API reference section; list pages missing from the nav under "More"."""
+    nav = config.nav or []
+    docs = Path(config.docs_dir)
+    unlisted = sorted(
+        path.relative_to(docs).as_posix()
+        for path in docs.rglob("*.md")
+        if path.relative_to(docs).as_posix() not in _listed(nav)
+    )
     pages = [{module: _page(module)} for module in public_modules()]
-    for item in config.nav or []:
+    for index, item in enumerate(nav):
         if isinstance(item, dict) and SECTION in item:
             item[SECTION] = pages
+            if unlisted:
+                nav.insert(index, {MORE: unlisted})
+            break
     return config
 
 
