@@ -81,3 +81,13 @@ def test_dist_check_reads_only_base_requirements() -> None:
 def test_dist_check_version_is_the_package_version() -> None:
     """The version the release check expects is resilient.__version__, read from the source."""
     assert _tool("check_dist").source_version() == resilient.__version__
+
+
+def test_getting_started_shows_the_example_in_file_order() -> None:
+    """The guide's blocks follow the example file's order, so read top to bottom it runs."""
+    page = (ROOT / "docs" / "getting-started.md").read_text()
+    shown = re.findall(r'--8<-- "examples/getting_started.py:(\w+)"', page)
+    source = (ROOT / "examples" / "getting_started.py").read_text()
+    in_file = re.findall(r"# --8<-- \[start:(\w+)\]", source)
+    assert shown == in_file
+    assert shown[0] == "imports"
