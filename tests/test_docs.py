@@ -3,12 +3,14 @@ built strictly by `make docs`, which `make test` runs)."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import pkgutil
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from types import ModuleType
 
@@ -91,3 +93,21 @@ def test_getting_started_shows_the_example_in_file_order() -> None:
     in_file = re.findall(r"# --8<-- \[start:(\w+)\]", source)
     assert shown == in_file
     assert shown[0] == "imports"
+
+
+def test_every_python_block_in_the_docs_parses() -> None:
+    """Python blocks in README.md and docs/ are valid Python (top-level await allowed)."""
+    flags = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    blocks = 0
+    for page in pages:
+        for match in re.finditer(r"^( *)```python\n(.*?)^\1```", page.read_text(), re.M | re.S):
+            code = textwrap.dedent(match.group(2))
+            if code.startswith("--8<--"):
+                continue  # included from examples/, which run in test_examples.py
+            blocks += 1
+            try:
+                compile(code, str(page), "exec", flags=flags)
+            except SyntaxError as exc:
+                raise AssertionError(f"{page.name}: {exc.msg}: {exc.text!r}") from exc
+    assert blocks > 40
