@@ -381,8 +381,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         """Send ``request`` through the pipeline and return the response it settles on.
 
         Raises:
-            Exception: whatever the last attempt raised (httpx's exceptions), or a
-                ``resilient.RejectedError`` when a policy refused the call.
+            httpx.HTTPError: whatever the last attempt raised (httpx's exceptions,
+                ``httpx.PoolTimeout`` from the pool gate), or a policy's refusal refined into
+                httpx's tree (``resilient.httpx.CircuitOpenError``, ``TimeoutExceeded``...).
         """
         url = request.url
         host = url.host
