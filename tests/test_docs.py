@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import resilient
 
@@ -60,7 +60,7 @@ def test_reference_pages_cover_exactly_the_public_modules() -> None:
         for info in pkgutil.walk_packages(resilient.__path__, "resilient.")
         if not any(part.startswith("_") for part in info.name.split("."))
     }
-    listed = _tool("docs_reference").public_modules()
+    listed = _tool("mkdocs_hooks").public_modules()
     assert listed[0] == "resilient"
     assert set(listed) == found | {"resilient"}
     assert {"resilient.httpx", "resilient.asgi", "resilient.testing"} <= set(listed)
@@ -111,3 +111,18 @@ def test_every_python_block_in_the_docs_parses() -> None:
             except SyntaxError as exc:
                 raise AssertionError(f"{page.name}: {exc.msg}: {exc.text!r}") from exc
     assert blocks > 40
+
+
+def test_links_to_example_files_point_at_their_generated_pages() -> None:
+    """A docs link to examples/NAME.py (outside the site) is pointed at the example's page."""
+    hooks = _tool("mkdocs_hooks")
+    page = SimpleNamespace(file=SimpleNamespace(src_uri="retry.md"))
+    nested = SimpleNamespace(file=SimpleNamespace(src_uri="guides/retry.md"))
+    markdown = "[a](../examples/quickstart.py) [b](../examples/missing.py) [c](pipeline.md)"
+    assert hooks.on_page_markdown(markdown, page) == (
+        "[a](examples/quickstart.md) [b](../examples/missing.py) [c](pipeline.md)"
+    )
+    assert hooks.on_page_markdown("[a](../../examples/quickstart.py)", nested) == (
+        "[a](../examples/quickstart.md)"
+    )
+    assert "getting_started" in hooks.examples()
