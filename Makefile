@@ -39,7 +39,7 @@ docs: $(STAMP)
 # check-wheel-contents, the typed marker, one version, a clean-venv install running an example).
 dist: $(STAMP)
 	rm -rf dist
-	$(BIN)/python -m build --no-isolation --outdir dist . > /dev/null
+	$(BIN)/python -m build --quiet --no-isolation --outdir dist .
 	$(BIN)/python tools/check_dist.py dist
 
 # lint, type-check, the whole suite on asyncio and trio, the benchmark smoke run, the docs site
