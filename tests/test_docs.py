@@ -126,3 +126,22 @@ def test_links_to_example_files_point_at_their_generated_pages() -> None:
         "[a](../examples/quickstart.md)"
     )
     assert "getting_started" in hooks.examples()
+
+
+def test_the_documented_conftest_runs_the_testing_example_on_both_loops(tmp_path: Path) -> None:
+    """docs/testing.md's conftest.py runs examples/testing.py's tests on asyncio and on trio."""
+    page = (ROOT / "docs" / "testing.md").read_text()
+    (conftest,) = re.findall(r"```python\n(# conftest\.py\n.*?)```", page, re.DOTALL)
+    (tmp_path / "conftest.py").write_text(conftest)
+    (tmp_path / "test_inventory.py").write_text((ROOT / "examples" / "testing.py").read_text())
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "anyio_mode=auto"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "6 passed" in done.stdout  # 3 tests x (asyncio, trio)
