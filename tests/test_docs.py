@@ -145,3 +145,17 @@ def test_the_documented_conftest_runs_the_testing_example_on_both_loops(tmp_path
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "6 passed" in done.stdout  # 3 tests x (asyncio, trio)
+
+
+def test_troubleshooting_names_every_public_exception() -> None:
+    """Every exception class a public module exports has an entry in troubleshooting.md."""
+    page = (ROOT / "docs" / "troubleshooting.md").read_text()
+    missing = []
+    for name in _tool("mkdocs_hooks").public_modules():
+        module = importlib.import_module(name)
+        for attribute in getattr(module, "__all__", ()):
+            value = getattr(module, attribute)
+            exported_error = isinstance(value, type) and issubclass(value, BaseException)
+            if exported_error and not re.search(rf"`[\w.]*\b{attribute}\b", page):
+                missing.append(f"{name}.{attribute}")
+    assert not missing, f"not in docs/troubleshooting.md: {missing}"
