@@ -159,3 +159,55 @@ def test_troubleshooting_names_every_public_exception() -> None:
             if exported_error and not re.search(rf"`[\w.]*\b{attribute}\b", page):
                 missing.append(f"{name}.{attribute}")
     assert not missing, f"not in docs/troubleshooting.md: {missing}"
+
+
+# Runs in a child process: a block may set process-wide state (a tracer provider).
+_RUN_BLOCKS = """
+import ast, inspect, re, sys, warnings
+import anyio
+from fastapi import FastAPI
+
+warnings.simplefilter("error")
+for page in sys.argv[1:]:
+    text = open(page).read()
+    blocks = re.findall(r"^```python\\n(.*?)^```", text, re.M | re.S)
+    for index, source in enumerate(blocks):
+        if source.startswith("--8<--"):
+            continue  # included from examples/, which run in test_examples.py
+
+        async def send_push(user_id: str) -> None: ...
+
+        names = {
+            "__name__": "docs_block",
+            "app": FastAPI(),
+            "MyDriverError": type("MyDriverError", (Exception,), {}),
+            "send_push": send_push,
+        }
+        flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+        result = eval(compile(source, f"{page} block {index}", "exec", flags=flags), names)
+        if inspect.iscoroutine(result):
+            async def run(awaitable=result):
+                await awaitable
+            anyio.run(run)
+        print(page, index, "ok")
+"""
+
+
+def test_guide_blocks_run_including_the_peers_code(tmp_path: Path) -> None:
+    """Every Python block of the concepts, migration and getting-started pages runs as written:
+    the library's side and the peers' (tenacity, stamina, backoff, httpx-retries, pybreaker,
+    aiobreaker, aiolimiter, installed in the dev environment), so their APIs are real."""
+    pages = [ROOT / "docs" / name for name in ("concepts.md", "migrating.md", "getting-started.md")]
+    script = tmp_path / "run_blocks.py"
+    script.write_text(_RUN_BLOCKS)
+    done = subprocess.run(
+        [sys.executable, str(script), *map(str, pages)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ran = done.stdout.splitlines()
+    assert sum("migrating.md" in line for line in ran) == 15  # 7 peers, 7 rewrites, 1 middleware
