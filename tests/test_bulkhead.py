@@ -620,7 +620,7 @@ def test_options_are_read_only_properties() -> None:
     bulkhead = Bulkhead(max_concurrent=4, max_waiting=2, max_wait=0.5)
     assert (bulkhead.max_concurrent, bulkhead.max_waiting, bulkhead.max_wait) == (4, 2, 0.5)
     assert not bulkhead.per_key
-    assert bulkhead._deadline_aware
+    assert bulkhead.deadline_aware
     with pytest.raises(AttributeError):
         bulkhead.max_concurrent = 5  # type: ignore[misc]
     assert "max_concurrent=4" in repr(bulkhead)

@@ -725,7 +725,7 @@ def test_defaults_and_read_only_options() -> None:
     assert (limiter.rate, limiter.burst, limiter.max_wait) == (100.0, 20, 0.5)
     assert not limiter.per_key
     assert limiter.name == "rate_limiter"
-    assert limiter._deadline_aware
+    assert limiter.deadline_aware
     with pytest.raises(AttributeError):
         limiter.rate = 5.0  # type: ignore[misc]
     assert "rate=100" in repr(limiter)

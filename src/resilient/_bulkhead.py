@@ -130,7 +130,7 @@ class Bulkhead(PolicyDecorator):
         "name",
     )
 
-    _deadline_aware: ClassVar[bool] = True
+    deadline_aware: ClassVar[bool] = True
 
     def __init__(
         self,

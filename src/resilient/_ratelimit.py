@@ -291,7 +291,7 @@ class RateLimiter(PolicyDecorator):
         "name",
     )
 
-    _deadline_aware: ClassVar[bool] = True
+    deadline_aware: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -124,7 +124,7 @@ class Retry(PolicyDecorator):
         "name",
     )
 
-    _deadline_aware: ClassVar[bool] = True
+    deadline_aware: ClassVar[bool] = True
 
     def __init__(
         self,
