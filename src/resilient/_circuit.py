@@ -20,8 +20,8 @@ from fractions import Fraction
 from typing import Any, ClassVar, Final, Literal, final
 
 from . import _validate as check
+from ._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
 from ._classify import Classification as _Classification
-from ._classify import ClassifierLike, Outcome, Verdict, as_classifier
 from ._context import Context
 from ._events import CallRejected, CircuitStateChanged, Event, Listener, report_listener_error
 from ._exceptions import CircuitOpenError, ConfigurationError, TimeoutExceeded
@@ -447,6 +447,8 @@ class CircuitBreaker(PolicyDecorator):
         probe = self._probe
         finish = self._finish
         closed = CLOSED
+        success = _SUCCESS
+        default_classifier = DEFAULT_CLASSIFIER
         tracked = self._slow_after is not None  # slowness needs each call's start time
 
         async def run(ctx: Context) -> Any:
@@ -467,9 +469,12 @@ class CircuitBreaker(PolicyDecorator):
                 verdict = _exception_verdict(own or ctx.classifier, exc, ctx)
                 finish(st, gen, kind, verdict, start, ctx)
                 raise
-            finish(
-                st, gen, kind, (own or ctx.classifier).classify_result(result).verdict, start, ctx
-            )
+            classifier = own or ctx.classifier
+            # The default classifier has no result rules: every returned value is a success.
+            if classifier is default_classifier:
+                finish(st, gen, kind, success, start, ctx)
+            else:
+                finish(st, gen, kind, classifier.classify_result(result).verdict, start, ctx)
             return result
 
         return run
@@ -557,7 +562,9 @@ class CircuitBreaker(PolicyDecorator):
             self._record_timed(st, code, now)
         else:
             self._record_count(st, code)
-        if current and kind is CLOSED and self._tripped(st):
+        # Only a window holding failures (or slow calls) can trip: a success that completes
+        # minimum_calls at the threshold opens the breaker too (that call keeps its result).
+        if current and kind is CLOSED and (st.failures or st.slow) and self._tripped(st):
             self._move(st, OPEN, ctx, now if timed else ctx.clock.now())
 
     def _tripped(self, st: _State) -> bool:
