@@ -161,6 +161,32 @@ class CircuitSnapshot:
     probes: int
 
 
+def _open_schedule(open_for: float, growth: float, max_open_for: float | None) -> tuple[float, int]:
+    """``(max_open_for, growth steps)``: how long the open time may grow, in how many steps.
+
+    Growth stops once the cap is reached; counting steps avoids float overflow on the way.
+
+    Raises:
+        ConfigurationError: the cap cannot be reached in a finite number of steps (an
+            ``open_for`` so small, or a cap so large, that their ratio overflows).
+    """
+    if max_open_for is None:
+        cap = max(60.0, open_for)
+    else:
+        cap = check.number("CircuitBreaker.max_open_for", max_open_for, minimum=open_for)
+    if growth == 1.0:
+        return cap, 0
+    ratio = cap / open_for
+    steps = math.log(ratio) / math.log(growth)
+    if not math.isfinite(steps):
+        raise ConfigurationError(
+            "CircuitBreaker.open_for" if max_open_for is None else "CircuitBreaker.max_open_for",
+            open_for if max_open_for is None else max_open_for,
+            f"open_for={open_for!r} and max_open_for={cap!r} are too far apart to grow between",
+        )
+    return cap, math.ceil(steps)
+
+
 def _evictable(state: _State) -> bool:
     # A key an operator forced open, forced closed or disabled keeps that state past its idle
     # time (the max_keys bound still applies).
@@ -318,17 +344,8 @@ class CircuitBreaker(PolicyDecorator):
         self._slow_rate = check.fraction("CircuitBreaker.slow_call_rate", slow_call_rate)
         self._sp, self._sq = _ratio(self._slow_rate)
         self._growth = check.number("CircuitBreaker.open_for_growth", open_for_growth, minimum=1.0)
-        if max_open_for is None:
-            self._max_open_for = max(60.0, self._open_for)
-        else:
-            self._max_open_for = check.number(
-                "CircuitBreaker.max_open_for", max_open_for, minimum=self._open_for
-            )
-        # Growth stops once the cap is reached; counting steps avoids float overflow.
-        self._growth_steps = (
-            0
-            if self._growth == 1.0
-            else math.ceil(math.log(self._max_open_for / self._open_for) / math.log(self._growth))
+        self._max_open_for, self._growth_steps = _open_schedule(
+            self._open_for, self._growth, max_open_for
         )
         self._jitter = check.number("CircuitBreaker.open_jitter", open_jitter, maximum=1.0)
         if self._jitter >= 1.0:
@@ -548,15 +565,7 @@ class CircuitBreaker(PolicyDecorator):
         if slow_after is not None and now - start > slow_after:
             code |= _SLOW
         if kind is HALF_OPEN:
-            st.calls += 1
-            if code & _FAILED:
-                st.failures += 1
-            if code & _SLOW:
-                st.slow += 1
-            if self._probes_failed(st):
-                self._move(st, OPEN, ctx, now)
-            elif st.calls >= self._half_open_calls:
-                self._move(st, CLOSED, ctx, now)
+            self._judge_probe(st, code, ctx, now)
             return
         if self._timed:
             self._record_timed(st, code, now)
@@ -566,6 +575,19 @@ class CircuitBreaker(PolicyDecorator):
         # minimum_calls at the threshold opens the breaker too (that call keeps its result).
         if current and kind is CLOSED and (st.failures or st.slow) and self._tripped(st):
             self._move(st, OPEN, ctx, now if timed else ctx.clock.now())
+
+    def _judge_probe(self, st: _State, code: int, ctx: Context, now: float) -> None:
+        # A half-open probe's outcome: reopen as soon as the probes' verdict is a failure,
+        # close once every planned probe succeeded.
+        st.calls += 1
+        if code & _FAILED:
+            st.failures += 1
+        if code & _SLOW:
+            st.slow += 1
+        if self._probes_failed(st):
+            self._move(st, OPEN, ctx, now)
+        elif st.calls >= self._half_open_calls:
+            self._move(st, CLOSED, ctx, now)
 
     def _tripped(self, st: _State) -> bool:
         calls = st.calls
