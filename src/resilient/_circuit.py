@@ -161,6 +161,10 @@ class CircuitSnapshot:
     probes: int
 
 
+_MIN_BUCKET = 1e-6
+"""The narrowest bucket of a time window, in seconds: finer is noise (and float trouble)."""
+
+
 def _open_schedule(open_for: float, growth: float, max_open_for: float | None) -> tuple[float, int]:
     """``(max_open_for, growth steps)``: how long the open time may grow, in how many steps.
 
@@ -323,6 +327,12 @@ class CircuitBreaker(PolicyDecorator):
             )
             self._buckets = check.integer("CircuitBreaker.buckets", buckets, maximum=1000)
             self._width = self._window / self._buckets
+            if self._width < _MIN_BUCKET:
+                raise ConfigurationError(
+                    "CircuitBreaker.window",
+                    window,
+                    f"too short for {self._buckets} buckets (each under a microsecond)",
+                )
         else:
             size = check.integer(
                 "CircuitBreaker.window", 100 if window is None else window, maximum=1_000_000
