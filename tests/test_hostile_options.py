@@ -4,6 +4,7 @@ ConfigurationError naming the option, or an object that then works (issue 21, fi
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -103,16 +104,12 @@ async def _exercise(policy: Any) -> None:
 
     for step in range(12):
         ctx = pipeline.context(flaky, (f"k{step % 3}",), key=f"k{step % 3}")
-        try:
+        with contextlib.suppress(EXPECTED):
             await pipeline.run(ctx)
-        except EXPECTED:
-            pass
         clock.advance(0.5 if step % 2 else 1e-6)
     clock.advance(1e6)
-    try:
+    with contextlib.suppress(EXPECTED):
         await pipeline.call(flaky, "late")
-    except EXPECTED:
-        pass
 
 
 CASES = [(kind, option) for kind, (_, options) in OPTIONS.items() for option in options]
@@ -124,7 +121,11 @@ async def test_a_hostile_value_is_refused_by_name_or_works(kind: str, option: st
         try:
             policy = _build(kind, option, value)
         except ConfigurationError as exc:
-            assert option in str(exc) or option in (exc.parameter or ""), (value, exc)
+            refused: ConfigurationError | None = exc
+        else:
+            refused = None
+        if refused is not None:
+            assert option in str(refused), (value, refused)  # names the exact option
             continue
         # Accepted: it must work, and nothing but the library's own errors or the
         # dependency's failure may come out (no OverflowError, ValueError, ZeroDivisionError).
