@@ -17,7 +17,9 @@ import pytest
 import trio.testing
 
 import resilient
-from resilient import CircuitOpenError, Clock, RetryScheduled, TimeoutExceeded
+from resilient import CircuitOpenError, TimeoutExceeded
+from resilient.events import RetryScheduled
+from resilient.extend import Clock, SystemClock
 from resilient.testing import EventRecorder, FakeClock
 
 
@@ -113,7 +115,7 @@ async def run_on_trio() -> None:
     for test in TESTS:
         started_virtual = trio.current_time()
         started = time.perf_counter()
-        await test(resilient.SystemClock())  # trio's clock: MockClock makes it virtual
+        await test(SystemClock())  # trio's clock: MockClock makes it virtual
         real = time.perf_counter() - started
         print(
             f"trio + MockClock     {test.__name__:<52} "

@@ -211,3 +211,12 @@ def test_guide_blocks_run_including_the_peers_code(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     ran = done.stdout.splitlines()
     assert sum("migrating.md" in line for line in ran) == 15  # 7 peers, 7 rewrites, 1 middleware
+
+
+def test_readme_and_home_page_name_every_example() -> None:
+    """A new example is announced where users look for them."""
+    readme = (ROOT / "README.md").read_text()
+    home = (ROOT / "docs" / "index.md").read_text()
+    for example in sorted((ROOT / "examples").glob("*.py")):
+        assert f"`{example.name}`" in readme, f"README.md does not mention {example.name}"
+        assert f"`{example.name}`" in home, f"docs/index.md does not list {example.name}"
