@@ -86,9 +86,14 @@ class Wheel:
     next 10 ms tick, requests still running are looked at: their disconnect watcher starts
     and, if they have a deadline, they move to the bucket of the tick it falls in. Buckets
     are dicts keyed by tick; one loop timer is armed for the earliest tick.
+
+    Invariant: while ``recent`` holds a request, the loop timer fires at the next tick at the
+    latest (``near`` says so). The timer may be armed far ahead, for a long deadline of a
+    request that already moved to its bucket; a new request then brings it forward, else
+    the new request (and its shorter deadline) would wait for that far tick.
     """
 
-    __slots__ = ("_buckets", "_context", "_handle", "_ticks", "armed", "loop", "recent")
+    __slots__ = ("_buckets", "_context", "_handle", "_ticks", "armed", "loop", "near", "recent")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -99,24 +104,32 @@ class Wheel:
         self._ticks: list[int] = []
         self._handle: asyncio.TimerHandle | None = None
         self.armed: int | None = None
+        self.near = False  # the timer fires at the next tick at the latest
         self.recent: dict[WheelExchange, None] = {}
 
     def enter(self, exchange: WheelExchange) -> None:
         """A request started: look at it at the next tick (the hot path: one dict store).
 
-        The middleware inlines this: ``recent[exchange] = None``, then ``arm_next()`` if
-        ``armed`` is ``None``.
+        The middleware inlines this: ``recent[exchange] = None``, then ``arm_next()``
+        unless ``near``.
         """
         self.recent[exchange] = None
-        if self.armed is None:
+        if not self.near:
             self.arm_next()
 
     def arm_next(self) -> None:
-        """Arm the loop timer for the next tick."""
-        self._arm(math.floor(self.loop.time() * TICKS_PER_SECOND) + 1)
+        """Make the loop timer fire at the next tick at the latest (earlier if armed so)."""
+        tick = math.floor(self.loop.time() * TICKS_PER_SECOND) + 1
+        self.near = True
+        armed = self.armed
+        if armed is None or tick < armed:
+            self._arm(tick)
 
     def add(self, exchange: WheelExchange, due: float) -> int:
-        """Call ``exchange.due()`` at the first tick at or after ``due``; returns the tick."""
+        """Call ``exchange.due()`` at the first tick at or after ``due``; returns the tick.
+
+        ``due`` must be finite (an infinite deadline is never added).
+        """
         tick = math.ceil(due * TICKS_PER_SECOND - _EPSILON_TICKS)
         bucket = self._buckets.get(tick)
         if bucket is None:
@@ -142,6 +155,7 @@ class Wheel:
     def _fire(self) -> None:
         self._handle = None
         self.armed = None
+        self.near = False
         limit = self.loop.time() * TICKS_PER_SECOND + _EPSILON_TICKS
         ticks = self._ticks
         due: list[WheelExchange] = []
@@ -155,11 +169,10 @@ class Wheel:
                 due.extend(bucket)
         for exchange in due:
             exchange.due()
-        if self.armed is None:
-            if ticks:
-                self._arm(ticks[0])
-            elif self.recent:
-                self._arm(math.floor(limit) + 1)
+        if self.recent:  # none expected: due() callbacks start no request
+            self.arm_next()
+        elif ticks and self.armed is None:  # add() in a callback may have armed it
+            self._arm(ticks[0])
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets.values()) + len(self.recent)

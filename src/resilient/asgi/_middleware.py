@@ -523,7 +523,7 @@ class ResilienceMiddleware:
             refusal: RejectedError | None = None
             cancelling = task.cancelling()
             wheel.recent[exchange] = None  # looked at on the next tick if still running
-            if wheel.armed is None:
+            if not wheel.near:  # the timer may be armed far ahead, for a long deadline
                 wheel.arm_next()
             # The app's own resilient calls inherit the time left (resilient.remaining()),
             # and so does the bulkhead's queue wait: the published deadline reads like a
