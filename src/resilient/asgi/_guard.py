@@ -87,13 +87,24 @@ class Wheel:
     and, if they have a deadline, they move to the bucket of the tick it falls in. Buckets
     are dicts keyed by tick; one loop timer is armed for the earliest tick.
 
-    Invariant: while ``recent`` holds a request, the loop timer fires at the next tick at the
-    latest (``near`` says so). The timer may be armed far ahead, for a long deadline of a
+    Invariants: the loop timer is armed at the earliest tick holding a request, or before it;
+    while ``recent`` holds a request, it fires at the next tick at the latest (``near`` says
+    so). The timer may be armed far ahead, for a long deadline of a
     request that already moved to its bucket; a new request then brings it forward, else
     the new request (and its shorter deadline) would wait for that far tick.
     """
 
-    __slots__ = ("_buckets", "_context", "_handle", "_ticks", "armed", "loop", "near", "recent")
+    __slots__ = (
+        "_buckets",
+        "_context",
+        "_firing",
+        "_handle",
+        "_ticks",
+        "armed",
+        "loop",
+        "near",
+        "recent",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -105,6 +116,7 @@ class Wheel:
         self._handle: asyncio.TimerHandle | None = None
         self.armed: int | None = None
         self.near = False  # the timer fires at the next tick at the latest
+        self._firing = False
         self.recent: dict[WheelExchange, None] = {}
 
     def enter(self, exchange: WheelExchange) -> None:
@@ -135,7 +147,9 @@ class Wheel:
         if bucket is None:
             bucket = self._buckets[tick] = {}
             heappush(self._ticks, tick)
-            if self.armed is None or tick < self.armed:
+            # Outside _fire() the timer is armed at the earliest tick or before it, so an
+            # existing bucket needs nothing; _fire() arms once, for the earliest, at its end.
+            if not self._firing and (self.armed is None or tick < self.armed):
                 self._arm(tick)
         bucket[exchange] = None
         return tick
@@ -156,6 +170,18 @@ class Wheel:
         self._handle = None
         self.armed = None
         self.near = False
+        self._firing = True
+        try:
+            self._run_due()
+        finally:
+            self._firing = False
+            # Armed at the earliest tick (or the next one, if a request is still unseen).
+            if self.recent:  # none expected: due() callbacks start no request
+                self.arm_next()
+            elif self._ticks:
+                self._arm(self._ticks[0])
+
+    def _run_due(self) -> None:
         limit = self.loop.time() * TICKS_PER_SECOND + _EPSILON_TICKS
         ticks = self._ticks
         due: list[WheelExchange] = []
@@ -168,11 +194,12 @@ class Wheel:
             if bucket:
                 due.extend(bucket)
         for exchange in due:
-            exchange.due()
-        if self.recent:  # none expected: due() callbacks start no request
-            self.arm_next()
-        elif ticks and self.armed is None:  # add() in a callback may have armed it
-            self._arm(ticks[0])
+            try:
+                exchange.due()
+            except Exception as exc:  # one request's failure must not skip the others' timers
+                self.loop.call_exception_handler(
+                    {"message": "resilient: request timer failed", "exception": exc}
+                )
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._buckets.values()) + len(self.recent)
