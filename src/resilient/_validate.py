@@ -32,7 +32,10 @@ def number(
     """
     if not _is_real(value):
         raise ConfigurationError(parameter, value, f"expected a number, got {type(value).__name__}")
-    result = float(value)  # type: ignore[arg-type]
+    try:
+        result = float(value)  # type: ignore[arg-type]
+    except OverflowError:  # an int beyond any float
+        raise ConfigurationError(parameter, value, "must be finite") from None
     if math.isnan(result):
         raise ConfigurationError(parameter, value, "NaN is not a valid number")
     if math.isinf(result) and not (allow_inf and result > 0):

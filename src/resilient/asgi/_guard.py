@@ -75,6 +75,7 @@ _DISCONNECT_MESSAGE: Final = {"type": "http.disconnect"}
 _monotonic = time.monotonic  # the system clock on asyncio
 _new = object.__new__
 _INF: Final = math.inf
+_FAR_AWAY: Final = 1e15  # seconds on the loop's clock: never reached (~31 million years)
 
 
 @final
@@ -140,8 +141,11 @@ class Wheel:
     def add(self, exchange: WheelExchange, due: float) -> int:
         """Call ``exchange.due()`` at the first tick at or after ``due``; returns the tick.
 
-        ``due`` must be finite (an infinite deadline is never added).
+        Returns 0 (nothing registered) for a time too far away to ever come: the tick
+        arithmetic stays finite whatever deadline a request carries.
         """
+        if not due < _FAR_AWAY:
+            return 0
         tick = math.ceil(due * TICKS_PER_SECOND - _EPSILON_TICKS)
         bucket = self._buckets.get(tick)
         if bucket is None:
@@ -292,6 +296,7 @@ class Exchange:
         "receiving",
         "scope",
         "started_at",
+        "status",
         "tick",
         "watch",
     )
@@ -307,6 +312,7 @@ class Exchange:
     fired_phase: int  # the phase when it fired (set by fire())
     body_done: bool  # the app received the whole request body
     receiving: bool  # the app waits in receive()
+    status: int | None  # the status of the app's response, once it started
     watch: _Watch | None
     tick: int  # nonzero while a timer holds the deadline (moving it then needs rearm())
 
@@ -329,6 +335,7 @@ class Exchange:
         self.reason = None
         self.body_done = False
         self.receiving = False
+        self.status = None
         self.watch = None
         self.tick = 0
 
@@ -374,35 +381,42 @@ class Exchange:
         phase = self.phase
         if phase == RUNNING:
             if message["type"] == "http.response.start":
-                self.phase = TRAILING if message.get("trailers") else STREAMING
-                extra = self.extra_headers
-                if extra:  # a copy: the app may reuse its message and headers list
-                    headers = [*message.get("headers", ()), *extra]
-                    message = dict(message)
-                    message["headers"] = headers
-                published = self.published
-                if published is not None and published.end != published.deadline:
-                    published.deadline = published.end
-                    if self.tick:  # a timer holds the old deadline
-                        self.rearm()
+                message = self._started(message)
         elif phase == STREAMING:
-            kind = message["type"]
-            if kind == "http.response.body":
+            if message["type"] == "http.response.body":
                 if not message.get("more_body"):  # complete: _complete(), inlined
                     self.phase = DONE
                     if self.watch is not None:
                         self.finish()
-            elif kind == "http.response.pathsend" or (
-                kind == "http.response.trailers" and not message.get("more_trailers")
-            ):
-                self._complete()
+            else:
+                self._check_last(message)
         elif phase == TRAILING:
-            kind = message["type"]
-            if kind == "http.response.pathsend" or (
-                kind == "http.response.trailers" and not message.get("more_trailers")
-            ):
-                self._complete()
+            self._check_last(message)
         return self._send(message)
+
+    def _started(self, message: Message) -> Message:
+        # The response starts: add our headers, and the deadline becomes the end deadline.
+        self.phase = TRAILING if message.get("trailers") else STREAMING
+        self.status = message.get("status")
+        extra = self.extra_headers
+        if extra:  # a copy: the app may reuse its message and headers list
+            headers = [*message.get("headers", ()), *extra]
+            message = dict(message)
+            message["headers"] = headers
+        published = self.published
+        if published is not None and published.end != published.deadline:
+            published.deadline = published.end
+            if self.tick:  # a timer holds the old deadline
+                self.rearm()
+        return message
+
+    def _check_last(self, message: Message) -> None:
+        # A response with trailers (or sent from a file) ends with their last message.
+        kind = message["type"]
+        if kind == "http.response.pathsend" or (
+            kind == "http.response.trailers" and not message.get("more_trailers")
+        ):
+            self._complete()
 
     def _complete(self) -> None:
         # The last message is not cut by a deadline while it is written: a DONE exchange
@@ -537,7 +551,7 @@ class WheelExchange(Exchange):
             wheel.discard(self, self.tick)
             published = self.published
             deadline = _INF if published is None else published.deadline
-            self.tick = 0 if deadline == _INF else wheel.add(self, deadline)
+            self.tick = wheel.add(self, deadline)
 
     def _cancel(self) -> None:
         task = self.task
@@ -563,8 +577,7 @@ class WheelExchange(Exchange):
                 due = min(due, watch_at)  # too young: look again later
             else:
                 self._start_watcher()
-        if due != _INF:
-            self.tick = self.wheel.add(self, due)
+        self.tick = self.wheel.add(self, due)
 
     def _watch_due(self) -> bool:
         return _monotonic() >= self.started_at + WATCH_AFTER
@@ -607,6 +620,7 @@ def new_wheel_exchange(  # noqa: PLR0917 - built once per request: positional is
     exchange.reason = None
     exchange.body_done = False
     exchange.receiving = False
+    exchange.status = None
     exchange.watch = None
     exchange.tick = 0
     exchange.wheel = wheel
