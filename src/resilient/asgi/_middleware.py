@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, final
@@ -12,9 +11,9 @@ from typing import Any, Final, final
 import anyio
 
 from resilient import _validate as check
-from resilient._bulkhead import Bulkhead, _release, _Slots
+from resilient._bulkhead import Bulkhead
 from resilient._classify import Classifier, Verdict, on_result
-from resilient._clock import SYSTEM_CLOCK, Clock
+from resilient._clock import SYSTEM_CLOCK  # the default clock: deadlines are shared on it
 from resilient._context import Context, pop_deadline, push_deadline
 from resilient._events import CallRejected, Listener, report_listener_error
 from resilient._exceptions import (
@@ -25,13 +24,14 @@ from resilient._exceptions import (
     TimeoutExceeded,
 )
 from resilient._pipeline import Pipeline
-from resilient._ratelimit import RateLimiter
+from resilient._ratelimit import RateLimiter, RateLimitStatus
+from resilient.timers import Clock, SystemClock, current_loop
 
 from ._client import NO_PEER_KEY, ClientKeyResolver
 from ._guard import (
     DISCONNECT,
-    DONE,
     STREAMING,
+    Arrivals,
     Exchange,
     Message,
     Receive,
@@ -39,11 +39,10 @@ from ._guard import (
     Scope,
     ScopeExchange,
     Send,
-    Wheel,
-    WheelExchange,
+    TimerExchange,
     new_request_deadline,
     new_scope_exchange,
-    new_wheel_exchange,
+    new_timer_exchange,
 )
 
 __all__ = ["DEFAULT_EXCLUDE", "ASGIApp", "ResilienceMiddleware"]
@@ -55,10 +54,8 @@ DEFAULT_EXCLUDE: Final = ("/health", "/healthz", "/livez", "/readyz", "/metrics"
 """Paths never shed, limited or timed out unless ``exclude_defaults=False``: orchestrator
 probes and the Prometheus scrape endpoint (``resilient.telemetry.prometheus.add_route``)."""
 
-_running_loop = asyncio._get_running_loop
 _monotonic = time.monotonic
 _current_task = asyncio.current_task
-_get_ident = threading.get_ident
 _ceil = math.ceil
 _INF: Final = math.inf
 _HEADER_MODES: Final = ("ietf", "legacy", "none")
@@ -71,7 +68,7 @@ _METHODS: Final = frozenset(
 )
 _MAX_OPERATIONS: Final = 512
 _P: Final = "ResilienceMiddleware."
-# Bounds that keep every derived number finite (window, ticks, header values).
+# Bounds that keep every derived number finite (window, timers, header values).
 FOREVER: Final = 1e9  # seconds (~31 years): a timeout this long or longer is no timeout
 _DAY: Final = 86_400.0
 _MIN_RATE: Final = 1e-6  # requests per second: one per ~11.6 days
@@ -216,8 +213,8 @@ class ResilienceMiddleware:
 
     __slots__ = (
         "_app",
+        "_arrivals",
         "_bulkhead",
-        "_burst",
         "_clock",
         "_deadline_header",
         "_exclude_any",
@@ -235,7 +232,6 @@ class ResilienceMiddleware:
         "_limit_websockets",
         "_limiter",
         "_listening",
-        "_loop",
         "_max_wait",
         "_observe",
         "_operations",
@@ -243,15 +239,11 @@ class ResilienceMiddleware:
         "_pipeline",
         "_policy_header",
         "_quiet_until",
-        "_rate",
         "_recording",
         "_shed_retry_after",
-        "_slot_limit",
-        "_slots",
         "_timed",
         "_timeout",
         "_total_timeout",
-        "_wheel",
     )
 
     def __init__(
@@ -296,10 +288,11 @@ class ResilienceMiddleware:
         self._init_deadlines(timeout, total_timeout, deadline_header)
         self._init_exclude(exclude, exclude_defaults, limit_websockets)
         self._init_telemetry(name, listeners, telemetry)
-        # The wheel runtime needs asyncio's own clock; other clocks use the anyio runtime.
-        self._fast = self._clock is SYSTEM_CLOCK
-        self._wheel: Wheel | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # see __call__
+        # The timer runtime needs the system clock (on asyncio: time.monotonic(), the timer
+        # service's time base); other clocks use the anyio runtime.
+        self._fast = type(self._clock) is SystemClock
+        # The running loop's arrivals (set by _current_task() before any request uses them).
+        self._arrivals: Arrivals | None = None
         self._operations: set[str] = set()
 
     def _init_shedding(
@@ -311,8 +304,6 @@ class ResilienceMiddleware:
             _P + "shed_retry_after", retry_after, minimum=0.0, inclusive=False, maximum=_DAY
         )
         self._bulkhead: Bulkhead | None = None
-        self._slots: _Slots = _Slots()
-        self._slot_limit = 0
         if max_concurrent is None:
             if max_waiting is not None:
                 raise ConfigurationError(
@@ -329,9 +320,6 @@ class ResilienceMiddleware:
             clock=self._clock,
             name="load_shedding",
         )
-        # The uncontended path takes and returns the bulkhead's slot inline.
-        self._slots = self._bulkhead._slots
-        self._slot_limit = self._bulkhead.max_concurrent
 
     def _init_client_key(
         self,
@@ -362,8 +350,6 @@ class ResilienceMiddleware:
         self._header_mode = check.choice(_P + "rate_limit_headers", header_mode, _HEADER_MODES)
         self._header_mode_on = self._header_mode != "none"
         self._limiter: RateLimiter | None = None
-        self._rate = 1.0
-        self._burst = 1.0
         self._policy_header: tuple[tuple[bytes, bytes], ...] = ()
         self._header_cache: dict[tuple[int, int], tuple[tuple[bytes, bytes], ...]] = {}
         self._last_remaining = -1
@@ -386,8 +372,6 @@ class ResilienceMiddleware:
             clock=self._clock,
             name="rate_limit",
         )
-        self._rate = per_second
-        self._burst = float(size)
         window = max(1, math.ceil(size / per_second))
         if self._header_mode == "ietf":
             self._policy_header = (
@@ -506,27 +490,33 @@ class ResilienceMiddleware:
         if scope["type"] != "http":
             await self._not_http(scope, receive, send)
             return
-        if self._exclude_any and self._excluded(scope):
-            await self._app(scope, receive, send)
-            return
+        if self._exclude_any:
+            path = scope.get("path", "")
+            if path in self._exclude_exact or (
+                self._exclude_prefixes and path.startswith(self._exclude_prefixes)
+            ):
+                await self._app(scope, receive, send)
+                return
         # Nothing below allocates for a feature not configured. asyncio with the system
-        # clock runs on the shared wheel in the request's own task.
-        task = self._current_task()
+        # clock runs on the timer service, in the request's own task.
+        task = self._current_task()  # None: the anyio runtime
         # The system clock on asyncio reads time.monotonic(): the same number, directly.
         mono = _monotonic()
         now = mono if task is not None else self._clock.now()
-        ctx: Context | None = None
-        if self._observe and (
-            self._listening or (mono >= self._quiet_until and self._recording_now(mono))
-        ):
-            ctx = self._begin(scope)
+        ctx = self._context_for(scope, mono) if self._observe else None
         error: BaseException | None = None
         status: int | None = None
         try:
             extra: tuple[tuple[bytes, bytes], ...] | None = None
-            if self._limiter is not None:
-                extra = await self._rate_limit(scope, now, ctx, send)
-                if extra is None:  # refused: the 429 is sent
+            limiter = self._limiter
+            if limiter is not None:  # one synchronous decision, unless the store is remote
+                key = self._rate_key(scope)
+                decision = limiter.try_acquire_nowait(key, now=now)
+                if decision is None:
+                    decision = await limiter.try_acquire(key)
+                extra = self._headers_of(decision)
+                if not decision.allowed:
+                    await self._rate_limited(ctx, send, decision.retry_after, extra)
                     return
             published = self._request_deadline(scope, now)
             if published is _PASSED:
@@ -538,9 +528,16 @@ class ResilienceMiddleware:
                     send,
                 )
             else:
-                status = await self._run_wheel(
-                    new_wheel_exchange(
-                        scope, receive, send, now, extra, published, self._wheel_for(task), task
+                status = await self._run_timed(
+                    new_timer_exchange(
+                        scope,
+                        receive,
+                        send,
+                        now,
+                        extra,
+                        published,
+                        self._arrivals,  # type: ignore[arg-type] # set with task
+                        task,
                     ),
                     ctx,
                     send,
@@ -552,6 +549,12 @@ class ResilienceMiddleware:
             if ctx is not None:
                 self._end(ctx, scope, error, status)
 
+    def _context_for(self, scope: Scope, mono: float) -> Context | None:
+        # A Context for the observer and listeners, or None while nothing records.
+        if self._listening or (mono >= self._quiet_until and self._recording_now(mono)):
+            return self._begin(scope)
+        return None
+
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Lifespan passes through; websockets too unless limit_websockets.
         if scope["type"] == "websocket" and self._limit_websockets and not self._excluded(scope):
@@ -560,49 +563,35 @@ class ResilienceMiddleware:
             await self._app(scope, receive, send)
 
     def _current_task(self) -> asyncio.Task[Any] | None:
-        # The asyncio task to run the request in on the wheel, or None for the anyio runtime.
-        # The loop is looked up once (a lookup costs a system call): while it runs on this
-        # thread, it is the running loop here.
-        loop = self._loop
-        if loop is not None and loop._thread_id == _get_ident():  # type: ignore[attr-defined]
-            return _current_task(loop)
-        if self._fast:
-            return self._find_task()
-        return None
+        # The asyncio task to run the request in on the timer service, or None for the anyio
+        # runtime (trio, trio as an asyncio guest, a custom clock, or no task).
+        # Makes self._arrivals those of the running loop.
+        if not self._fast:
+            return None
+        loop = current_loop()
+        if loop is None:
+            return None
+        arrivals = self._arrivals
+        if arrivals is None or arrivals.loop is not loop:
+            self._arrivals = Arrivals(loop)
+        return _current_task(loop)
 
-    async def _rate_limit(
-        self, scope: Scope, now: float, ctx: Context | None, send: Send
-    ) -> tuple[tuple[bytes, bytes], ...] | None:
-        # Take a token for the client: the RateLimit headers to add to the response, or
-        # None once a 429 was sent.
-        limiter = self._limiter
-        assert limiter is not None
+    def _rate_key(self, scope: Scope) -> str:
         peer_key = self._peer_key
         if peer_key is not None:  # no custom key, no trusted proxy: the peer address
             client = scope.get("client")
-            key = peer_key(client[0]) if client else NO_PEER_KEY
-        else:
-            key = self.client_key(scope)
-        took = limiter._try_take_one_now(key, now)
-        if took is None:  # an external store, or a queue: the asynchronous path
-            decision = await limiter.try_acquire(key)
-            allowed, wait, tokens = decision.allowed, decision.retry_after, decision.remaining
-        else:
-            wait, tokens = took
-            allowed = not wait
-        extra: tuple[tuple[bytes, bytes], ...] = ()
-        if self._header_mode_on:
-            # tokens is in [0, burst]: whole tokens left, whole seconds until full.
-            remaining = int(tokens + 1e-9)
-            reset = _ceil((self._burst - tokens) / self._rate - 1e-9)
-            if remaining == self._last_remaining and reset == self._last_reset:
-                extra = self._last_headers
-            else:
-                extra = self._rate_headers(remaining, reset)
-        if allowed:
-            return extra
-        await self._rate_limited(ctx, send, wait, extra)
-        return None
+            return peer_key(client[0]) if client else NO_PEER_KEY
+        return self.client_key(scope)
+
+    def _headers_of(self, status: RateLimitStatus) -> tuple[tuple[bytes, bytes], ...]:
+        # The RateLimit headers of a decision: whole tokens left, whole seconds until full.
+        if not self._header_mode_on:
+            return ()
+        remaining = int(status.remaining + 1e-9)
+        reset = _ceil(status.reset - 1e-9)
+        if remaining == self._last_remaining and reset == self._last_reset:
+            return self._last_headers
+        return self._rate_headers(remaining, reset)
 
     def _request_deadline(self, scope: Scope, now: float) -> RequestDeadline | None:
         # The request's deadline: the configured timeouts tightened by the caller's header.
@@ -630,30 +619,31 @@ class ResilienceMiddleware:
         # so does the bulkhead's queue wait: the published deadline reads like a Context.
         return new_request_deadline(self._clock, start_deadline, end_deadline, now)
 
-    def _wheel_for(self, task: asyncio.Task[Any]) -> Wheel:
-        loop = task.get_loop()
-        wheel = self._wheel
-        if wheel is None or wheel.loop is not loop:
-            wheel = self._wheel = Wheel(loop)
-        return wheel
-
-    async def _run_wheel(
-        self, exchange: WheelExchange, ctx: Context | None, send: Send
+    async def _run_timed(
+        self, exchange: TimerExchange, ctx: Context | None, send: Send
     ) -> int | None:
-        # asyncio, system clock: the app runs in this task and the shared wheel cancels it
-        # (Task.cancel(), balanced with uncancel() as asyncio.timeout does). Returns the
-        # status the app answered with (None: the middleware answered, or nobody did).
-        wheel = exchange.wheel
+        # asyncio, system clock: the app runs in this task and a timer of the timer service
+        # cancels it (Task.cancel(), balanced with uncancel() as asyncio.timeout does).
+        # Returns the status the app answered with (None: the middleware answered, or
+        # nobody did).
         task = exchange.task
         cancelling = task.cancelling()
-        wheel.recent[exchange] = None  # looked at on the next tick if still running
-        if not wheel.near:  # the timer may be armed far ahead, for a long deadline
-            wheel.arm_next()
+        exchange.start()
         published = exchange.published
         token = None if published is None else push_deadline(published)  # type: ignore[arg-type]
         refusal: Refusal | None = None
+        bulkhead = self._bulkhead
         try:
-            refusal = await self._run_in_slot(exchange)
+            # _run_in_slot(), inlined for the free slot: no coroutine of ours in between.
+            if bulkhead is None:
+                await self._app(exchange.scope, exchange.receive, exchange.send)
+            elif bulkhead.try_acquire():
+                try:
+                    await self._app(exchange.scope, exchange.receive, exchange.send)
+                finally:
+                    bulkhead.release()
+            else:
+                refusal = await self._queue_and_run(exchange)
         except asyncio.CancelledError:
             if exchange.reason is None or task.uncancel() > cancelling:
                 raise
@@ -663,18 +653,16 @@ class ResilienceMiddleware:
         finally:
             if token is not None:
                 pop_deadline(token)
-            if exchange.tick or exchange.watch is not None:
-                exchange.finish()
-            else:  # finish(), inlined for a request that ended before its first tick
-                exchange.phase = DONE
-                wheel.recent.pop(exchange, None)
+            exchange.finish()
+        if refusal is None and exchange.reason is None:
+            return exchange.status  # the app answered
         return await self._outcome(exchange, refusal, ctx, send)
 
     async def _run_anyio(
         self, exchange: ScopeExchange, ctx: Context | None, send: Send
     ) -> int | None:
         # trio, custom clocks (FakeClock), or no asyncio task: an anyio cancel scope in this
-        # task, the timer and the disconnect watcher in helper tasks. Returns as _run_wheel.
+        # task, the timer and the disconnect watcher in helper tasks. Returns as _run_timed.
         published = exchange.published
         token = None if published is None else push_deadline(published)  # type: ignore[arg-type]
         error: Exception | None = None
@@ -684,7 +672,7 @@ class ResilienceMiddleware:
                 exchange.task_group = tg
                 exchange.cancel_scope = anyio.CancelScope()
                 if published is not None:
-                    exchange.tick = 1  # a timer holds the deadline: moving it needs rearm()
+                    exchange.timed = True  # moving the deadline wakes the timer task
                     tg.start_soon(exchange.timer)
                 exchange._start_watcher()
                 try:
@@ -717,33 +705,17 @@ class ResilienceMiddleware:
 
     async def _run_in_slot(self, exchange: Exchange) -> Refusal | None:
         # Run the app holding a concurrency slot, queueing for one when none is free.
-        slots = self._slots
-        if self._bulkhead is None:
+        bulkhead = self._bulkhead
+        if bulkhead is None:
             await self._app(exchange.scope, exchange.receive, exchange.send)
-        elif slots.running < self._slot_limit:
-            slots.running += 1  # a free slot: no yield, no allocation
+        elif bulkhead.try_acquire():  # a free slot: no yield
             try:
                 await self._app(exchange.scope, exchange.receive, exchange.send)
             finally:
-                if slots.waiters:
-                    _release(slots)
-                else:
-                    slots.running -= 1
+                bulkhead.release()
         else:
             return await self._queue_and_run(exchange)
         return None
-
-    def _find_task(self) -> asyncio.Task[Any] | None:
-        # The asyncio task running this request, or None (trio, including trio as an asyncio
-        # guest, or no task): the anyio runtime then. Caches a loop that records the thread
-        # it runs on (asyncio's own loops do), so later requests skip this lookup.
-        loop = _running_loop()
-        if loop is None:
-            return None
-        task = _current_task(loop)
-        if task is not None and getattr(loop, "_thread_id", None) == _get_ident():
-            self._loop = loop
-        return task
 
     async def _queue_and_run(self, exchange: Exchange) -> Refusal | None:
         # No free slot: queue in the bulkhead (bounded by max_wait and the deadline).
@@ -752,7 +724,7 @@ class ResilienceMiddleware:
         if self._max_wait <= 0.0 or bulkhead.snapshot().waiting >= bulkhead.max_waiting:
             return "full"  # refused at once: nobody waits
         try:
-            await bulkhead.__aenter__()
+            await bulkhead.acquire()  # bounded by max_wait and the published deadline
         except BulkheadFullError:
             return "wait_timeout"  # no slot freed within max_wait: never ran
         except TimeoutExceeded as exc:
@@ -760,7 +732,7 @@ class ResilienceMiddleware:
         try:
             await self._app(exchange.scope, exchange.receive, exchange.send)
         finally:
-            _release(self._slots)
+            bulkhead.release()
         return None
 
     async def _refused(
