@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
-
-from prometheus_client import CollectorRegistry
 
 from resilient.asgi import ResilienceMiddleware
 from resilient.telemetry import prometheus

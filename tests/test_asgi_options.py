@@ -19,8 +19,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 import resilient
-from resilient import CallRejected, ConfigurationError, Pipeline, Telemetry, Timeout
+from resilient import ConfigurationError, Pipeline, Telemetry, Timeout
 from resilient.asgi import ResilienceMiddleware
+from resilient.events import CallRejected
 from resilient.telemetry import prometheus
 from resilient.testing import EventRecorder, FakeClock
 from test_asgi import Conn, ok_app, scope, wait_until
