@@ -64,8 +64,8 @@ class Kind:
 
 KINDS = (
     Kind("quick", "sleep=0", None, 200, 0.0, 3.0),
-    # Starts its response at once, then streams: its deadline moves to TOTAL (30 s) and
-    # stays on the wheel as the armed tick after the request is gone.
+    # Starts its response at once, then streams: its deadline moves to TOTAL (30 s). (The
+    # old timer wheel then kept that far tick armed and looked at no new request before it.)
     Kind("stream", "sleep=0&stream=0.3", None, 200, 0.25, 3.0),
     Kind("configured", f"sleep={NEVER}", None, 504, TIMEOUT - 0.05, TIMEOUT + 1.8),
     # A caller's deadline far shorter than the configured timeout.

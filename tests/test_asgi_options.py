@@ -69,9 +69,9 @@ def test_hostile_numbers_and_types_are_refused_naming_the_option(
 
 
 async def test_effectively_infinite_timeouts_arm_nothing_and_short_deadlines_still_fire() -> None:
-    """A timeout of 1e307 s overflowed the wheel's tick arithmetic inside its loop callback,
-    which aborted that tick for every request in flight: a short caller deadline beside it
-    then never fired. Now it means no limit: nothing is armed for it."""
+    """A timeout of 1e307 s overflowed the (former) timer wheel's tick arithmetic inside its
+    loop callback, which aborted that tick for every request in flight: a short caller
+    deadline beside it then never fired. Now it means no limit: nothing is armed for it."""
     seen: dict[str, float] = {}
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -101,6 +101,28 @@ async def test_effectively_infinite_timeouts_arm_nothing_and_short_deadlines_sti
     assert (configured.status, short.status, huge_header.status) == (200, 504, 200)
     assert seen["/a"] == seen["/b"] == math.inf  # no deadline at all
     assert 0.0 < seen["/forever"] <= 0.05
+
+
+async def test_a_long_deadline_seen_earlier_never_holds_back_a_shorter_one() -> None:
+    """Issue 21, finding 7, in process (tests/test_asgi_deadlines.py has it on real servers):
+    after one ordinary request that ran long enough to be looked at with its 30 s deadline,
+    a caller's 50 ms deadline on the same middleware still ends its request."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await anyio.sleep(0.05 if scope["path"] == "/ordinary" else 3600)
+        await ok_app(scope, receive, send)
+
+    mw = ResilienceMiddleware(app, timeout=30.0)
+    for _ in range(3):
+        ordinary, hurried = Conn(), Conn()
+        with anyio.fail_after(5):
+            await mw(scope("/ordinary"), ordinary.receive, ordinary.send)
+            await mw(
+                scope("/hurried", headers=[(b"x-request-deadline", b"50")]),
+                hurried.receive,
+                hurried.send,
+            )
+        assert (ordinary.status, hurried.status) == (200, 504)
 
 
 _HOSTILE = st.one_of(

@@ -403,7 +403,7 @@ class Arrivals:
         self.timer: Timer | None = None
 
     def add(self, exchange: TimerExchange, now: float) -> None:
-        """Look at ``exchange`` at the next look (the middleware inlines this)."""
+        """Look at ``exchange`` at the next look (``TimerExchange.start`` inlines this)."""
         self.requests[exchange] = None
         if self.timer is None:
             self.arm(now)
