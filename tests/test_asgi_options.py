@@ -232,6 +232,14 @@ def test_hop_counting_with_ranges_reads_the_header_only_from_a_trusted_peer() ->
     assert mw.client_key(direct) == POD  # not a proxy: its header is ignored
 
 
+def test_hop_counting_behind_a_trusted_unix_socket_proxy() -> None:
+    mw = ResilienceMiddleware(ok_app, rate=1.0, trusted_hops=1, trusted_proxies=["unix"])
+    over_socket = scope("/", headers=[(b"x-forwarded-for", b"6.6.6.6, 192.0.2.5")], client=None)
+    assert mw.client_key(over_socket) == "192.0.2.5"
+    direct = scope("/", headers=[(b"x-forwarded-for", b"192.0.2.5")], client=(POD, 1))
+    assert mw.client_key(direct) == POD  # a TCP peer is not the trusted socket
+
+
 def test_hop_counting_reads_rfc_7239_forwarded_too() -> None:
     mw = ResilienceMiddleware(ok_app, rate=1.0, trusted_hops=1, forwarded_header="forwarded")
     request = scope(

@@ -60,9 +60,6 @@ _ceil = math.ceil
 _INF: Final = math.inf
 _HEADER_MODES: Final = ("ietf", "legacy", "none")
 _PASSED: Final = new_request_deadline(SYSTEM_CLOCK, 0.0, 0.0, 0.0)  # by identity: expired
-
-Refusal = str | RejectedError
-"""Why a request never ran: a shed reason (``"full"``, ``"wait_timeout"``) or the deadline."""
 _METHODS: Final = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
@@ -76,6 +73,9 @@ _MAX_RATE: Final = 1e9
 _MAX_BURST: Final = 1_000_000_000
 _MAX_HEADER_SETS: Final = 1024
 _PROBE_INTERVAL: Final = 1.0  # seconds between telemetry probes while nothing records
+
+Refusal = str | RejectedError
+"""Why a request never ran: a shed reason (``"full"``, ``"wait_timeout"``) or the deadline."""
 
 
 def _seconds(parameter: str, value: object, *, allow_zero: bool = False) -> float:
