@@ -98,9 +98,9 @@ class _Watch:
         self.event: asyncio.Event | anyio.Event | None = None  # the app waits for the watcher
 
 
-# Objects built per request are built by functions rather than by calling the class: on
-# CPython 3.11 a class call running a Python __init__ costs about 0.15 us more than a
-# function that makes the object and sets its slots.
+# Objects built per request are built by functions rather than by calling the class: a
+# class call running a Python __init__ costs more than a function that makes the object and
+# sets its slots (docs/asgi.md, "Performance").
 
 
 @final
