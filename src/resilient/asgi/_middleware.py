@@ -704,7 +704,9 @@ class ResilienceMiddleware:
         return exchange.status
 
     async def _run_in_slot(self, exchange: Exchange) -> Refusal | None:
-        # Run the app holding a concurrency slot, queueing for one when none is free.
+        # Run the app holding a concurrency slot, queueing for one when none is free. The
+        # anyio runtime's; _run_timed, the hot path, has it inline (one coroutine less per
+        # request, measurable in the server's CPU per request).
         bulkhead = self._bulkhead
         if bulkhead is None:
             await self._app(exchange.scope, exchange.receive, exchange.send)
