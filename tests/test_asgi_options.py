@@ -125,6 +125,57 @@ async def test_a_long_deadline_seen_earlier_never_holds_back_a_shorter_one() -> 
         assert (ordinary.status, hurried.status) == (200, 504)
 
 
+@pytest.mark.parametrize("respond_after", [0.0, 0.03])
+async def test_on_the_system_clock_the_deadline_moves_to_total_timeout_when_the_response_starts(
+    respond_after: float,
+) -> None:
+    """The start deadline (50 ms) stops at the response start, before or after the request
+    was first looked at (10 ms); the total deadline (300 ms) then cuts the stream."""
+    cut = anyio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await anyio.sleep(respond_after)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await anyio.sleep(0.1)  # past the start deadline: not cut
+        await send({"type": "http.response.body", "body": b"b", "more_body": True})
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cut.set()
+
+    mw = ResilienceMiddleware(app, timeout=0.05, total_timeout=0.3)
+    conn = Conn()
+    with anyio.fail_after(5), pytest.raises(resilient.TimeoutExceeded):
+        await mw(scope(), conn.receive, conn.send)
+    assert cut.is_set()
+    assert conn.status == 200
+    assert [m.get("body") for m in conn.sent[1:]] == [b"a", b"b"]
+
+
+async def test_on_the_system_clock_a_request_whose_body_is_unread_still_meets_its_deadline() -> (
+    None
+):
+    """No disconnect watcher can start while the app has not read the body; the deadline
+    still ends the request."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await anyio.sleep_forever()  # never reads the body
+
+    mw = ResilienceMiddleware(app, timeout=30.0)
+    body = {"type": "http.request", "body": b"x" * 10, "more_body": False}
+    conn = Conn(body)
+    request = scope(
+        "/upload",
+        headers=[(b"content-length", b"10"), (b"x-request-deadline", b"60")],
+        method="POST",
+    )
+    with anyio.fail_after(5):
+        await mw(request, conn.receive, conn.send)
+    assert conn.status == 504
+    assert conn.receive_calls == 0  # the middleware never touched the body
+
+
 _HOSTILE = st.one_of(
     st.sampled_from([0, -1, 5e-324, 1e-300, 1e307, 1e308, math.inf, -math.inf, math.nan, True]),
     st.floats(allow_nan=True, allow_infinity=True),
