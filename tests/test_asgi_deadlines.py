@@ -232,6 +232,10 @@ async def test_long_and_short_deadlines_interleave_on_one_long_lived_middleware(
                         tg.start_soon(collect, client, kind, where, results)
                 for kind, status, took in results:
                     check(kind, status, took, where)
+                # Started together, they end in the order of their deadlines.
+                ends = {k.name: [t for kind, _, t in results if kind is k] for k in KINDS}
+                assert max(ends["caller_short"]) < min(ends["configured"]), where
+                assert max(ends["caller_stream"]) < min(ends["configured"]), where
     # Nothing is left running or queued once every request ended.
     assert middleware.in_flight == 0
     assert middleware.waiting == 0
