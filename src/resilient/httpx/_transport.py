@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Callable, Iterable
+import sys
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, Final, final
 
@@ -13,7 +15,7 @@ import anyio
 import httpx
 from opentelemetry import trace
 
-from resilient import __version__
+from resilient import Bulkhead, BulkheadSnapshot, RejectedError, __version__
 from resilient import _validate as check
 from resilient._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
 from resilient._classify import Classification as _Classification
@@ -21,6 +23,7 @@ from resilient._exceptions import ConfigurationError, ResilientError
 from resilient._pipeline import Pipeline
 
 from ._classify import NEVER_SENT, NotRetryable, http_classifier
+from ._errors import as_http_error
 from ._spans import end_span, start_span
 
 __all__ = [
@@ -82,6 +85,119 @@ async def _close(response: httpx.Response) -> None:
     # task is being cancelled (a timeout cutting a call must not poison the pool).
     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
         await response.aclose()
+
+
+def _pool_size(transport: httpx.AsyncBaseTransport) -> int | None:
+    """The ``max_connections`` of an ``httpx.AsyncHTTPTransport``'s pool (``None``: unknown).
+
+    httpx and httpcore do not publish it; a transport they built has it on its pool.
+    """
+    if not isinstance(transport, httpx.AsyncHTTPTransport):
+        return None
+    size = getattr(getattr(transport, "_pool", None), "_max_connections", None)
+    if isinstance(size, int) and not isinstance(size, bool) and 0 < size < sys.maxsize:
+        return size
+    return None
+
+
+@final
+class _PoolGate:
+    """Admits at most as many requests into the connection pool as it has connections.
+
+    httpcore's pool leaks a connection when a request is cancelled while it waits inside the
+    pool for a connection (encode/httpcore#1093): the connection created for it stays
+    "connecting" forever, until the pool answers every request with ``PoolTimeout``. Waiting
+    here instead, in a ``Bulkhead`` (FIFO, cancel-safe: a slot handed to a caller that is
+    cancelled at that moment is passed on), means no request ever waits inside httpcore's
+    pool. A slot is held until the response is closed, exactly as long as the pool holds
+    the connection.
+    """
+
+    __slots__ = ("bulkhead", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.bulkhead = Bulkhead(
+            max_concurrent=size, max_waiting=sys.maxsize, max_wait=math.inf, name="http_pool"
+        )
+
+    async def enter(self, request: httpx.Request, ctx: Any) -> None:
+        """Take a slot, waiting at most httpx's pool timeout (then ``httpx.PoolTimeout``)."""
+        bulkhead = self.bulkhead
+        timeouts = request.extensions.get("timeout")
+        limit = timeouts.get("pool") if isinstance(timeouts, dict) else None
+        if limit is None or bulkhead.snapshot().running < self.size:
+            await bulkhead.__aenter__()
+            return
+        clock = ctx.clock
+        scope = clock.timeout_at(clock.now() + limit)
+        try:
+            async with scope:
+                await bulkhead.__aenter__()
+        except TimeoutError:
+            if not scope.expired():
+                raise  # the call's own deadline, not the pool timeout
+            raise httpx.PoolTimeout(
+                f"resilient: no connection of the pool ({self.size}) freed within {limit:g}s",
+                request=request,
+            ) from None
+
+    async def leave(self) -> None:
+        """Give the slot back (never suspends, so it completes even when cancelled)."""
+        await self.bulkhead.__aexit__(None, None, None)
+
+
+_gates: weakref.WeakKeyDictionary[httpx.AsyncBaseTransport, _PoolGate] = weakref.WeakKeyDictionary()
+
+
+def _gate_for(transport: httpx.AsyncBaseTransport, limits: httpx.Limits | None) -> _PoolGate | None:
+    """The one gate of ``transport``'s pool, shared by every ``ResilientTransport`` over it."""
+    size = _pool_size(transport) if limits is None else limits.max_connections
+    if size is None or size >= sys.maxsize:
+        return None
+    gate = _gates.get(transport)
+    if gate is None:
+        gate = _gates[transport] = _PoolGate(size)
+    elif gate.size != size:
+        raise ConfigurationError(
+            "ResilientTransport.limits",
+            limits,
+            f"the transport's pool is already gated at {gate.size} connections by another "
+            "ResilientTransport",
+        )
+    return gate
+
+
+@final
+class _HeldStream(httpx.AsyncByteStream):
+    """A response body holding a pool slot until it is closed (once, whatever happens)."""
+
+    __slots__ = ("_gate", "_stream")
+
+    def __init__(self, stream: httpx.AsyncByteStream, gate: _PoolGate) -> None:
+        self._stream = stream
+        self._gate: _PoolGate | None = gate
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        gate = self._gate
+        if gate is None:
+            return
+        self._gate = None
+        try:
+            # Shielded so the pool gets its connection back (httpcore updates its own
+            # bookkeeping here) before the slot is given to the next caller.
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+        finally:
+            await gate.leave()
 
 
 @final
@@ -191,8 +307,20 @@ class _Exchange:
         if tracer is not None:
             span = start_span(tracer, request, self.route, resends, ctx.span)
         settled: httpx.Response | None = None
+        gate = owner._gate
         try:
-            response = await owner._transport.handle_async_request(request)
+            if gate is None:
+                response = await owner._transport.handle_async_request(request)
+            else:
+                await gate.enter(request, ctx)
+                try:
+                    response = await owner._transport.handle_async_request(request)
+                except BaseException:
+                    await gate.leave()
+                    raise
+                stream = response.stream
+                assert isinstance(stream, httpx.AsyncByteStream)
+                response.stream = _HeldStream(stream, gate)
             self.last = response
             if owner._buffer_limit and owner._worth_buffering(response, ctx, request):
                 await owner._buffer(response)
@@ -227,7 +355,13 @@ class ResilientTransport(httpx.AsyncBaseTransport):
       timeouts);
     - a body held in memory is re-sent byte for byte; a streamed body that cannot be
       replayed makes the request non-retryable and is never re-sent (not even empty);
-    - every discarded response is closed, so retries never leak pooled connections.
+    - every discarded response is closed, so retries never leak pooled connections;
+    - no request waits inside httpcore's pool (where a cancelled waiter leaks a connection,
+      encode/httpcore#1093): requests queue in a cancel-safe gate sized to the pool's
+      ``max_connections`` and hold their slot until their response is closed;
+    - a policy's refusal (``resilient.CircuitOpenError``, ``TimeoutExceeded``, ...) is raised
+      refined into httpx's tree (``resilient.httpx.CircuitOpenError`` is also an
+      ``httpx.TransportError``), so ``except httpx.HTTPError`` catches everything.
 
     The transport adds no policy of its own: what runs is exactly the pipeline.
 
@@ -250,9 +384,13 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         buffer_limit: a retryable response (a 503, a 429) whose body is at most this many
             bytes is read at once and its connection released, so a call waiting to retry
             holds no connection; ``0`` disables it.
+        limits: the pool's ``httpx.Limits``: the default transport is built with them, and
+            the pool gate is sized to their ``max_connections`` (default: read from an
+            ``httpx.AsyncHTTPTransport``; no gate for other transports).
 
     Raises:
-        ConfigurationError: an invalid option.
+        ConfigurationError: an invalid option, or ``limits`` disagreeing with the gate another
+            ``ResilientTransport`` already put on the same transport.
     """
 
     __slots__ = (
@@ -260,6 +398,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         "_classifier",
         "_context",
         "_deadline_header",
+        "_gate",
         "_idempotency_header",
         "_not_replayable",
         "_not_retryable",
@@ -287,6 +426,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         telemetry: bool | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         buffer_limit: int = _MAX_BUFFER,
+        limits: httpx.Limits | None = None,
     ) -> None:
         options: dict[str, object] = {
             "pipeline": pipeline,
@@ -299,12 +439,21 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             raise ConfigurationError(
                 "ResilientTransport.pipeline", pipeline, "expected a resilient.Pipeline"
             )
+        if limits is not None and not isinstance(limits, httpx.Limits):
+            raise ConfigurationError(
+                "ResilientTransport.limits", limits, "expected an httpx.Limits or None"
+            )
         if transport is None:
-            transport = httpx.AsyncHTTPTransport()
+            transport = (
+                httpx.AsyncHTTPTransport()
+                if limits is None
+                else httpx.AsyncHTTPTransport(limits=limits)
+            )
         elif not callable(getattr(transport, "handle_async_request", None)):
             raise ConfigurationError(
                 "ResilientTransport.transport", transport, "expected an httpx async transport"
             )
+        self._gate = _gate_for(transport, limits)
         self._pipeline = pipeline
         self._transport = transport
         self._context = pipeline.context
@@ -372,6 +521,16 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         """The wrapped transport that sends requests."""
         return self._transport
 
+    def pool_snapshot(self) -> BulkheadSnapshot | None:
+        """Requests holding a pool connection now (``running``) and waiting for one.
+
+        A response holds its connection until it is closed. ``None`` when the transport does
+        not know the pool's size (a transport other than ``httpx.AsyncHTTPTransport`` and no
+        ``limits=``): requests then go to the wrapped transport unqueued.
+        """
+        gate = self._gate
+        return None if gate is None else gate.bulkhead.snapshot()
+
     @property
     def classifier(self) -> ClassifierLike:
         """The classification used for requests that may be retried."""
@@ -381,8 +540,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         """Send ``request`` through the pipeline and return the response it settles on.
 
         Raises:
-            Whatever the last attempt raised (httpx's exceptions), or a
-            ``resilient.RejectedError`` when a policy refused the call.
+            httpx.HTTPError: whatever the last attempt raised (httpx's exceptions,
+                ``httpx.PoolTimeout`` from the pool gate), or a policy's refusal refined into
+                httpx's tree (``resilient.httpx.CircuitOpenError``, ``TimeoutExceeded``...).
         """
         url = request.url
         host = url.host
@@ -417,6 +577,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         try:
             result = await self._run(ctx)
             return result  # type: ignore[no-any-return]
+        except RejectedError as exc:
+            as_http_error(exc, request)  # refined in place: the same exception, also httpx's
+            raise
         finally:
             last = exchange.last
             if last is not None and last is not result:
