@@ -948,10 +948,13 @@ async def test_standard_retries_and_isolates_hosts(clock: FakeClock) -> None:
 
 
 def test_standard_validates_through_the_policies() -> None:
-    """Bad preset options are refused with the policy option's name."""
+    """Bad preset options are refused with the name the caller wrote."""
     with pytest.raises(ConfigurationError) as caught:
         resilient.httpx.standard(attempts=0)
-    assert caught.value.parameter == "Retry.attempts"
+    assert caught.value.parameter == "standard.attempts"
+    with pytest.raises(ConfigurationError) as caught:
+        resilient.httpx.standard(buffer_limit=-1)
+    assert caught.value.parameter == "standard.buffer_limit"
     with pytest.raises(ConfigurationError) as caught:
         resilient.httpx.standard(per_key=False)
     assert caught.value.parameter == "standard.per_key"
@@ -984,3 +987,21 @@ async def test_standard_bulkhead_keeps_hosts_apart(clock: FakeClock) -> None:
             await client.get("http://slow.test/")
         assert (await client.get("http://fast.test/")).status_code == 200
         release.set()
+
+
+def test_standard_names_the_pipeline_after_its_upstream() -> None:
+    """Two upstreams never share a metric series: the pipeline takes the host (and a
+    non-default port) of ``base_url`` unless ``name=`` is given."""
+    assert resilient.httpx.standard(base_url="https://payments.example/v1").pipeline.name == (
+        "payments.example"
+    )
+    assert resilient.httpx.standard(base_url="http://127.0.0.1:8080").pipeline.name == (
+        "127.0.0.1:8080"
+    )
+    named = resilient.httpx.standard(name="billing", base_url="https://payments.example")
+    assert named.pipeline.name == "billing"
+    assert resilient.httpx.standard().pipeline.name == "http"
+    for bad in ("/relative/path", 42, ""):
+        with pytest.raises(ConfigurationError) as caught:
+            resilient.httpx.standard(base_url=bad)  # type: ignore[arg-type]
+        assert caught.value.parameter == "standard.base_url"

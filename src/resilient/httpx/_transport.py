@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import sys
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
@@ -59,6 +58,7 @@ integer measured when the attempt is sent (relative, so the two clocks need not 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _MAX_BUFFER = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+_UNBOUNDED = 10**15  # the pool gate's waiting room: unbounded (httpx's pool timeout bounds it)
 
 
 def _replayable(stream: object) -> bool:
@@ -95,7 +95,7 @@ def _pool_size(transport: httpx.AsyncBaseTransport) -> int | None:
     if not isinstance(transport, httpx.AsyncHTTPTransport):
         return None
     size = getattr(getattr(transport, "_pool", None), "_max_connections", None)
-    if isinstance(size, int) and not isinstance(size, bool) and 0 < size < sys.maxsize:
+    if isinstance(size, int) and not isinstance(size, bool):
         return size
     return None
 
@@ -118,7 +118,7 @@ class _PoolGate:
     def __init__(self, size: int) -> None:
         self.size = size
         self.bulkhead = Bulkhead(
-            max_concurrent=size, max_waiting=sys.maxsize, max_wait=math.inf, name="http_pool"
+            max_concurrent=size, max_waiting=_UNBOUNDED, max_wait=math.inf, name="http_pool"
         )
 
     async def enter(self, request: httpx.Request, ctx: Any) -> None:
@@ -153,8 +153,12 @@ _gates: weakref.WeakKeyDictionary[httpx.AsyncBaseTransport, _PoolGate] = weakref
 def _gate_for(transport: httpx.AsyncBaseTransport, limits: httpx.Limits | None) -> _PoolGate | None:
     """The one gate of ``transport``'s pool, shared by every ``ResilientTransport`` over it."""
     size = _pool_size(transport) if limits is None else limits.max_connections
-    if size is None or size >= sys.maxsize:
-        return None
+    if size is None or size > _UNBOUNDED:
+        return None  # no limit (httpcore reads None as sys.maxsize): the pool never queues
+    if size < 1:
+        raise ConfigurationError(
+            "ResilientTransport.limits.max_connections", size, "must be at least 1"
+        )
     gate = _gates.get(transport)
     if gate is None:
         gate = _gates[transport] = _PoolGate(size)
@@ -439,9 +443,15 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             raise ConfigurationError(
                 "ResilientTransport.pipeline", pipeline, "expected a resilient.Pipeline"
             )
-        if limits is not None and not isinstance(limits, httpx.Limits):
-            raise ConfigurationError(
-                "ResilientTransport.limits", limits, "expected an httpx.Limits or None"
+        if limits is not None:
+            if not isinstance(limits, httpx.Limits):
+                raise ConfigurationError(
+                    "ResilientTransport.limits", limits, "expected an httpx.Limits or None"
+                )
+            check.optional(
+                check.integer,
+                "ResilientTransport.limits.max_connections",
+                limits.max_connections,
             )
         if transport is None:
             transport = (
