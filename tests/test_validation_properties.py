@@ -102,6 +102,13 @@ async def _through_client(transport: httpx.AsyncBaseTransport) -> None:
         assert (await client.get("http://svc.test/")).status_code == 200
 
 
+async def _through_timed_client(transport: httpx.AsyncBaseTransport) -> None:
+    # On the real clock a tiny timeout may fire first: a 504 is the middleware working.
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(3):
+            assert (await client.get("http://svc.test/")).status_code in (200, 504)
+
+
 async def _through_decorator(decorator: Any) -> None:
     assert await decorator(_ok)() == 1
 
@@ -282,6 +289,16 @@ TARGETS = {
             "limit_websockets",
         ),
         _through_client,
+    ),
+    # The middleware's timer wheel runs only on the loop's own clock (finding 5 of issue 21:
+    # a total_timeout of 1e307 overflowed inside its loop callback).
+    "ResilienceMiddleware (loop clock)": Target(
+        "ResilienceMiddleware",
+        lambda **kw: httpx.ASGITransport(
+            resilient.asgi.ResilienceMiddleware(_asgi_app, telemetry=False, **kw)
+        ),
+        ("timeout", "total_timeout", "max_wait", "shed_retry_after"),
+        _through_timed_client,
     ),
     "ResilientTransport": Target(
         "ResilientTransport",
