@@ -255,3 +255,22 @@ async def test_transports_sharing_a_pool_share_its_gate() -> None:
         ResilientTransport(
             resilient.Pipeline(telemetry=False), upstream, limits=httpx.Limits(max_connections=5)
         )
+
+
+def test_transport_options_that_cannot_work_together_are_refused_naming_both() -> None:
+    """Options meaningless without another, or contradicting the wrapped pool, are refused
+    at construction with both options in the message."""
+    pipeline = resilient.Pipeline(telemetry=False)
+    cases: list[tuple[dict[str, object], str, str]] = [
+        ({"deadline_header": "x-budget"}, "deadline_header", "propagate_deadline"),
+        ({"telemetry": False, "tracer_provider": object()}, "tracer_provider", "telemetry"),
+        ({"limits": httpx.Limits(max_connections=10)}, "limits", "pool (2 connections)"),
+    ]
+    for options, option, other in cases:
+        with pytest.raises(resilient.ConfigurationError) as caught:
+            ResilientTransport(pipeline, _pool(2), **options)  # type: ignore[arg-type]
+        assert caught.value.parameter == f"ResilientTransport.{option}"
+        assert other in str(caught.value)
+    # The same values that agree are accepted.
+    ResilientTransport(pipeline, _pool(2), limits=httpx.Limits(max_connections=2))
+    ResilientTransport(pipeline, _pool(2), propagate_deadline=True, deadline_header="x-budget")

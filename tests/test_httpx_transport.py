@@ -809,12 +809,14 @@ async def test_no_sdk_means_no_span_until_one_is_configured(
 
 
 async def test_telemetry_false_sends_no_trace_context(
-    spans: tuple[TracerProvider, InMemorySpanExporter],
+    spans: tuple[TracerProvider, InMemorySpanExporter], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With telemetry off nothing is recorded and no traceparent is added."""
+    """With telemetry off nothing is recorded and no traceparent is added, even with an SDK
+    configured globally (a ``tracer_provider=`` with ``telemetry=False`` is refused)."""
     provider, exporter = spans
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
     upstream = Upstream(200)
-    async with client_for(upstream, telemetry=False, tracer_provider=provider) as client:
+    async with client_for(upstream, telemetry=False) as client:
         await client.get(URL)
     assert exporter.get_finished_spans() == ()
     assert "traceparent" not in upstream.requests[0].headers

@@ -152,7 +152,17 @@ _gates: weakref.WeakKeyDictionary[httpx.AsyncBaseTransport, _PoolGate] = weakref
 
 def _gate_for(transport: httpx.AsyncBaseTransport, limits: httpx.Limits | None) -> _PoolGate | None:
     """The one gate of ``transport``'s pool, shared by every ``ResilientTransport`` over it."""
-    size = _pool_size(transport) if limits is None else limits.max_connections
+    pooled = _pool_size(transport)
+    if pooled is not None and pooled > _UNBOUNDED:
+        pooled = None  # httpcore keeps "no limit" as sys.maxsize
+    size = pooled if limits is None else limits.max_connections
+    if pooled is not None and limits is not None and limits.max_connections != pooled:
+        raise ConfigurationError(
+            "ResilientTransport.limits",
+            limits,
+            f"max_connections={limits.max_connections} disagrees with the transport's own pool "
+            f"({pooled} connections); give the limits to the transport, or to this option alone",
+        )
     if size is None or size > _UNBOUNDED:
         return None  # no limit (httpcore reads None as sys.maxsize): the pool never queues
     if size < 1:
@@ -509,12 +519,24 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             raise ConfigurationError(
                 "ResilientTransport.propagate_deadline", propagate_deadline, "expected a bool"
             )
+        if not propagate_deadline and deadline_header.lower() != DEADLINE_HEADER:
+            raise ConfigurationError(
+                "ResilientTransport.deadline_header",
+                deadline_header,
+                "only means something with ResilientTransport.propagate_deadline=True",
+            )
         self._deadline_header = deadline_header.lower() if propagate_deadline else None
         if telemetry is None:
             telemetry = pipeline.observer is not None
         elif not isinstance(options["telemetry"], bool):
             raise ConfigurationError(
                 "ResilientTransport.telemetry", telemetry, "expected True, False or None"
+            )
+        if tracer_provider is not None and options["telemetry"] is False:
+            raise ConfigurationError(
+                "ResilientTransport.tracer_provider",
+                tracer_provider,
+                "only means something without ResilientTransport.telemetry=False",
             )
         self._tracing = _Tracing(tracer_provider) if telemetry else None
         self._buffer_limit = check.integer(
