@@ -85,11 +85,16 @@ async def test_cancelled_waiters_do_not_poison_a_pool_of_two(port: int) -> None:
 
 
 @pytest.mark.slow
-async def test_random_cancellations_leave_every_slot_free(port: int) -> None:
+@pytest.mark.parametrize("expiry", [5.0, 0.0], ids=["keep-alive", "no-keep-alive"])
+async def test_random_cancellations_leave_every_slot_free(port: int, expiry: float) -> None:
     """Callers cancelled from outside at random moments (waiting, sending, reading) leave the
-    gate empty and the pool serving, on both backends."""
+    gate empty and the pool serving, also when every idle connection has expired (httpcore
+    then closes connections as requests enter)."""
     rng = random.Random(7)
-    transport = ResilientTransport(resilient.Pipeline(telemetry=False), _pool(2))
+    inner = httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=2, keepalive_expiry=expiry)
+    )
+    transport = ResilientTransport(resilient.Pipeline(telemetry=False), inner)
     async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(10.0)) as client:
 
         async def caller(delay: float) -> None:

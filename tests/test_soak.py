@@ -8,7 +8,7 @@ end, once the load stops: no bulkhead slot, limiter waiter, breaker probe or poo
 still held (public snapshots); the memory the service traces is flat after the warm-up; and
 every response is one the service meant to send (no 500).
 
-Short by default (about 6 s of load per backend, in ``make test``); ``RESILIENT_SOAK=full``
+Short by default (5 s of load per backend, in ``make test``); ``RESILIENT_SOAK=full``
 runs a minute per backend. ``RESILIENT_SOAK_REPORT=path`` writes the figures as JSON.
 """
 
@@ -35,7 +35,7 @@ from _soak_apps import CLIENT_KEYS
 pytestmark = pytest.mark.slow
 
 FULL = os.environ.get("RESILIENT_SOAK") == "full"
-LOAD_SECONDS = 60.0 if FULL else 6.0
+LOAD_SECONDS = 60.0 if FULL else 5.0
 WORKERS = 48
 APPS = Path(__file__).with_name("_soak_apps.py")
 HOT_KEYS = CLIENT_KEYS[:3]
