@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 import resilient
-from resilient import Context, Pipeline
+from resilient import Pipeline
+from resilient.extend import Context
 from resilient.testing import FakeClock
 
 
@@ -21,11 +22,13 @@ class Recorder:
         self.log = log
         self.binds = 0
 
-    def _bind(self, inner: resilient.Call, later: tuple[resilient.Policy, ...]) -> resilient.Call:
+    def compose(
+        self, inner: resilient.extend.Call, after: tuple[resilient.extend.Policy, ...]
+    ) -> resilient.extend.Call:
         self.binds += 1
         return functools.partial(self.execute, inner)
 
-    async def execute(self, call: resilient.Call, ctx: Context, /) -> Any:
+    async def execute(self, call: resilient.extend.Call, ctx: Context, /) -> Any:
         self.log.append(f"enter {self.name}")
         try:
             return await call(ctx)
@@ -72,7 +75,7 @@ async def test_context_carries_operation_pipeline_and_attempt() -> None:
     class Peek:
         name = "peek"
 
-        async def execute(self, call: resilient.Call, ctx: Context, /) -> Any:
+        async def execute(self, call: resilient.extend.Call, ctx: Context, /) -> Any:
             seen.append(ctx)
             return await call(ctx)
 
@@ -95,7 +98,7 @@ async def test_each_call_gets_its_own_context() -> None:
     class Peek:
         name = "peek"
 
-        async def execute(self, call: resilient.Call, ctx: Context, /) -> Any:
+        async def execute(self, call: resilient.extend.Call, ctx: Context, /) -> Any:
             seen.append(ctx)
             return await call(ctx)
 
@@ -163,7 +166,7 @@ def test_bad_clock_and_random_are_refused() -> None:
 async def test_raising_listener_never_changes_the_outcome(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(event: resilient.Event) -> None:
+    def broken(event: resilient.events.Event) -> None:
         raise RuntimeError("listener bug")
 
     async def work() -> None:
@@ -193,7 +196,7 @@ class Observer:
         if self.fail:
             raise RuntimeError("end")
 
-    def event(self, ctx: Context, event: resilient.Event, /) -> None:
+    def event(self, ctx: Context, event: resilient.events.Event, /) -> None:
         self.calls.append(("event", type(event).__name__))
         if self.fail:
             raise RuntimeError("event")
@@ -257,4 +260,10 @@ async def test_context_factory_and_run_for_integrations() -> None:
 
 
 def test_repr_lists_policies() -> None:
-    assert repr(Pipeline(resilient.Timeout(1), name="x")) == "Pipeline(Timeout, name='x')"
+    assert (
+        repr(Pipeline(resilient.Timeout(1), name="x"))
+        == "Pipeline(Timeout(1, name='timeout'), name='x')"
+    )
+    nested = Pipeline(Pipeline(resilient.Timeout(2), name="in"), name="out")
+    assert repr(nested) == "Pipeline(Pipeline(Timeout(2, name='timeout'), name='in'), name='out')"
+    assert repr(Pipeline(name="empty")) == "Pipeline(name='empty')"

@@ -10,23 +10,25 @@ import pytest
 
 import resilient
 from resilient import (
-    AttemptEnded,
-    AttemptStarted,
-    BudgetRefused,
     BulkheadFullError,
     Classifier,
     ConfigurationError,
-    Context,
     Pipeline,
     Retry,
     RetryBudget,
-    RetryGaveUp,
-    RetryScheduled,
     Timeout,
     Verdict,
     on_exception,
     on_result,
 )
+from resilient.events import (
+    AttemptEnded,
+    AttemptStarted,
+    BudgetRefused,
+    RetryGaveUp,
+    RetryScheduled,
+)
+from resilient.extend import Context
 from resilient.testing import EventRecorder, FakeClock
 
 
@@ -583,7 +585,7 @@ def test_defaults_are_documented_values() -> None:
     )
     assert retry.max_retry_after == 60.0
     assert retry.name == "retry"
-    assert Retry._deadline_aware is True
+    assert Retry.deadline_aware is True
     assert "attempts=3" in repr(retry)
 
 
