@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 import resilient
+import resilient.extend
 import resilient.httpx
 from resilient import Bulkhead, CircuitBreaker, RateLimiter, Timeout
 from resilient.httpx import ResilientTransport
@@ -127,7 +128,7 @@ class Shed:
 
     name = "shed"
 
-    async def execute(self, call: object, ctx: resilient.Context, /) -> object:
+    async def execute(self, call: object, ctx: resilient.extend.Context, /) -> object:
         raise ShedError("shed", policy=self.name, retry_after=1.5)
 
 

@@ -14,12 +14,13 @@ import anyio
 import httpx
 from opentelemetry import trace
 
-from resilient import Bulkhead, BulkheadSnapshot, RejectedError, __version__
+from resilient import Bulkhead, RejectedError, __version__
 from resilient import _validate as check
 from resilient._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
 from resilient._classify import Classification as _Classification
 from resilient._exceptions import ConfigurationError, ResilientError
 from resilient._pipeline import Pipeline
+from resilient.extend import BulkheadSnapshot
 
 from ._classify import NEVER_SENT, NotRetryable, http_classifier
 from ._errors import as_http_error
@@ -124,16 +125,18 @@ class _PoolGate:
     async def enter(self, request: httpx.Request, ctx: Any) -> None:
         """Take a slot, waiting at most httpx's pool timeout (then ``httpx.PoolTimeout``)."""
         bulkhead = self.bulkhead
+        if bulkhead.try_acquire():
+            return
         timeouts = request.extensions.get("timeout")
         limit = timeouts.get("pool") if isinstance(timeouts, dict) else None
-        if limit is None or bulkhead.snapshot().running < self.size:
-            await bulkhead.__aenter__()
+        if limit is None:
+            await bulkhead.acquire()
             return
         clock = ctx.clock
         scope = clock.timeout_at(clock.now() + limit)
         try:
             async with scope:
-                await bulkhead.__aenter__()
+                await bulkhead.acquire()
         except TimeoutError:
             if not scope.expired():
                 raise  # the call's own deadline, not the pool timeout
@@ -142,9 +145,9 @@ class _PoolGate:
                 request=request,
             ) from None
 
-    async def leave(self) -> None:
-        """Give the slot back (never suspends, so it completes even when cancelled)."""
-        await self.bulkhead.__aexit__(None, None, None)
+    def leave(self) -> None:
+        """Give the slot back."""
+        self.bulkhead.release()
 
 
 _gates: weakref.WeakKeyDictionary[httpx.AsyncBaseTransport, _PoolGate] = weakref.WeakKeyDictionary()
@@ -211,7 +214,23 @@ class _HeldStream(httpx.AsyncByteStream):
             with anyio.CancelScope(shield=True):
                 await self._stream.aclose()
         finally:
-            await gate.leave()
+            gate.leave()
+
+
+async def _send_gated(
+    transport: httpx.AsyncBaseTransport, gate: _PoolGate, request: httpx.Request, ctx: Any
+) -> httpx.Response:
+    """Send holding a slot of the pool gate, until the response is closed."""
+    await gate.enter(request, ctx)
+    try:
+        response = await transport.handle_async_request(request)
+    except BaseException:
+        gate.leave()
+        raise
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    response.stream = _HeldStream(stream, gate)
+    return response
 
 
 @final
@@ -293,16 +312,23 @@ class _Exchange:
             "idempotent, or a streamed body), and its previous attempt was cut; not re-sent"
         )
 
+    async def _again(self) -> httpx.Response | None:
+        """Before a resend: the answer to give instead when it is not safe, else ``None``."""
+        if not self.resendable and (self.left or not self.replayable):
+            return self._replay()
+        last = self.last
+        if last is not None:
+            # A new attempt means the previous response is being discarded, whatever the
+            # retry policy does with it: release its connection now.
+            self.last = None
+            await _close(last)
+        return None
+
     async def __call__(self) -> httpx.Response:
         if self.sends:
-            if not self.resendable and (self.left or not self.replayable):
-                return self._replay()
-            last = self.last
-            if last is not None:
-                # A new attempt means the previous response is being discarded, whatever the
-                # retry policy does with it: release its connection now.
-                self.last = None
-                await _close(last)
+            instead = await self._again()
+            if instead is not None:
+                return instead
         request = self.request
         owner = self.owner
         ctx = self.ctx
@@ -326,15 +352,7 @@ class _Exchange:
             if gate is None:
                 response = await owner._transport.handle_async_request(request)
             else:
-                await gate.enter(request, ctx)
-                try:
-                    response = await owner._transport.handle_async_request(request)
-                except BaseException:
-                    await gate.leave()
-                    raise
-                stream = response.stream
-                assert isinstance(stream, httpx.AsyncByteStream)
-                response.stream = _HeldStream(stream, gate)
+                response = await _send_gated(owner._transport, gate, request, ctx)
             self.last = response
             if owner._buffer_limit and owner._worth_buffering(response, ctx, request):
                 await owner._buffer(response)
@@ -348,6 +366,93 @@ class _Exchange:
             if span is not None:
                 end_span(span, settled, self.error)
         return response
+
+
+def _wrapped(
+    transport: httpx.AsyncBaseTransport | None, limits: httpx.Limits | None
+) -> httpx.AsyncBaseTransport:
+    """The transport that sends requests: the one given, or one built with ``limits``."""
+    if limits is not None:
+        if not isinstance(limits, httpx.Limits):
+            raise ConfigurationError(
+                "ResilientTransport.limits", limits, "expected an httpx.Limits or None"
+            )
+        check.optional(
+            check.integer, "ResilientTransport.limits.max_connections", limits.max_connections
+        )
+    if transport is None:
+        return (
+            httpx.AsyncHTTPTransport()
+            if limits is None
+            else httpx.AsyncHTTPTransport(limits=limits)
+        )
+    if not callable(getattr(transport, "handle_async_request", None)):
+        raise ConfigurationError(
+            "ResilientTransport.transport", transport, "expected an httpx async transport"
+        )
+    return transport
+
+
+def _methods(retry_methods: object) -> frozenset[str]:
+    if isinstance(retry_methods, str) or not isinstance(retry_methods, Iterable):
+        raise ConfigurationError(
+            "ResilientTransport.retry_methods", retry_methods, "expected a set of methods"
+        )
+    methods = []
+    for method in retry_methods:
+        if not isinstance(method, str) or not _TOKEN.match(method):
+            raise ConfigurationError(
+                "ResilientTransport.retry_methods", method, "expected an HTTP method name"
+            )
+        methods.append(method.upper())
+    return frozenset(methods)
+
+
+def _headers(
+    idempotency_header: object, deadline_header: object, propagate_deadline: object
+) -> tuple[str | None, str | None]:
+    """(idempotency header, deadline header to send or ``None``), checked together."""
+    if idempotency_header is not None and not (
+        isinstance(idempotency_header, str) and _TOKEN.match(idempotency_header)
+    ):
+        raise ConfigurationError(
+            "ResilientTransport.idempotency_header",
+            idempotency_header,
+            "expected a header name or None",
+        )
+    if not isinstance(deadline_header, str) or not _TOKEN.match(deadline_header):
+        raise ConfigurationError(
+            "ResilientTransport.deadline_header", deadline_header, "expected a header name"
+        )
+    if not isinstance(propagate_deadline, bool):
+        raise ConfigurationError(
+            "ResilientTransport.propagate_deadline", propagate_deadline, "expected a bool"
+        )
+    if not propagate_deadline and deadline_header.lower() != DEADLINE_HEADER:
+        raise ConfigurationError(
+            "ResilientTransport.deadline_header",
+            deadline_header,
+            "only means something with ResilientTransport.propagate_deadline=True",
+        )
+    return idempotency_header, deadline_header.lower() if propagate_deadline else None
+
+
+def _tracing(
+    telemetry: object, tracer_provider: trace.TracerProvider | None, pipeline: Pipeline
+) -> _Tracing | None:
+    if telemetry is None:
+        telemetry = pipeline.observer is not None
+    elif not isinstance(telemetry, bool):
+        raise ConfigurationError(
+            "ResilientTransport.telemetry", telemetry, "expected True, False or None"
+        )
+    elif tracer_provider is not None and not telemetry:
+        raise ConfigurationError(
+            "ResilientTransport.tracer_provider",
+            tracer_provider,
+            "only means something without ResilientTransport.telemetry=False",
+        )
+    return _Tracing(tracer_provider) if telemetry else None
 
 
 @final
@@ -453,26 +558,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             raise ConfigurationError(
                 "ResilientTransport.pipeline", pipeline, "expected a resilient.Pipeline"
             )
-        if limits is not None:
-            if not isinstance(limits, httpx.Limits):
-                raise ConfigurationError(
-                    "ResilientTransport.limits", limits, "expected an httpx.Limits or None"
-                )
-            check.optional(
-                check.integer,
-                "ResilientTransport.limits.max_connections",
-                limits.max_connections,
-            )
-        if transport is None:
-            transport = (
-                httpx.AsyncHTTPTransport()
-                if limits is None
-                else httpx.AsyncHTTPTransport(limits=limits)
-            )
-        elif not callable(getattr(transport, "handle_async_request", None)):
-            raise ConfigurationError(
-                "ResilientTransport.transport", transport, "expected an httpx async transport"
-            )
+        transport = _wrapped(transport, limits)
         self._gate = _gate_for(transport, limits)
         self._pipeline = pipeline
         self._transport = transport
@@ -487,58 +573,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         self._classifier: ClassifierLike = classifier
         self._not_retryable = NotRetryable(classifier, unsent_ok=True)
         self._not_replayable = NotRetryable(classifier, unsent_ok=False)
-        if isinstance(retry_methods, str):
-            raise ConfigurationError(
-                "ResilientTransport.retry_methods", retry_methods, "expected a set of methods"
-            )
-        methods = []
-        candidates: Iterable[object] = retry_methods
-        for method in candidates:
-            if not isinstance(method, str) or not _TOKEN.match(method):
-                raise ConfigurationError(
-                    "ResilientTransport.retry_methods", method, "expected an HTTP method name"
-                )
-            methods.append(method.upper())
-        self._retry_methods = frozenset(methods)
-        header_option = options["idempotency_header"]
-        if header_option is not None and not (
-            isinstance(header_option, str) and _TOKEN.match(header_option)
-        ):
-            raise ConfigurationError(
-                "ResilientTransport.idempotency_header",
-                idempotency_header,
-                "expected a header name or None",
-            )
-        self._idempotency_header = idempotency_header
-        header_option = options["deadline_header"]
-        if not isinstance(header_option, str) or not _TOKEN.match(header_option):
-            raise ConfigurationError(
-                "ResilientTransport.deadline_header", deadline_header, "expected a header name"
-            )
-        if not isinstance(options["propagate_deadline"], bool):
-            raise ConfigurationError(
-                "ResilientTransport.propagate_deadline", propagate_deadline, "expected a bool"
-            )
-        if not propagate_deadline and deadline_header.lower() != DEADLINE_HEADER:
-            raise ConfigurationError(
-                "ResilientTransport.deadline_header",
-                deadline_header,
-                "only means something with ResilientTransport.propagate_deadline=True",
-            )
-        self._deadline_header = deadline_header.lower() if propagate_deadline else None
-        if telemetry is None:
-            telemetry = pipeline.observer is not None
-        elif not isinstance(options["telemetry"], bool):
-            raise ConfigurationError(
-                "ResilientTransport.telemetry", telemetry, "expected True, False or None"
-            )
-        if tracer_provider is not None and options["telemetry"] is False:
-            raise ConfigurationError(
-                "ResilientTransport.tracer_provider",
-                tracer_provider,
-                "only means something without ResilientTransport.telemetry=False",
-            )
-        self._tracing = _Tracing(tracer_provider) if telemetry else None
+        self._retry_methods = _methods(retry_methods)
+        self._idempotency_header, self._deadline_header = _headers(
+            options["idempotency_header"], options["deadline_header"], propagate_deadline
+        )
+        self._tracing = _tracing(options["telemetry"], tracer_provider, pipeline)
         self._buffer_limit = check.integer(
             "ResilientTransport.buffer_limit", buffer_limit, minimum=0
         )
