@@ -123,6 +123,15 @@ async def _through_chaos(phase: resilient.chaos.Phase) -> None:
         assert await pipeline.call(_ok) == 1
 
 
+async def _through_chaos_controller(chaos: resilient.chaos.Chaos) -> None:
+    chaos.enable()
+    pipeline = resilient.Pipeline(
+        resilient.chaos.ChaosPolicy(chaos), clock=FakeClock(), telemetry=False
+    )
+    with contextlib.suppress(resilient.chaos.ChaosError):
+        assert await pipeline.call(_ok) == 1
+
+
 async def _through_serializer(serializer: resilient.serde.VersionedSerializer[Any]) -> None:
     record = {"name": "ada", "tags": [1, 2]}
     failed: resilient.serde.SerdeError | None = None
@@ -344,6 +353,28 @@ TARGETS = {
         ),
         ("max_size", "max_depth", "write"),
         _through_serializer,
+    ),
+    "Version": Target(
+        "Version",
+        lambda number: resilient.serde.VersionedSerializer(
+            versions=[resilient.serde.Version(number)], write=number
+        ),
+        ("number",),
+        _through_serializer,
+    ),
+    "Telemetry": Target(
+        "Telemetry",
+        lambda **kw: resilient.Pipeline(
+            resilient.Timeout(1.0), clock=FakeClock(), telemetry=resilient.Telemetry(**kw)
+        ),
+        ("max_operations",),
+        _through_pipeline,
+    ),
+    "Chaos": Target(
+        "Chaos",
+        lambda **kw: resilient.chaos.Chaos(resilient.chaos.Phase(error_rate=0.5), **kw),
+        ("seed",),
+        _through_chaos_controller,
     ),
     "ZlibCodec": Target(
         "ZlibCodec",
