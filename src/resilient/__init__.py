@@ -52,6 +52,7 @@ from ._ratelimit import (
     RateLimiter,
     RateLimiterSnapshot,
     RateLimitStatus,
+    TakeResult,
 )
 from ._retry import Retry
 from ._timeout import Timeout
@@ -98,6 +99,7 @@ __all__ = [
     "RetryGaveUp",
     "RetryScheduled",
     "SystemClock",
+    "TakeResult",
     "Telemetry",
     "Timeout",
     "TimeoutExceeded",
