@@ -24,7 +24,7 @@ from resilient._exceptions import (
     TimeoutExceeded,
 )
 from resilient._pipeline import Pipeline
-from resilient._ratelimit import RateLimiter
+from resilient._ratelimit import BucketStore, RateLimiter
 
 from ._client import NO_PEER_KEY, ClientKeyResolver
 from ._guard import (
@@ -149,6 +149,9 @@ class ResilienceMiddleware:
         forwarded_header: ``"x-forwarded-for"`` (default) or ``"forwarded"``.
         ipv6_prefix: IPv6 clients share a bucket per ``/ipv6_prefix`` network (default 64).
         max_keys: the most client buckets kept (least recently used evicted first).
+        rate_store: where the client buckets live (a ``BucketStore``; default: this
+            process). ``resilient.redis.RedisBucketStore`` shares each client's quota
+            across every worker and server of the fleet.
         rate_limit_headers: ``"ietf"`` (``RateLimit-Policy`` and ``RateLimit``, the current
             httpapi draft), ``"legacy"`` (``RateLimit-Limit``/``-Remaining``/``-Reset``) or
             ``"none"``.
@@ -223,6 +226,7 @@ class ResilienceMiddleware:
         forwarded_header: str = "x-forwarded-for",
         ipv6_prefix: int = 64,
         max_keys: int = 10_000,
+        rate_store: BucketStore | None = None,
         rate_limit_headers: str = "ietf",
         timeout: float | None = None,
         total_timeout: float | None = None,
@@ -292,6 +296,7 @@ class ResilienceMiddleware:
                 max_wait=0.0,
                 per_key=True,
                 max_keys=max_keys,
+                store=rate_store,
                 clock=self._clock,
                 name="rate_limit",
             )
@@ -306,6 +311,8 @@ class ResilienceMiddleware:
                 self._policy_header = ((b"ratelimit-limit", str(burst).encode()),)
         elif burst is not None:
             raise ConfigurationError(p + "burst", burst, "needs rate to be set")
+        elif rate_store is not None:
+            raise ConfigurationError(p + "rate_store", rate_store, "needs rate to be set")
         self._timeout = math.inf if timeout is None else check.positive(p + "timeout", timeout)
         self._total_timeout = (
             math.inf

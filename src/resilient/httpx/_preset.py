@@ -54,8 +54,9 @@ def standard(
         tracer_provider: the OpenTelemetry tracer provider for attempt spans.
         buffer_limit: see ``ResilientTransport``.
         **options: any option of ``resilient.standard()`` (``total_timeout``,
-            ``attempt_timeout``, ``attempts``, ``rate``, ``max_concurrent``, ``clock``,
-            ``telemetry``, ...), except ``classify`` and ``per_key``.
+            ``attempt_timeout``, ``attempts``, ``rate``, ``rate_store`` (a fleet-wide
+            quota per host, e.g. ``resilient.redis.RedisBucketStore``), ``max_concurrent``,
+            ``clock``, ``telemetry``, ...), except ``classify`` and ``per_key``.
 
     Raises:
         ConfigurationError: an invalid option (the message names it).
