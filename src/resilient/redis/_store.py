@@ -47,7 +47,8 @@ SCRIPT: Final = """\
 -- clock. KEYS[1]: the bucket. ARGV: cost (0: read only), rate (tokens/s), burst (tokens).
 -- State: full_at, the server time (s) at which the bucket is full again; a missing key is a
 -- full bucket, so every write expires when the bucket would be full (nothing is lost).
--- Returns {wait, tokens} as strings: Redis would truncate Lua numbers to integers.
+-- Returns "wait tokens", one string: Redis would truncate Lua numbers to integers, and one
+-- bulk string is the cheapest reply to parse.
 local t = redis.call('TIME')
 -- seconds since 2023-11-14 (1.7e9): small numbers keep sub-microsecond precision
 local now = (tonumber(t[1]) - 1700000000) + tonumber(t[2]) * 1e-6
@@ -81,7 +82,7 @@ if write then
 end
 local tokens = burst - (full_at - now) * rate
 if tokens < 0 then tokens = 0 elseif tokens > burst then tokens = burst end
-return {string.format('%.17g', wait), string.format('%.17g', tokens)}
+return string.format('%.17g %.17g', wait, tokens)
 """
 """The Lua script every decision runs (by its SHA1, ``EVALSHA``)."""
 
@@ -324,9 +325,10 @@ class RedisBucketStore:
         """
         client = self._client_for_loop()
         try:
-            wait, tokens = await self._pipeline.call(
+            reply = await self._pipeline.call(
                 self._script, client, self.redis_key(key), cost, rate, burst
             )
+            wait, tokens = reply.split()
         except Exception as exc:
             return self._decide_locally(
                 "take", exc=exc, key=key, cost=cost, rate=rate, burst=burst, now=now
@@ -343,9 +345,10 @@ class RedisBucketStore:
         """
         client = self._client_for_loop()
         try:
-            _, tokens = await self._pipeline.call(
+            reply = await self._pipeline.call(
                 self._script, client, self.redis_key(key), 0, rate, burst
             )
+            _, tokens = reply.split()
         except Exception as exc:
             return self._decide_locally(
                 "tokens", exc=exc, key=key, cost=0.0, rate=rate, burst=burst, now=now
@@ -383,6 +386,8 @@ class RedisBucketStore:
                 # The store's Timeout bounds every call; a retry inside redis-py would only
                 # spend that time on a server that just failed.
                 retry=RedisRetry(NoBackoff(), 0),
+                # ... and a read timeout of redis-py's would arm a second timer per call.
+                socket_timeout=None,
                 socket_connect_timeout=max(1.0, self._timeout),
                 health_check_interval=0,
             )
@@ -391,9 +396,9 @@ class RedisBucketStore:
     @staticmethod
     async def _script(
         client: Any, redis_key: str, cost: float, rate: float, burst: float
-    ) -> list[Any]:
+    ) -> bytes | str:
         try:
-            reply: list[Any] = await client.evalsha(_SHA, 1, redis_key, cost, rate, burst)
+            reply: bytes | str = await client.evalsha(_SHA, 1, redis_key, cost, rate, burst)
         except NoScriptError:
             # First use on this server, or it restarted or failed over: EVAL runs the
             # script and caches it, so the next EVALSHA finds it.
