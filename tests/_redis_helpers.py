@@ -2,7 +2,8 @@
 
 Also a script: ``python tests/_redis_helpers.py hammer URL PREFIX RATE BURST START END``
 takes tokens from one shared key as fast as it can between two wall-clock times and prints
-how many were admitted and how many decisions fell back (one of the processes of the fleet
+how many were admitted, how many decisions it made and how many fell back, and when it
+really started and stopped (one of the processes of the fleet
 test); and ``make_app`` is the ASGI app the two-server test runs under uvicorn.
 """
 
@@ -106,7 +107,7 @@ def hammer(argv: list[str]) -> None:
     url, prefix = argv[0], argv[1]
     rate, burst, start, end = (float(x) for x in argv[2:6])
 
-    async def run() -> tuple[int, int, int]:
+    async def run() -> tuple[int, int, int, float, float]:
         fallbacks: list[object] = []
         store = RedisBucketStore(url, prefix=prefix, timeout=1.0, listeners=[fallbacks.append])
         limiter = RateLimiter(rate=rate, burst=burst, max_wait=0, store=store)
@@ -114,12 +115,14 @@ def hammer(argv: list[str]) -> None:
         await limiter.try_acquire("warm-up")  # connect and load the script before the start
         while time.time() < start:
             await asyncio.sleep(0.001)
+        first = time.time()  # late when the machine is busy: the window is measured
         while time.time() < end:
             status = await limiter.try_acquire("shared")
             decisions += 1
             admitted += status.allowed
+        last = time.time()
         await store.aclose()
-        return admitted, decisions, len(fallbacks)
+        return admitted, decisions, len(fallbacks), first, last
 
     print(*asyncio.run(run()))
 

@@ -220,7 +220,7 @@ async def test_the_script_is_reloaded_after_the_server_forgets_it(
 
 def test_six_processes_share_one_quota(redis_url: str, prefix: str) -> None:
     rate, burst, seconds = 300.0, 60.0, 2.5
-    start = time.time() + 2.0  # every process imported and connected by then
+    start = time.time() + 2.0  # every process imported and connected by then, usually
     end = start + seconds
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     processes = [
@@ -237,11 +237,15 @@ def test_six_processes_share_one_quota(redis_url: str, prefix: str) -> None:
     for process in processes:
         out, err = process.communicate(timeout=30)
         assert process.returncode == 0, err.decode()[-2000:]
-        results.append([int(x) for x in out.split()])
+        results.append([float(x) for x in out.split()])
     admitted = sum(r[0] for r in results)
     decisions = sum(r[1] for r in results)
     fallbacks = sum(r[2] for r in results)
-    expected = rate * seconds + burst  # 810; six local limiters would admit six times that
+    # The window really hammered: from the first decision of any process (the bucket full)
+    # to the last (a process slow to start on a busy machine shortens it, never lengthens).
+    window = max(r[4] for r in results) - min(r[3] for r in results)
+    assert seconds - 1.0 < window < seconds + 0.5
+    expected = rate * window + burst  # ~810; six local limiters would admit six times that
     assert fallbacks == 0
     assert decisions > 3 * expected  # the processes really hammered the key
     assert abs(admitted - expected) <= 0.03 * expected, (admitted, expected, results)

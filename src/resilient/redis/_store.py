@@ -1,7 +1,7 @@
 """``RedisBucketStore``: token buckets in Redis, one atomic script call per decision.
 
 The bucket is the library's own (GCRA: one number per key, ``full_at``, the time at which the
-bucket is full again; see ``resilient.bucket_take``), computed by a Lua script on the Redis
+bucket is full again; the arithmetic of the in-memory bucket), computed by a Lua script on the Redis
 server with the server's clock, so processes whose clocks disagree still share one quota.
 Every Redis call goes through a ``Pipeline(CircuitBreaker, Timeout)`` of the library: a slow
 or dead server costs one short timeout per call until the breaker opens, then nothing; every
@@ -43,7 +43,7 @@ __all__ = ["SCRIPT", "RedisBucketStore", "StoreFallback"]
 logger = logging.getLogger("resilient.redis")
 
 SCRIPT: Final = """\
--- resilient's token bucket (GCRA), the arithmetic of resilient.bucket_take, on the server's
+-- resilient's token bucket (GCRA), the in-memory bucket's arithmetic (bucket_take), on the server's
 -- clock. KEYS[1]: the bucket. ARGV: cost (0: read only), rate (tokens/s), burst (tokens).
 -- State: full_at, the server time (s) at which the bucket is full again; a missing key is a
 -- full bucket, so every write expires when the bucket would be full (nothing is lost).
