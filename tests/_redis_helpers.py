@@ -1,9 +1,9 @@
 """Real Redis for the tests: find a server, or start ``redis-server`` on a free port.
 
-Also a script: ``python tests/_redis_helpers.py hammer URL PREFIX RATE BURST START END``
-takes tokens from one shared key as fast as it can between two wall-clock times and prints
-how many were admitted, how many decisions it made and how many fell back, and when it
-really started and stopped (one of the processes of the fleet
+Also a script: ``python tests/_redis_helpers.py hammer URL PREFIX RATE BURST SECONDS``
+takes tokens from one shared key as fast as it can for a few seconds from a start time it
+reads on stdin, and prints how many were admitted, how many decisions it made and how many
+fell back, and when it really started and stopped (one of the processes of the fleet
 test); and ``make_app`` is the ASGI app the two-server test runs under uvicorn.
 """
 
@@ -98,14 +98,18 @@ def shared_url() -> str | None:
 
 
 def hammer(argv: list[str]) -> None:
-    """One process of the fleet: ``URL PREFIX RATE BURST START END``."""
+    """One process of the fleet: ``URL PREFIX RATE BURST SECONDS``.
+
+    Prints ``ready`` once connected, reads the wall-clock start time from stdin, takes
+    tokens from one shared key until ``SECONDS`` later, then prints its numbers.
+    """
     import asyncio
 
     from resilient import RateLimiter
     from resilient.redis import RedisBucketStore
 
     url, prefix = argv[0], argv[1]
-    rate, burst, start, end = (float(x) for x in argv[2:6])
+    rate, burst, seconds = (float(x) for x in argv[2:5])
 
     async def run() -> tuple[int, int, int, float, float]:
         fallbacks: list[object] = []
@@ -113,6 +117,9 @@ def hammer(argv: list[str]) -> None:
         limiter = RateLimiter(rate=rate, burst=burst, max_wait=0, store=store)
         admitted = decisions = 0
         await limiter.try_acquire("warm-up")  # connect and load the script before the start
+        print("ready", flush=True)
+        start = float(sys.stdin.readline())
+        end = start + seconds
         while time.time() < start:
             await asyncio.sleep(0.001)
         first = time.time()  # late when the machine is busy: the window is measured

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, final
 
 from opentelemetry import metrics
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
@@ -164,6 +164,8 @@ class RedisBucketStore:
             to ``1 / processes`` to keep a fleet within the shared quota during an outage.
         deny_retry_after: the ``retry_after`` in seconds of a ``"deny"`` refusal.
         local_max_keys: the most keyed buckets the local fallback keeps.
+        max_connections: connections a client built from a URL opens at most; a decision
+            finding them all busy waits for one, within ``timeout``.
         breaker: the breaker around Redis (default: opens at 50 % failures once 5 calls were
             seen in 10 s, probes after 0.5 s, backing off to at most 5 s).
         listeners: callables receiving ``StoreFallback`` events and the events of the breaker
@@ -187,6 +189,7 @@ class RedisBucketStore:
         "_listeners",
         "_local",
         "_loop",
+        "_max_connections",
         "_meter_provider",
         "_mode",
         "_owned",
@@ -208,6 +211,7 @@ class RedisBucketStore:
         local_share: float = 1.0,
         deny_retry_after: float = 1.0,
         local_max_keys: int = 10_000,
+        max_connections: int = 32,
         breaker: CircuitBreaker | None = None,
         listeners: Iterable[Listener] = (),
         telemetry: bool | Telemetry = True,
@@ -280,6 +284,10 @@ class RedisBucketStore:
             listeners=listeners,
             telemetry=telemetry,
         )
+        connections: object = max_connections
+        if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
+            raise ConfigurationError(p + "max_connections", max_connections, "expected an int >= 1")
+        self._max_connections = max_connections
         self._meter_provider = meter_provider
         self._fallbacks: Any = None  # the OpenTelemetry counter, made on the first fallback
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -381,16 +389,21 @@ class RedisBucketStore:
             # Connections belong to the loop that opened them; a new loop needs its own.
             self._loop = loop
             assert self._url is not None
-            self._client = Redis.from_url(
+            pool = BlockingConnectionPool.from_url(
                 self._url,
+                # A burst of concurrent decisions shares a few connections instead of opening
+                # one each; the wait for a free one counts against the store's timeout.
+                max_connections=self._max_connections,
+                timeout=None,
                 # The store's Timeout bounds every call; a retry inside redis-py would only
-                # spend that time on a server that just failed.
+                # spend that time on a server that just failed...
                 retry=RedisRetry(NoBackoff(), 0),
                 # ... and a read timeout of redis-py's would arm a second timer per call.
                 socket_timeout=None,
                 socket_connect_timeout=max(1.0, self._timeout),
                 health_check_interval=0,
             )
+            self._client = Redis.from_pool(pool)  # aclose() closes the pool too
         return self._client
 
     @staticmethod
