@@ -1,6 +1,6 @@
 """Real Redis for the tests: find a server, or start ``redis-server`` on a free port.
 
-Also a script: ``python tests/_redis_helpers.py hammer URL PREFIX RATE BURST SECONDS``
+Also a script: ``python tests/_redis_helpers.py hammer URL PREFIX RATE BURST SECONDS LEASE``
 takes tokens from one shared key as fast as it can for a few seconds from a start time it
 reads on stdin, and prints how many were admitted, how many decisions it made and how many
 fell back, and when it really started and stopped (one of the processes of the fleet
@@ -98,7 +98,7 @@ def shared_url() -> str | None:
 
 
 def hammer(argv: list[str]) -> None:
-    """One process of the fleet: ``URL PREFIX RATE BURST SECONDS``.
+    """One process of the fleet: ``URL PREFIX RATE BURST SECONDS LEASE``.
 
     Prints ``ready`` once connected, reads the wall-clock start time from stdin, takes
     tokens from one shared key until ``SECONDS`` later, then prints its numbers.
@@ -110,10 +110,13 @@ def hammer(argv: list[str]) -> None:
 
     url, prefix = argv[0], argv[1]
     rate, burst, seconds = (float(x) for x in argv[2:5])
+    lease = int(argv[5])
 
     async def run() -> tuple[int, int, int, float, float]:
         fallbacks: list[object] = []
-        store = RedisBucketStore(url, prefix=prefix, timeout=1.0, listeners=[fallbacks.append])
+        store = RedisBucketStore(
+            url, prefix=prefix, timeout=1.0, lease=lease, listeners=[fallbacks.append]
+        )
         limiter = RateLimiter(rate=rate, burst=burst, max_wait=0, store=store)
         admitted = decisions = 0
         await limiter.try_acquire("warm-up")  # connect and load the script before the start

@@ -39,6 +39,7 @@ from resilient import (
     TakeResult,
 )
 from resilient.redis import RedisBucketStore, StoreFallback
+from resilient.testing import FakeClock
 
 HELPERS = Path(__file__).with_name("_redis_helpers.py")
 SRC = Path(__file__).parent.parent / "src"
@@ -216,6 +217,40 @@ async def test_concurrent_decisions_share_a_bounded_pool(
     assert len(clients) <= 5  # ours and the CLIENT LIST connection
 
 
+async def test_a_lease_takes_many_tokens_in_one_round_trip(
+    own_redis: RedisServer, prefix: str
+) -> None:
+    store = RedisBucketStore(own_redis.url, prefix=prefix, timeout=1.0, lease=10)
+    limiter = RateLimiter(rate=0.01, burst=100, max_wait=0, store=store)
+    await limiter.try_acquire("warm-up")
+    before = command_calls(own_redis)
+    statuses = [await limiter.try_acquire("hot") for _ in range(50)]
+    after = command_calls(own_redis)
+    await store.aclose()
+    assert all(s.allowed for s in statuses)
+    assert after["evalsha"] - before["evalsha"] == 5  # 50 decisions, 10 per round trip
+    assert round(statuses[0].remaining, 3) == 99.0  # the shared bucket's 90 + 9 held here
+    assert round(statuses[9].remaining, 3) == 90.0
+
+
+async def test_a_lease_is_spent_by_its_process_then_expires(
+    redis_url: str, prefix: str, clock: FakeClock
+) -> None:
+    """Two processes on a 5-token bucket: the first leases all 5; the second is refused
+    until the lease expires unspent (dropped, not returned)."""
+    first = RedisBucketStore(redis_url, prefix=prefix, timeout=1.0, lease=10, lease_ttl=0.5)
+    second = RedisBucketStore(redis_url, prefix=prefix, timeout=1.0)
+    a = RateLimiter(rate=0.01, burst=5, max_wait=0, store=first, clock=clock)
+    b = RateLimiter(rate=0.01, burst=5, max_wait=0, store=second, clock=clock)
+    assert (await a.try_acquire()).allowed  # one round trip took all 5 tokens, 4 held
+    assert not (await b.try_acquire()).allowed
+    assert [(await a.try_acquire()).allowed for _ in range(2)] == [True, True]  # 2 held
+    clock.advance(1.0)  # the limiter's clock: a leased token is spendable for 0.5 s
+    assert not (await a.try_acquire()).allowed  # the 2 held expired; Redis has none
+    await first.aclose()
+    await second.aclose()
+
+
 async def test_the_script_is_reloaded_after_the_server_forgets_it(
     own_redis: RedisServer, prefix: str
 ) -> None:
@@ -239,7 +274,9 @@ async def test_the_script_is_reloaded_after_the_server_forgets_it(
 # -- a fleet ----------------------------------------------------------------------------------
 
 
-def test_six_processes_share_one_quota(redis_url: str, prefix: str) -> None:
+@pytest.mark.parametrize("lease", [0, 10])
+def test_six_processes_share_one_quota(redis_url: str, prefix: str, lease: int) -> None:
+    """Admitted in total: rate * seconds + burst, within 3 % (and a lease per process)."""
     # A burst of a whole second of refill: a fleet that all stalls for less than that on a
     # busy machine loses no token (a full bucket stops filling).
     rate, burst, seconds = 200.0, 200.0, 2.5
@@ -247,7 +284,7 @@ def test_six_processes_share_one_quota(redis_url: str, prefix: str) -> None:
     processes = [
         subprocess.Popen(
             [sys.executable, str(HELPERS), "hammer", redis_url, prefix]
-            + [str(x) for x in (rate, burst, seconds)],
+            + [str(x) for x in (rate, burst, seconds, lease)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -255,24 +292,32 @@ def test_six_processes_share_one_quota(redis_url: str, prefix: str) -> None:
         )
         for _ in range(6)
     ]
-    for process in processes:  # every process imported, connected and warmed up
-        assert process.stdout is not None
-        assert process.stdout.readline() == b"ready\n", process.stderr
-    start = time.time() + 0.3
-    for process in processes:
-        assert process.stdin is not None
-        process.stdin.write(f"{start}\n".encode())
-        process.stdin.close()
     results = []
-    for process in processes:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        out = process.stdout.read()
-        err = process.stderr.read()
-        process.stdout.close()
-        process.stderr.close()
-        assert process.wait(timeout=30) == 0, err.decode()[-2000:]
-        results.append([float(x) for x in out.split()])
+    try:
+        for process in processes:  # every process imported, connected and warmed up
+            assert process.stdout is not None
+            assert process.stderr is not None
+            if process.stdout.readline() != b"ready\n":
+                pytest.fail(process.stderr.read().decode()[-2000:])
+        start = time.time() + 0.3
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write(f"{start}\n".encode())
+            process.stdin.close()
+        for process in processes:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            out = process.stdout.read()
+            err = process.stderr.read()
+            assert process.wait(timeout=30) == 0, err.decode()[-2000:]
+            results.append([float(x) for x in out.split()])
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+            for pipe in (process.stdin, process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
     admitted = sum(r[0] for r in results)
     decisions = sum(r[1] for r in results)
     fallbacks = sum(r[2] for r in results)
@@ -283,7 +328,13 @@ def test_six_processes_share_one_quota(redis_url: str, prefix: str) -> None:
     expected = rate * window + burst  # ~700; six local limiters would admit six times that
     assert fallbacks == 0
     assert decisions > 1.5 * expected  # the processes asked for more than the quota
-    assert abs(admitted - expected) <= 0.03 * expected, (admitted, expected, results)
+    # Leased tokens are taken from the shared bucket before they are spent: at the end of the
+    # window each process may hold up to one lease it took but did not spend.
+    assert expected - 6 * lease - 0.03 * expected <= admitted <= expected + 0.03 * expected, (
+        admitted,
+        expected,
+        results,
+    )
     assert all(r[0] > 0 for r in results)  # every process got a share
 
 
@@ -520,6 +571,9 @@ async def test_trio_gets_a_clear_configuration_error(redis_url: str, prefix: str
         ("deny_retry_after", -1.0),
         ("local_max_keys", 0),
         ("max_connections", 0),
+        ("lease", 1),
+        ("lease", -1),
+        ("lease_ttl", 0),
         ("breaker", "yes"),
         ("listeners", [42]),
         ("name", ""),

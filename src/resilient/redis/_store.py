@@ -44,10 +44,11 @@ logger = logging.getLogger("resilient.redis")
 
 SCRIPT: Final = """\
 -- resilient's token bucket (GCRA), the in-memory bucket's arithmetic (bucket_take), on the server's
--- clock. KEYS[1]: the bucket. ARGV: cost (0: read only), rate (tokens/s), burst (tokens).
+-- clock. KEYS[1]: the bucket. ARGV: cost (0: read only), rate (tokens/s), burst (tokens),
+-- and optionally most (a lease: take up to `most` whole tokens when at least `cost` are there).
 -- State: full_at, the server time (s) at which the bucket is full again; a missing key is a
 -- full bucket, so every write expires when the bucket would be full (nothing is lost).
--- Returns "wait tokens", one string: Redis would truncate Lua numbers to integers, and one
+-- Returns "wait tokens taken", one string: Redis would truncate Lua numbers to integers, and one
 -- bulk string is the cheapest reply to parse.
 local t = redis.call('TIME')
 -- seconds since 2023-11-14 (1.7e9): small numbers keep sub-microsecond precision
@@ -55,6 +56,7 @@ local now = (tonumber(t[1]) - 1700000000) + tonumber(t[2]) * 1e-6
 local cost = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
+local most = tonumber(ARGV[4]) or cost
 local full_at = now
 local stored = redis.call('GET', KEYS[1])
 if stored then full_at = tonumber(stored) or now end
@@ -67,10 +69,15 @@ elseif (full_at - now) * rate > 2 * burst then
   write = true
 end
 local wait = 0
+local taken = 0
 if cost > 0 then
   local short = (full_at - now) * rate + cost - burst
   if short <= 1e-9 then
-    full_at = full_at + cost / rate
+    taken = cost
+    if most > cost then
+      taken = math.min(most, cost + math.floor(1e-9 - short))
+    end
+    full_at = full_at + taken / rate
     write = true
   else
     wait = short / rate
@@ -82,7 +89,7 @@ if write then
 end
 local tokens = burst - (full_at - now) * rate
 if tokens < 0 then tokens = 0 elseif tokens > burst then tokens = burst end
-return string.format('%.17g %.17g', wait, tokens)
+return string.format('%.17g %.17g %.17g', wait, tokens, taken)
 """
 """The Lua script every decision runs (by its SHA1, ``EVALSHA``)."""
 
@@ -109,6 +116,18 @@ class StoreFallback(Event):
     mode: str
     reason: str
     error_type: str
+
+
+@final
+class _Lease:
+    """Tokens this process took from Redis ahead of use (``lease``), spendable until ``until``."""
+
+    __slots__ = ("seen", "tokens", "until")
+
+    def __init__(self, tokens: float, until: float, seen: float) -> None:
+        self.tokens = tokens
+        self.until = until
+        self.seen = seen  # the shared bucket's tokens at the last round trip
 
 
 def _error_type(exc: BaseException) -> str:
@@ -166,6 +185,11 @@ class RedisBucketStore:
         local_max_keys: the most keyed buckets the local fallback keeps.
         max_connections: connections a client built from a URL opens at most; a decision
             finding them all busy waits for one, within ``timeout``.
+        lease: for hot keys, take up to this many tokens per round trip and spend them
+            locally (0: off, every decision is a round trip). See docs/fleet.md for the
+            bound on over-admission it costs.
+        lease_ttl: seconds (on the limiter's clock) a leased token stays spendable; unspent
+            ones are dropped, never returned.
         breaker: the breaker around Redis (default: opens at 50 % failures once 5 calls were
             seen in 10 s, probes after 0.5 s, backing off to at most 5 s).
         listeners: callables receiving ``StoreFallback`` events and the events of the breaker
@@ -186,10 +210,14 @@ class RedisBucketStore:
         "_deny_retry_after",
         "_down",
         "_fallbacks",
+        "_lease",
+        "_lease_ttl",
+        "_leases",
         "_listeners",
         "_local",
         "_loop",
         "_max_connections",
+        "_max_leases",
         "_meter_provider",
         "_mode",
         "_owned",
@@ -212,6 +240,8 @@ class RedisBucketStore:
         deny_retry_after: float = 1.0,
         local_max_keys: int = 10_000,
         max_connections: int = 32,
+        lease: int = 0,
+        lease_ttl: float = 0.5,
         breaker: CircuitBreaker | None = None,
         listeners: Iterable[Listener] = (),
         telemetry: bool | Telemetry = True,
@@ -259,6 +289,7 @@ class RedisBucketStore:
             self._local = MemoryBucketStore(max_keys=local_max_keys)
         except ConfigurationError as exc:
             raise ConfigurationError(p + "local_max_keys", local_max_keys, str(exc)) from None
+        self._max_leases = local_max_keys
         if breaker is None:
             breaker = CircuitBreaker(
                 failure_rate=0.5,
@@ -288,6 +319,12 @@ class RedisBucketStore:
         if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
             raise ConfigurationError(p + "max_connections", max_connections, "expected an int >= 1")
         self._max_connections = max_connections
+        size: object = lease
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0 or size == 1:
+            raise ConfigurationError(p + "lease", lease, "expected 0 (off) or an int >= 2")
+        self._lease = lease
+        self._lease_ttl = _positive(p + "lease_ttl", lease_ttl)
+        self._leases: dict[str | None, _Lease] = {}
         self._meter_provider = meter_provider
         self._fallbacks: Any = None  # the OpenTelemetry counter, made on the first fallback
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -331,19 +368,40 @@ class RedisBucketStore:
         Raises:
             ConfigurationError: not running on asyncio (redis-py needs it).
         """
+        most = cost
+        if self._lease and cost <= self._lease:
+            held = self._leases.get(key)
+            if held is not None:
+                if held.tokens >= cost - 1e-9 and now < held.until:
+                    held.tokens -= cost
+                    return TakeResult(0.0, held.seen + held.tokens)
+                del self._leases[key]  # spent or expired: the unspent rest is dropped
+            most = self._lease
         client = self._client_for_loop()
         try:
             reply = await self._pipeline.call(
-                self._script, client, self.redis_key(key), cost, rate, burst
+                self._script, client, self.redis_key(key), cost, rate, burst, most
             )
-            wait, tokens = reply.split()
+            wait, tokens, taken = (float(x) for x in reply.split())
         except Exception as exc:
             return self._decide_locally(
                 "take", exc=exc, key=key, cost=cost, rate=rate, burst=burst, now=now
             )
         if self._down:
             self._recovered()
-        return TakeResult(float(wait), float(tokens))
+        if taken > cost:
+            self._keep_lease(key, taken - cost, tokens, now)
+            return TakeResult(wait, tokens + taken - cost)
+        return TakeResult(wait, tokens)
+
+    def _keep_lease(self, key: str | None, extra: float, seen: float, now: float) -> None:
+        leases = self._leases
+        held = leases.get(key)
+        if held is not None:  # another task of this process leased meanwhile: keep both
+            extra += held.tokens
+        elif len(leases) >= self._max_leases:
+            del leases[next(iter(leases))]  # the oldest lease: at worst its rest is dropped
+        leases[key] = _Lease(extra, now + self._lease_ttl, seen)
 
     async def tokens(self, key: str | None, *, rate: float, burst: float, now: float) -> float:
         """The tokens in ``key``'s bucket now, taking none; see ``BucketStore.tokens``.
@@ -354,15 +412,18 @@ class RedisBucketStore:
         client = self._client_for_loop()
         try:
             reply = await self._pipeline.call(
-                self._script, client, self.redis_key(key), 0, rate, burst
+                self._script, client, self.redis_key(key), 0, rate, burst, 0
             )
-            _, tokens = reply.split()
+            tokens = reply.split()[1]
         except Exception as exc:
             return self._decide_locally(
                 "tokens", exc=exc, key=key, cost=0.0, rate=rate, burst=burst, now=now
             ).tokens
         if self._down:
             self._recovered()
+        held = self._leases.get(key) if self._leases else None
+        if held is not None and now < held.until:
+            return float(tokens) + held.tokens
         return float(tokens)
 
     async def aclose(self) -> None:
@@ -407,15 +468,15 @@ class RedisBucketStore:
         return self._client
 
     @staticmethod
-    async def _script(
-        client: Any, redis_key: str, cost: float, rate: float, burst: float
+    async def _script(  # noqa: PLR0917 - positional: Pipeline.call passes them through
+        client: Any, redis_key: str, cost: float, rate: float, burst: float, most: float
     ) -> bytes | str:
         try:
-            reply: bytes | str = await client.evalsha(_SHA, 1, redis_key, cost, rate, burst)
+            reply: bytes | str = await client.evalsha(_SHA, 1, redis_key, cost, rate, burst, most)
         except NoScriptError:
             # First use on this server, or it restarted or failed over: EVAL runs the
             # script and caches it, so the next EVALSHA finds it.
-            reply = await client.eval(SCRIPT, 1, redis_key, cost, rate, burst)
+            reply = await client.eval(SCRIPT, 1, redis_key, cost, rate, burst, most)
         return reply
 
     def _decide_locally(
