@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import final
 
 from . import _validate as check
@@ -99,18 +100,36 @@ class RetryBudget:
         if self._calls >= FOLD_EVERY:
             self._roll(now)
 
+    def record_call(self, clock: Callable[[], float]) -> None:
+        """Record one call (a first attempt), reading ``clock()`` only when it is needed.
+
+        Calls are counted without reading the clock and folded into the balance, with their
+        time, every ``FOLD_EVERY`` calls (``Retry`` uses this on every call).
+        """
+        self._calls += 1
+        if self._calls >= FOLD_EVERY:
+            self._roll(clock())
+
+    @property
+    def refilling(self) -> bool:
+        """Whether the reserve is below its size: a success would collect its refill.
+
+        While false, ``record_success`` does nothing, so callers may skip reading the clock.
+        """
+        return self._tokens < self._reserve
+
     def _roll(self, now: float) -> None:
         calls = self._calls
         self._calls = 0
         last = self._rolled_at
         self._rolled_at = now
-        if last is None or now <= last:
-            self._earned += self._ratio * calls
-            return
         # Exponential fading with time constant `window`. The calls since the last roll are
         # taken as spread evenly over the interval, each fading from its own arrival:
         # integral of e^(-(dt - t)/w) dt/dt over [0, dt] = (1 - e^(-x)) / x, with x = dt/w.
-        x = (now - last) / self._window
+        x = 0.0 if last is None or now <= last else (now - last) / self._window
+        if x == 0.0:  # no time passed (or too little to tell apart on this window): no fading
+            self._earned += self._ratio * calls
+            return
         keep = math.exp(-x)
         spread = -math.expm1(-x) / x
         self._earned = self._earned * keep + self._ratio * calls * spread

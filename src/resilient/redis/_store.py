@@ -30,13 +30,12 @@ from resilient import (
     CircuitOpenError,
     ConfigurationError,
     Event,
-    Listener,
-    MemoryBucketStore,
     Pipeline,
-    TakeResult,
     Timeout,
 )
+from resilient.extend import Listener, MemoryBucketStore, TakeResult
 from resilient.telemetry import Telemetry
+from resilient.timers import current_loop
 
 __all__ = ["SCRIPT", "RedisBucketStore", "StoreFallback"]
 
@@ -136,12 +135,47 @@ def _error_type(exc: BaseException) -> str:
     return cls.__qualname__ if module in ("", "builtins") else f"{module}.{cls.__qualname__}"
 
 
-def _positive(parameter: str, value: object) -> float:
+def _positive(parameter: str, value: object, *, most: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ConfigurationError(parameter, value, "expected a number > 0")
     if not math.isfinite(value):
         raise ConfigurationError(parameter, value, "expected a finite number")
+    if value > most:
+        raise ConfigurationError(parameter, value, f"expected at most {most:g}")
     return float(value)
+
+
+def _count(parameter: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(parameter, value, f"expected an int >= {minimum}")
+    return value
+
+
+def _text(parameter: str, value: object, *, braces: bool = True) -> str:
+    if not (isinstance(value, str) and value):
+        raise ConfigurationError(parameter, value, "expected a non-empty string")
+    if not braces and ("{" in value or "}" in value):
+        raise ConfigurationError(parameter, value, "braces would break the keys' hash tags")
+    return value
+
+
+def _connection(url_or_client: object) -> tuple[str | None, Any]:
+    """``(url, None)`` for a URL (the store builds its clients), ``(None, client)`` else."""
+    if isinstance(url_or_client, str):
+        if "://" not in url_or_client:
+            raise ConfigurationError(
+                "RedisBucketStore.url_or_client",
+                url_or_client,
+                "expected a URL (redis://, rediss://, unix://) or a client",
+            )
+        return url_or_client, None
+    if callable(getattr(url_or_client, "evalsha", None)):
+        return None, url_or_client
+    raise ConfigurationError(
+        "RedisBucketStore.url_or_client",
+        url_or_client,
+        "expected a Redis URL or a redis.asyncio client",
+    )
 
 
 @final
@@ -249,47 +283,26 @@ class RedisBucketStore:
         name: str = "redis",
     ) -> None:
         p = "RedisBucketStore."
-        if isinstance(url_or_client, str):
-            if "://" not in url_or_client:
-                raise ConfigurationError(
-                    p + "url_or_client", url_or_client, "expected a redis:// URL or a client"
-                )
-            self._url: str | None = url_or_client
-            self._client: Any = None
-        elif callable(getattr(url_or_client, "evalsha", None)):
-            self._url = None
-            self._client = url_or_client
-        else:
-            raise ConfigurationError(
-                p + "url_or_client", url_or_client, "expected a Redis URL or a redis.asyncio client"
-            )
+        self._url, self._client = _connection(url_or_client)
         self._owned = self._url is not None
-        given: object = prefix  # checked at run time whatever the annotation says
-        if not (isinstance(given, str) and given) or "{" in given or "}" in given:
-            raise ConfigurationError(
-                p + "prefix", prefix, "expected a non-empty string without braces"
-            )
-        self._prefix = prefix
+        self._prefix = _text(p + "prefix", prefix, braces=False)
+        self.name = _text(p + "name", name)
         self._timeout = _positive(p + "timeout", timeout)
         if on_unavailable not in _MODES:
             raise ConfigurationError(
                 p + "on_unavailable", on_unavailable, "expected 'local', 'allow' or 'deny'"
             )
         self._mode: str = on_unavailable
-        share = _positive(p + "local_share", local_share)
-        if share > 1.0:
-            raise ConfigurationError(p + "local_share", local_share, "expected a fraction <= 1")
-        self._share = share
+        self._share = _positive(p + "local_share", local_share, most=1.0)
         self._deny_retry_after = _positive(p + "deny_retry_after", deny_retry_after)
-        label: object = name
-        if not (isinstance(label, str) and label):
-            raise ConfigurationError(p + "name", name, "expected a non-empty string")
-        self.name = name
-        try:
-            self._local = MemoryBucketStore(max_keys=local_max_keys)
-        except ConfigurationError as exc:
-            raise ConfigurationError(p + "local_max_keys", local_max_keys, str(exc)) from None
-        self._max_leases = local_max_keys
+        self._max_leases = _count(p + "local_max_keys", local_max_keys, minimum=1)
+        self._local = MemoryBucketStore(max_keys=local_max_keys)
+        self._max_connections = _count(p + "max_connections", max_connections, minimum=1)
+        self._lease = _count(p + "lease", lease, minimum=0)
+        if lease == 1:
+            raise ConfigurationError(p + "lease", lease, "expected 0 (off) or an int >= 2")
+        self._lease_ttl = _positive(p + "lease_ttl", lease_ttl)
+        self._leases: dict[str | None, _Lease] = {}
         if breaker is None:
             breaker = CircuitBreaker(
                 failure_rate=0.5,
@@ -298,33 +311,22 @@ class RedisBucketStore:
                 open_for=0.5,
                 max_open_for=5.0,
                 per_key=False,
-                name=name,
+                name=self.name,
             )
         elif not isinstance(breaker, CircuitBreaker):
             raise ConfigurationError(p + "breaker", breaker, "expected a CircuitBreaker")
         self._breaker = breaker
-        listeners = tuple(listeners)
-        for listener in listeners:
+        self._listeners: Sequence[Listener] = tuple(listeners)
+        for listener in self._listeners:
             if not callable(listener):
                 raise ConfigurationError(p + "listeners", listener, "expected a callable")
-        self._listeners: Sequence[Listener] = listeners
         self._pipeline = Pipeline(
             breaker,
             Timeout(self._timeout, name="redis_timeout"),
-            name=name,
-            listeners=listeners,
+            name=self.name,
+            listeners=self._listeners,
             telemetry=telemetry,
         )
-        connections: object = max_connections
-        if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
-            raise ConfigurationError(p + "max_connections", max_connections, "expected an int >= 1")
-        self._max_connections = max_connections
-        size: object = lease
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0 or size == 1:
-            raise ConfigurationError(p + "lease", lease, "expected 0 (off) or an int >= 2")
-        self._lease = lease
-        self._lease_ttl = _positive(p + "lease_ttl", lease_ttl)
-        self._leases: dict[str | None, _Lease] = {}
         self._meter_provider = meter_provider
         self._fallbacks: Any = None  # the OpenTelemetry counter, made on the first fallback
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -437,15 +439,14 @@ class RedisBucketStore:
     # -- internals ---------------------------------------------------------------------------
 
     def _client_for_loop(self) -> Any:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        loop = current_loop()
+        if loop is None:
             raise ConfigurationError(
                 "RedisBucketStore",
                 self,
                 "needs asyncio: redis-py's asyncio client does not run on trio "
                 "(use an in-process store there)",
-            ) from None
+            )
         if self._owned and loop is not self._loop:
             # Connections belong to the loop that opened them; a new loop needs its own.
             self._loop = loop
