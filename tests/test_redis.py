@@ -355,10 +355,12 @@ async def test_middleware_behind_two_servers_shares_one_clients_quota(
                             pytest.fail(process.stderr.read().decode()[-2000:])
                         await asyncio.sleep(0.05)
             codes: dict[int, list[int]] = {port: [] for _, port in servers}
+            remaining: list[str] = []
             for i in range(30):  # one client, alternating between the two servers
                 port = servers[i % 2][1]
                 response = await client.get(f"http://127.0.0.1:{port}/")
                 codes[port].append(response.status_code)
+                remaining.append(response.headers["ratelimit"].split(";")[1])
     finally:
         for process, _ in servers:
             process.terminate()
@@ -369,6 +371,9 @@ async def test_middleware_behind_two_servers_shares_one_clients_quota(
     assert ok == 10  # the burst, once for both servers (each alone would admit 10)
     assert all(c.count(200) > 0 for c in codes.values())
     assert sum(c.count(429) for c in codes.values()) == 20
+    # the RateLimit header counts down one bucket, whichever server answered
+    assert remaining[:10] == [f"r={n}" for n in range(9, -1, -1)]
+    assert set(remaining[10:]) == {"r=0"}
 
 
 # -- outages ----------------------------------------------------------------------------------
@@ -520,6 +525,21 @@ async def test_a_cancelled_decision_propagates_the_cancellation(
 
 
 # -- integration points ------------------------------------------------------------------------
+
+
+def test_one_store_serves_successive_event_loops(redis_url: str, prefix: str) -> None:
+    """Built outside any loop and used by two ``asyncio.run()`` in turn (closed after each)."""
+    store = RedisBucketStore(redis_url, prefix=prefix, timeout=1.0)
+    limiter = RateLimiter(rate=0.01, burst=3, max_wait=0, store=store)
+
+    async def two() -> list[bool]:
+        try:
+            return [(await limiter.try_acquire()).allowed for _ in range(2)]
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(two()) == [True, True]
+    assert asyncio.run(two()) == [True, False]  # the same bucket, on a new connection
 
 
 async def test_standard_pipeline_takes_the_store(store: RedisBucketStore) -> None:
