@@ -569,11 +569,20 @@ async def test_a_user_supplied_client_is_used_and_left_open(redis_url: str, pref
 
 
 @pytest.mark.parametrize("anyio_backend", ["trio"])
-async def test_trio_gets_a_clear_configuration_error(redis_url: str, prefix: str) -> None:
-    store = RedisBucketStore(redis_url, prefix=prefix)
+@pytest.mark.parametrize("given", ["url", "client"])
+async def test_trio_gets_a_clear_configuration_error(
+    redis_url: str, prefix: str, given: str
+) -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(redis_url)  # built, never connected
+    store = RedisBucketStore(redis_url if given == "url" else client, prefix=prefix)
     limiter = RateLimiter(rate=1.0, burst=1, store=store)
-    with pytest.raises(ConfigurationError, match="needs asyncio"):
-        await limiter.acquire()
+    for _ in range(2):
+        with pytest.raises(ConfigurationError, match="needs asyncio"):
+            await limiter.acquire()
+        with pytest.raises(ConfigurationError, match="needs asyncio"):
+            await limiter.try_acquire("k")
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ decision Redis cannot make is made locally by the ``on_unavailable`` mode.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import math
@@ -94,6 +93,7 @@ return string.format('%.17g %.17g %.17g', wait, tokens, taken)
 
 _SHA: Final = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
 _MODES: Final = ("local", "allow", "deny")
+_NO_LOOP: Final = object()
 
 Mode = Literal["local", "allow", "deny"]
 
@@ -259,6 +259,7 @@ class RedisBucketStore:
         "_prefix",
         "_share",
         "_timeout",
+        "_unkeyed",
         "_url",
         "name",
     )
@@ -286,6 +287,7 @@ class RedisBucketStore:
         self._url, self._client = _connection(url_or_client)
         self._owned = self._url is not None
         self._prefix = _text(p + "prefix", prefix, braces=False)
+        self._unkeyed = f"{prefix}:-"  # never braced, so never equal to a keyed bucket's
         self.name = _text(p + "name", name)
         self._timeout = _positive(p + "timeout", timeout)
         if on_unavailable not in _MODES:
@@ -329,7 +331,8 @@ class RedisBucketStore:
         )
         self._meter_provider = meter_provider
         self._fallbacks: Any = None  # the OpenTelemetry counter, made on the first fallback
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # The loop the client belongs to; never None, so trio (no loop) never matches it.
+        self._loop: object = _NO_LOOP
         self._down = False
 
     # -- configuration (read-only) -------------------------------------------------------------
@@ -357,7 +360,7 @@ class RedisBucketStore:
     def redis_key(self, key: str | None) -> str:
         """The Redis key holding ``key``'s bucket (``None``: the unkeyed bucket)."""
         if key is None:
-            return f"{self._prefix}:-"  # never braced, so never equal to a keyed bucket's
+            return self._unkeyed
         return f"{self._prefix}:{{{key}}}"
 
     # -- the BucketStore protocol ------------------------------------------------------------
@@ -379,12 +382,21 @@ class RedisBucketStore:
                     return TakeResult(0.0, held.seen + held.tokens)
                 del self._leases[key]  # spent or expired: the unspent rest is dropped
             most = self._lease
-        client = self._client_for_loop()
+        client = self._client if current_loop() is self._loop else self._client_for_loop()
         try:
             reply = await self._pipeline.call(
-                self._script, client, self.redis_key(key), cost, rate, burst, most
+                self._script,
+                client,
+                self._unkeyed if key is None else f"{self._prefix}:{{{key}}}",
+                cost,
+                rate,
+                burst,
+                most,
             )
-            wait, tokens, taken = (float(x) for x in reply.split())
+            parts = reply.split()
+            wait = float(parts[0])
+            tokens = float(parts[1])
+            taken = float(parts[2])
         except Exception as exc:
             return self._decide_locally(
                 "take", exc=exc, key=key, cost=cost, rate=rate, burst=burst, now=now
@@ -411,7 +423,7 @@ class RedisBucketStore:
         Raises:
             ConfigurationError: not running on asyncio (redis-py needs it).
         """
-        client = self._client_for_loop()
+        client = self._client if current_loop() is self._loop else self._client_for_loop()
         try:
             reply = await self._pipeline.call(
                 self._script, client, self.redis_key(key), 0, rate, burst, 0
@@ -433,7 +445,7 @@ class RedisBucketStore:
         client = self._client
         if self._owned and client is not None:
             self._client = None
-            self._loop = None
+            self._loop = _NO_LOOP
             await client.aclose()
 
     # -- internals ---------------------------------------------------------------------------
@@ -447,9 +459,11 @@ class RedisBucketStore:
                 "needs asyncio: redis-py's asyncio client does not run on trio "
                 "(use an in-process store there)",
             )
-        if self._owned and loop is not self._loop:
+        if loop is self._loop:
+            return self._client
+        self._loop = loop
+        if self._owned:
             # Connections belong to the loop that opened them; a new loop needs its own.
-            self._loop = loop
             assert self._url is not None
             pool = BlockingConnectionPool.from_url(
                 self._url,
