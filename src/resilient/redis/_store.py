@@ -10,6 +10,7 @@ decision Redis cannot make is made locally by the ``on_unavailable`` mode.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, final
 
 from opentelemetry import metrics
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
@@ -218,7 +219,8 @@ class RedisBucketStore:
         deny_retry_after: the ``retry_after`` in seconds of a ``"deny"`` refusal.
         local_max_keys: the most keyed buckets the local fallback keeps.
         max_connections: connections a client built from a URL opens at most; a decision
-            finding them all busy waits for one, within ``timeout``.
+            finding them all busy waits for one, within ``timeout`` (a client passed in
+            brings its own pool).
         lease: for hot keys, take up to this many tokens per round trip and spend them
             locally (0: off, every decision is a round trip). See docs/fleet.md for the
             bound on over-admission it costs.
@@ -258,6 +260,7 @@ class RedisBucketStore:
         "_pipeline",
         "_prefix",
         "_share",
+        "_slots",
         "_timeout",
         "_unkeyed",
         "_url",
@@ -305,6 +308,7 @@ class RedisBucketStore:
             raise ConfigurationError(p + "lease", lease, "expected 0 (off) or an int >= 2")
         self._lease_ttl = _positive(p + "lease_ttl", lease_ttl)
         self._leases: dict[str | None, _Lease] = {}
+        self._slots: asyncio.Semaphore | None = None  # made with the client, per loop
         if breaker is None:
             breaker = CircuitBreaker(
                 failure_rate=0.5,
@@ -445,6 +449,7 @@ class RedisBucketStore:
         client = self._client
         if self._owned and client is not None:
             self._client = None
+            self._slots = None
             self._loop = _NO_LOOP
             await client.aclose()
 
@@ -465,12 +470,9 @@ class RedisBucketStore:
         if self._owned:
             # Connections belong to the loop that opened them; a new loop needs its own.
             assert self._url is not None
-            pool = BlockingConnectionPool.from_url(
+            self._client = Redis.from_url(
                 self._url,
-                # A burst of concurrent decisions shares a few connections instead of opening
-                # one each; the wait for a free one counts against the store's timeout.
                 max_connections=self._max_connections,
-                timeout=None,
                 # The store's Timeout bounds every call; a retry inside redis-py would only
                 # spend that time on a server that just failed...
                 retry=RedisRetry(NoBackoff(), 0),
@@ -479,19 +481,30 @@ class RedisBucketStore:
                 socket_connect_timeout=max(1.0, self._timeout),
                 health_check_interval=0,
             )
-            self._client = Redis.from_pool(pool)  # aclose() closes the pool too
+            # A burst of concurrent decisions shares the connections instead of failing with
+            # "too many connections"; the wait for one counts against the store's timeout.
+            # (A semaphore of ours: redis-py's blocking pool costs several times more.)
+            self._slots = asyncio.Semaphore(self._max_connections)
         return self._client
 
-    @staticmethod
     async def _script(  # noqa: PLR0917 - positional: Pipeline.call passes them through
-        client: Any, redis_key: str, cost: float, rate: float, burst: float, most: float
+        self, client: Any, redis_key: str, cost: float, rate: float, burst: float, most: float
     ) -> bytes | str:
+        slots = self._slots
+        if slots is not None:
+            await slots.acquire()
         try:
-            reply: bytes | str = await client.evalsha(_SHA, 1, redis_key, cost, rate, burst, most)
-        except NoScriptError:
-            # First use on this server, or it restarted or failed over: EVAL runs the
-            # script and caches it, so the next EVALSHA finds it.
-            reply = await client.eval(SCRIPT, 1, redis_key, cost, rate, burst, most)
+            try:
+                reply: bytes | str = await client.evalsha(
+                    _SHA, 1, redis_key, cost, rate, burst, most
+                )
+            except NoScriptError:
+                # First use on this server, or it restarted or failed over: EVAL runs the
+                # script and caches it, so the next EVALSHA finds it.
+                reply = await client.eval(SCRIPT, 1, redis_key, cost, rate, burst, most)
+        finally:
+            if slots is not None:
+                slots.release()
         return reply
 
     def _decide_locally(
