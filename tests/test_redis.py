@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -39,6 +40,7 @@ from resilient import (
     TakeResult,
 )
 from resilient.redis import RedisBucketStore, StoreFallback
+from resilient.telemetry import Telemetry
 from resilient.testing import FakeClock
 
 HELPERS = Path(__file__).with_name("_redis_helpers.py")
@@ -463,33 +465,47 @@ async def test_a_slow_redis_costs_one_timeout_then_nothing(
     await store.aclose()
 
 
-async def test_fallbacks_are_counted_in_metrics(prefix: str) -> None:
+def metric_points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return [
+        point
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == name
+        for point in metric.data.data_points
+    ]
+
+
+async def test_errors_and_fallbacks_are_counted_in_metrics(prefix: str) -> None:
     reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
     port = RedisServer().port  # nothing listens there
     store = RedisBucketStore(
         f"redis://127.0.0.1:{port}/0",
         prefix=prefix,
         on_unavailable="allow",
-        meter_provider=MeterProvider(metric_readers=[reader]),
-        telemetry=False,
+        meter_provider=provider,
+        telemetry=Telemetry(meter_provider=provider, tracing=False),
     )
-    for _ in range(3):
+    for _ in range(8):
         assert await store.take("k", 1.0, rate=1.0, burst=1, now=0.0) == TakeResult(0.0, 0.0)
-    data = reader.get_metrics_data()
-    assert data is not None
-    points = [
-        point
-        for rm in data.resource_metrics
-        for sm in rm.scope_metrics
-        for metric in sm.metrics
-        if metric.name == "resilient.store.fallbacks"
-        for point in metric.data.data_points
-    ]
-    assert sum(getattr(p, "value", 0) for p in points) == 3
-    attributes = [dict(p.attributes or {}) for p in points]
+    fallbacks = metric_points(reader, "resilient.store.fallbacks")
+    assert sum(getattr(p, "value", 0) for p in fallbacks) == 8
+    attributes = [dict(p.attributes or {}) for p in fallbacks]
     assert {a["resilient.store.mode"] for a in attributes} == {"allow"}
     assert {a["resilient.store"] for a in attributes} == {"redis"}
+    assert {a["resilient.reason"] for a in attributes} == {"error", "open"}
     assert all(a["error.type"] for a in attributes)
+    # The Redis calls are a pipeline of the library: its own metrics show the errors (the
+    # calls that reached the network) and the breaker's refusals (the ones that did not).
+    calls = metric_points(reader, "resilient.call.duration")
+    assert {dict(p.attributes or {})["resilient.pipeline"] for p in calls} == {"redis"}
+    assert sum(getattr(p, "count", 0) for p in calls) == 8
+    rejections = metric_points(reader, "resilient.rejections")
+    assert sum(getattr(p, "value", 0) for p in rejections) == 3  # 5 errors opened it
+    assert {dict(p.attributes or {})["resilient.reason"] for p in rejections} == {"open"}
 
 
 async def test_local_fallback_enforces_its_share_of_the_quota(prefix: str) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, final
 
 from opentelemetry import metrics
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
@@ -269,7 +269,7 @@ class RedisBucketStore:
 
     def __init__(
         self,
-        url_or_client: str | Any,
+        url_or_client: str | Redis | RedisCluster,
         *,
         prefix: str = "resilient",
         timeout: float = 0.005,
