@@ -156,6 +156,15 @@ async def test_unkeyed_and_keyed_buckets_are_separate_keys(
     assert keyed.wait == 0.0
 
 
+async def test_any_key_string_is_its_own_bucket(store: RedisBucketStore) -> None:
+    """Braces, separators, unicode, the empty string and long keys: distinct buckets."""
+    keys = ["a}b", "{x}", "a:{b}", "", "-", "é🙂", "k" * 2000, "x\r\ny"]
+    first = [await store.take(k, 1.0, rate=0.01, burst=1, now=0.0) for k in keys]
+    again = [await store.take(k, 1.0, rate=0.01, burst=1, now=0.0) for k in keys]
+    assert all(r.wait == 0.0 for r in first)  # each key had its own full bucket
+    assert all(r.wait > 0.0 for r in again)
+
+
 async def test_every_key_written_has_a_ttl_of_one_refill_at_most(
     store: RedisBucketStore, redis_url: str, prefix: str
 ) -> None:
