@@ -33,8 +33,8 @@ from typing import Any
 
 import resilient
 from benchmarks._harness import Case, run_cases
-from resilient import Context
 from resilient._pipeline import _invoke
+from resilient.extend import Context
 
 
 async def _f() -> int:
@@ -70,7 +70,7 @@ def cases() -> dict[str, Case]:
     )
     step_timed = resilient.CircuitBreaker().compose(_invoke, ())
     step_counted = resilient.CircuitBreaker(window_type="count", window=100).compose(_invoke, ())
-    clock = resilient.SystemClock()
+    clock = resilient.extend.SystemClock()
     step_pass = _pass_step(_invoke)
     ctx = resilient.Pipeline(telemetry=False).context(_f)
     cb_peer = circuitbreaker.CircuitBreaker()(_f)
@@ -214,7 +214,7 @@ GATES = [
 def run(*, quick: bool) -> dict[str, float]:
     # The fastest round of each case: on this shared 2-core machine other processes only ever
     # add time, and they do so in bursts that can cover several rounds of one case.
-    results = run_cases(cases(), calls=2_000 if quick else 20_000, rounds=15 if quick else 25)
+    results = run_cases(cases(), calls=1_000 if quick else 20_000, rounds=31 if quick else 25)
     fastest = {name: r.min_ns for name, r in results.items()}
     fastest.update(memory())
     return fastest

@@ -30,15 +30,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import resilient
 from _redis_helpers import RedisServer, shared_url, start_uvicorn
-from resilient import (
-    CircuitBreaker,
-    CircuitStateChanged,
-    ConfigurationError,
-    Event,
-    RateLimitedError,
-    RateLimiter,
-    TakeResult,
-)
+from resilient import CircuitBreaker, ConfigurationError, RateLimitedError, RateLimiter
+from resilient.events import CircuitStateChanged, Event
+from resilient.extend import TakeResult
 from resilient.redis import RedisBucketStore, StoreFallback
 from resilient.telemetry import Telemetry
 from resilient.testing import FakeClock

@@ -29,10 +29,10 @@ from resilient import (
     CircuitBreaker,
     CircuitOpenError,
     ConfigurationError,
-    Event,
     Pipeline,
     Timeout,
 )
+from resilient.events import Event
 from resilient.extend import Listener, MemoryBucketStore, TakeResult
 from resilient.telemetry import Telemetry
 from resilient.timers import current_loop
