@@ -210,7 +210,7 @@ def run(*, quick: bool) -> dict[str, float]:
             return {}
         # Many short interleaved rounds: each case meets the machine's quiet moments and its
         # busy ones alike.
-        results = run_cases(cases(url), calls=50, rounds=40 if quick else 200)
+        results = run_cases(cases(url), calls=20, rounds=150 if quick else 600)
     # The fastest tenth of the rounds: every case waits on the same server, and another
     # process taking the CPU (the server's or ours) only ever adds time to a round.
     return {name: _low_decile(r.samples_ns) for name, r in results.items()}
