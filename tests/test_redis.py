@@ -613,6 +613,8 @@ async def test_trio_gets_a_clear_configuration_error(
     ("option", "value"),
     [
         ("url_or_client", "localhost:6379"),
+        ("url_or_client", "http://127.0.0.1:6379"),
+        ("url_or_client", "redis://127.0.0.1:port"),
         ("url_or_client", 6379),
         ("prefix", ""),
         ("prefix", "app:{x}"),
@@ -640,10 +642,13 @@ def test_bad_options_name_the_parameter(option: str, value: object) -> None:
     assert info.value.parameter == f"RedisBucketStore.{option}"
 
 
-def test_repr_never_shows_credentials() -> None:
+def test_repr_and_errors_never_show_credentials() -> None:
     store = RedisBucketStore("redis://user:s3cret@127.0.0.1:6379/0", prefix="app")
     assert "s3cret" not in repr(store)
     assert "127.0.0.1:6379" in repr(store)
+    with pytest.raises(ConfigurationError) as info:
+        RedisBucketStore("redis://user:s3cret@127.0.0.1:port/0")
+    assert "s3cret" not in str(info.value)
 
 
 def test_a_custom_breaker_is_used() -> None:

@@ -21,6 +21,7 @@ from typing import Any, Final, Literal, final
 
 from opentelemetry import metrics
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
@@ -163,12 +164,15 @@ def _text(parameter: str, value: object, *, braces: bool = True) -> str:
 def _connection(url_or_client: object) -> tuple[str | None, Any]:
     """``(url, None)`` for a URL (the store builds its clients), ``(None, client)`` else."""
     if isinstance(url_or_client, str):
-        if "://" not in url_or_client:
+        try:
+            parse_url(url_or_client)  # what redis-py will refuse, refused now
+        except ValueError as exc:
+            shown = urllib.parse.urlsplit(url_or_client)._replace(netloc="...").geturl()
             raise ConfigurationError(
                 "RedisBucketStore.url_or_client",
-                url_or_client,
-                "expected a URL (redis://, rediss://, unix://) or a client",
-            )
+                shown,  # never the credentials
+                f"expected a URL (redis://, rediss://, unix://) or a client: {exc}",
+            ) from None
         return url_or_client, None
     if callable(getattr(url_or_client, "evalsha", None)):
         return None, url_or_client
