@@ -13,7 +13,7 @@ from ._clock import Clock
 from ._events import CallObserver, Listener
 from ._exceptions import ConfigurationError
 from ._pipeline import ObserverFactory, Pipeline, Policy
-from ._ratelimit import RateLimiter
+from ._ratelimit import BucketStore, RateLimiter
 from ._retry import Retry
 from ._timeout import Timeout
 
@@ -39,6 +39,7 @@ _LIMITER_OPTIONS = {
     "RateLimiter.rate": "rate",
     "RateLimiter.burst": "burst",
     "RateLimiter.max_wait": "rate_max_wait",
+    "RateLimiter.store": "rate_store",
 }
 _BULKHEAD_OPTIONS = {
     "Bulkhead.max_concurrent": "max_concurrent",
@@ -132,6 +133,7 @@ def standard(
     rate: float | None = None,
     burst: int | None = None,
     rate_max_wait: float = 0.0,
+    rate_store: BucketStore | None = None,
     max_concurrent: int | None = 100,
     max_waiting: int = 100,
     max_wait: float = 1.0,
@@ -177,6 +179,8 @@ def standard(
         rate: tokens per second for a ``RateLimiter``, or ``None`` for no limiter.
         burst: ``RateLimiter.burst`` (default: ``max(1, int(rate))``).
         rate_max_wait: ``RateLimiter.max_wait``.
+        rate_store: ``RateLimiter.store``: where the buckets live (default: this process;
+            ``resilient.redis.RedisBucketStore`` shares the quota across a fleet).
         max_concurrent: ``Bulkhead.max_concurrent``, or ``None`` for no bulkhead.
         max_waiting: ``Bulkhead.max_waiting``.
         max_wait: ``Bulkhead.max_wait``.
@@ -245,6 +249,8 @@ def standard(
                 ),
             )
         )
+    if rate is None and rate_store is not None:
+        raise ConfigurationError("standard.rate_store", rate_store, "needs rate to be set")
     if rate is not None:
         policies.append(
             _named(
@@ -254,6 +260,7 @@ def standard(
                     burst=burst if burst is not None else max(1, int(rate)),
                     max_wait=rate_max_wait,
                     per_key=per_key,
+                    store=rate_store,
                 ),
             )
         )

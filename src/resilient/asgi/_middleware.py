@@ -24,7 +24,7 @@ from resilient._exceptions import (
     TimeoutExceeded,
 )
 from resilient._pipeline import Pipeline
-from resilient._ratelimit import RateLimiter, RateLimitStatus
+from resilient._ratelimit import BucketStore, RateLimiter, RateLimitStatus
 from resilient.timers import Clock, SystemClock, current_loop
 
 from ._client import NO_PEER_KEY, ClientKeyResolver
@@ -188,6 +188,9 @@ class ResilienceMiddleware:
         forwarded_header: ``"x-forwarded-for"`` (default) or ``"forwarded"``.
         ipv6_prefix: IPv6 clients share a bucket per ``/ipv6_prefix`` network (default 64).
         max_keys: the most client buckets kept (least recently used evicted first).
+        rate_store: where the client buckets live (a ``BucketStore``; default: this
+            process). ``resilient.redis.RedisBucketStore`` shares each client's quota
+            across every worker and server of the fleet.
         rate_limit_headers: ``"ietf"`` (``RateLimit-Policy`` and ``RateLimit``, the current
             httpapi draft), ``"legacy"`` (``RateLimit-Limit``/``-Remaining``/``-Reset``) or
             ``"none"``.
@@ -262,6 +265,7 @@ class ResilienceMiddleware:
         forwarded_header: str = "x-forwarded-for",
         ipv6_prefix: int = 64,
         max_keys: int = 10_000,
+        rate_store: BucketStore | None = None,
         rate_limit_headers: str = "ietf",
         timeout: float | None = None,
         total_timeout: float | None = None,
@@ -284,7 +288,7 @@ class ResilienceMiddleware:
         self._init_client_key(
             client_key, trusted_proxies, trusted_hops, forwarded_header, ipv6_prefix
         )
-        self._init_rate_limit(rate, burst, max_keys, rate_limit_headers)
+        self._init_rate_limit(rate, burst, max_keys, rate_store, rate_limit_headers)
         self._init_deadlines(timeout, total_timeout, deadline_header)
         self._init_exclude(exclude, exclude_defaults, limit_websockets)
         self._init_telemetry(name, listeners, telemetry)
@@ -344,7 +348,12 @@ class ResilienceMiddleware:
         )
 
     def _init_rate_limit(
-        self, rate: object, burst: object, max_keys: object, header_mode: object
+        self,
+        rate: object,
+        burst: object,
+        max_keys: object,
+        store: BucketStore | None,
+        header_mode: object,
     ) -> None:
         # The per-client RateLimiter and the RateLimit headers it answers with.
         self._header_mode = check.choice(_P + "rate_limit_headers", header_mode, _HEADER_MODES)
@@ -358,6 +367,8 @@ class ResilienceMiddleware:
         if rate is None:
             if burst is not None:
                 raise ConfigurationError(_P + "burst", burst, "needs rate to be set")
+            if store is not None:
+                raise ConfigurationError(_P + "rate_store", store, "needs rate to be set")
             return
         per_second = check.number(_P + "rate", rate, minimum=_MIN_RATE, maximum=_MAX_RATE)
         if burst is None:
@@ -369,6 +380,7 @@ class ResilienceMiddleware:
             max_wait=0.0,
             per_key=True,
             max_keys=check.integer(_P + "max_keys", max_keys, minimum=1),
+            store=store,
             clock=self._clock,
             name="rate_limit",
         )

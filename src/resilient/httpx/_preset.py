@@ -62,8 +62,9 @@ def standard(
         buffer_limit: see ``ResilientTransport``.
         limits: see ``ResilientTransport``.
         **options: any option of ``resilient.standard()`` (``total_timeout``,
-            ``attempt_timeout``, ``attempts``, ``rate``, ``max_concurrent``, ``clock``,
-            ``telemetry``, ...), except ``classify`` and ``per_key``.
+            ``attempt_timeout``, ``attempts``, ``rate``, ``rate_store`` (a fleet-wide
+            quota per host, e.g. ``resilient.redis.RedisBucketStore``), ``max_concurrent``,
+            ``clock``, ``telemetry``, ...), except ``classify`` and ``per_key``.
 
     Raises:
         ConfigurationError: an invalid option (the message names it).
