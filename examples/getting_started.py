@@ -79,7 +79,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ) as inventory,
         httpx.AsyncClient(
             base_url=os.environ.get("PRICING_URL", "http://127.0.0.1:8002"),
-            transport=resilient.httpx.standard(name="pricing", total_timeout=2.0),
+            transport=resilient.httpx.standard(
+                name="pricing", total_timeout=2.0, attempt_timeout=0.5
+            ),
         ) as pricing,
     ):
         app.state.inventory = inventory
@@ -97,7 +99,7 @@ app.add_middleware(
     burst=20,  # ...after a burst of 20
     timeout=5.0,  # the app must start answering within 5 s, else 504
 )
-app.mount("/metrics", prometheus.asgi_app())  # Prometheus scrapes every metric here
+prometheus.add_route(app)  # /metrics: every metric, never shed nor limited by default
 
 
 @app.get("/health")
@@ -179,7 +181,9 @@ async def self_check() -> None:
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
-        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+        while not server.started:  # uvicorn offers no event to wait on
+            if task.done():  # it failed to start (the app's lifespan raised): say why
+                raise SystemExit(f"self-check: server did not start: {task.exception()!r}")
             await asyncio.sleep(0.01)
         return server, task
 
@@ -191,20 +195,29 @@ async def self_check() -> None:
     service, service_task = await serve(app, "on")
     try:
         async with httpx.AsyncClient(base_url=url(service)) as client:
-            statuses = []
+            statuses, limited = [], []
             for path in ("/items/apple", "/items/pear", "/items/bad", "/health"):
                 response = await client.get(path)
                 statuses.append(response.status_code)
+                limited.append("ratelimit" in response.headers)
                 print(f"GET {path:<12} -> {response.status_code} {response.text}")
             print(f"upstream saw: {seen}")
             print("  (the first call to each /stock/ path got a 503 and was retried;")
             print("   /prices/bad answered 500 to all 3 attempts, so the service answered 502)")
             print(f"key-value store calls: {store.calls} (every other one failed and was retried)")
-            metrics = await client.get("/metrics", follow_redirects=True)
+            metrics = await client.get("/metrics")
+            probes_untouched = not {"ratelimit", "ratelimit-policy"} & {
+                *metrics.headers,
+                *(await client.get("/health")).headers,
+            }
+            print("/health and /metrics left out of rate limiting:", probes_untouched)
             calls = calls_per_pipeline(metrics.text)
             print("resilient_call_duration_seconds_count on /metrics, per pipeline:", calls)
         expected = [200, 200, 502, 200]
-        if statuses != expected or not {"inventory", "pricing", "discounts"} <= calls.keys():
+        wanted = {"inventory", "pricing", "discounts"}
+        probes_untouched = probes_untouched and limited == [True, True, True, False]
+        probes_untouched = probes_untouched and metrics.status_code == 200  # no 307 redirect
+        if statuses != expected or not wanted <= calls.keys() or not probes_untouched:
             raise SystemExit(f"self-check failed: statuses {statuses} != {expected} or {calls}")
     finally:
         service.should_exit = upstream.should_exit = True
