@@ -10,6 +10,7 @@ from opentelemetry import trace
 
 from resilient._classify import Classification, ClassifierLike, Outcome, Verdict
 from resilient._exceptions import ConfigurationError
+from resilient._pipeline import Pipeline
 from resilient._presets import standard as _standard_pipeline
 
 from ._transport import _MAX_BUFFER, DEADLINE_HEADER, IDEMPOTENT_METHODS, ResilientTransport
@@ -31,6 +32,7 @@ def standard(
     deadline_header: str = DEADLINE_HEADER,
     tracer_provider: trace.TracerProvider | None = None,
     buffer_limit: int = _MAX_BUFFER,
+    config: Pipeline | None = None,
     **options: Any,
 ) -> ResilientTransport:
     """A ``ResilientTransport`` running ``resilient.standard()`` with one state per host.
@@ -53,6 +55,9 @@ def standard(
         deadline_header: the header for it.
         tracer_provider: the OpenTelemetry tracer provider for attempt spans.
         buffer_limit: see ``ResilientTransport``.
+        config: a configured pipeline (``resilient.config.load(...)["payments"]``) to run
+            instead of building one; it follows reloads. ``name`` and ``**options`` are then
+            not used (give neither).
         **options: any option of ``resilient.standard()`` (``total_timeout``,
             ``attempt_timeout``, ``attempts``, ``rate``, ``max_concurrent``, ``clock``,
             ``telemetry``, ...), except ``classify`` and ``per_key``.
@@ -65,7 +70,20 @@ def standard(
             raise ConfigurationError(
                 f"standard.{taken}", options[taken], "set by resilient.httpx.standard() itself"
             )
-    pipeline = _standard_pipeline(name, per_key=True, **options)
+    if config is not None:
+        if not isinstance(config, Pipeline):
+            raise ConfigurationError(
+                "standard.config", config, "expected a pipeline from resilient.config.load()"
+            )
+        if options:
+            raise ConfigurationError(
+                "standard.config",
+                config,
+                f"given with options {sorted(options)}: set them in the configuration instead",
+            )
+        pipeline = config
+    else:
+        pipeline = _standard_pipeline(name, per_key=True, **options)
     return ResilientTransport(
         pipeline,
         transport,

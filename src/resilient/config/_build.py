@@ -1,0 +1,194 @@
+"""Effective settings -> policies, through the public constructors only.
+
+The order is ``resilient.standard()``'s: ``Timeout(total) -> Retry(+budget) -> CircuitBreaker
+-> RateLimiter -> Bulkhead -> Timeout(attempt)``. Each policy is a *component* with the keys it
+was built from, so a reload rebuilds only what changed and keeps the rest (and its state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from resilient._budget import RetryBudget
+from resilient._bulkhead import Bulkhead
+from resilient._circuit import CircuitBreaker
+from resilient._events import Listener
+from resilient._pipeline import Policy
+from resilient._ratelimit import RateLimiter
+from resilient._retry import Retry
+from resilient._timeout import Timeout
+
+from ._load import PipelineSettings
+
+__all__ = ["COMPONENTS", "build_policies", "component_keys", "describe"]
+
+COMPONENTS = ("timeout.total", "retry", "breaker", "limiter", "bulkhead", "timeout.attempt")
+"""The components of a configured pipeline, outermost first."""
+
+
+def component_keys(settings: PipelineSettings, component: str) -> tuple[tuple[str, object], ...]:
+    """The settings a component is built from (equal tuples: the same policy)."""
+    if component.startswith("timeout."):
+        return ((component, settings[component]),)
+    return tuple((k, v) for k, v in settings.values.items() if k.startswith(component + "."))
+
+
+def _budget(s: PipelineSettings) -> RetryBudget | None:
+    if not s["retry.budget.enabled"]:
+        return None
+    return RetryBudget(
+        ratio=s["retry.budget.ratio"],
+        reserve=s["retry.budget.reserve"],
+        window=s["retry.budget.window"],
+    )
+
+
+def build_component(
+    settings: PipelineSettings,
+    component: str,
+    *,
+    listeners: tuple[Listener, ...] = (),
+    budget: RetryBudget | bool | None = True,
+) -> Policy | None:
+    """One component's policy, or ``None`` when the settings leave it out.
+
+    Args:
+        settings: the effective settings.
+        component: one of ``COMPONENTS``.
+        listeners: given to the circuit breaker (the registry counts openings with them).
+        budget: the retry budget to use (``True``: a new one from the settings).
+
+    Raises:
+        ConfigurationError: an option the constructor refuses.
+    """
+    s = settings
+    if component == "timeout.total":
+        seconds = s["timeout.total"]
+        return None if seconds is None else Timeout(seconds, name="total_timeout")
+    if component == "timeout.attempt":
+        seconds = s["timeout.attempt"]
+        return None if seconds is None else Timeout(seconds, name="attempt_timeout")
+    if component == "retry":
+        if not s["retry.enabled"] or s["retry.attempts"] == 1:
+            return None
+        return Retry(
+            attempts=s["retry.attempts"],
+            base_delay=s["retry.base_delay"],
+            max_delay=s["retry.max_delay"],
+            jitter=s["retry.jitter"],
+            budget=_budget(s) if budget is True else budget or None,
+            max_retry_after=s["retry.max_retry_after"],
+        )
+    if component == "breaker":
+        if not s["breaker.enabled"]:
+            return None
+        return CircuitBreaker(
+            failure_rate=s["breaker.failure_rate"],
+            window=s["breaker.window"],
+            window_type=s["breaker.window_type"],
+            minimum_calls=s["breaker.minimum_calls"],
+            open_for=s["breaker.open_for"],
+            half_open_calls=s["breaker.half_open_calls"],
+            slow_call_duration=s["breaker.slow_call_duration"],
+            slow_call_rate=s["breaker.slow_call_rate"],
+            buckets=s["breaker.buckets"],
+            open_for_growth=s["breaker.open_for_growth"],
+            max_open_for=s["breaker.max_open_for"],
+            open_jitter=s["breaker.open_jitter"],
+            max_half_open=s["breaker.max_half_open"],
+            per_key=s["breaker.per_key"],
+            max_keys=s["breaker.max_keys"],
+            key_idle=s["breaker.key_idle"],
+            listeners=listeners,
+        )
+    if component == "limiter":
+        if not s["limiter.enabled"]:
+            return None
+        return RateLimiter(
+            rate=s["limiter.rate"],
+            burst=s["limiter.burst"],
+            max_wait=s["limiter.max_wait"],
+            per_key=s["limiter.per_key"],
+        )
+    if component == "bulkhead":
+        if not s["bulkhead.enabled"]:
+            return None
+        return Bulkhead(
+            max_concurrent=s["bulkhead.max_concurrent"],
+            max_waiting=s["bulkhead.max_waiting"],
+            max_wait=s["bulkhead.max_wait"],
+            per_key=s["bulkhead.per_key"],
+        )
+    raise KeyError(component)
+
+
+def build_policies(
+    settings: PipelineSettings, *, listeners: tuple[Listener, ...] = ()
+) -> dict[str, Policy]:
+    """Component -> policy for every component the settings include, outermost first.
+
+    Raises:
+        ConfigurationError: an option a constructor refuses (names the constructor option).
+    """
+    built: dict[str, Policy] = {}
+    for component in COMPONENTS:
+        policy = build_component(settings, component, listeners=listeners)
+        if policy is not None:
+            built[component] = policy
+    return built
+
+
+def _number(value: object) -> object:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+_DESCRIBE: Mapping[type, Callable[[Any], dict[str, object]]] = {
+    Timeout: lambda p: {"seconds": p.seconds},
+    Retry: lambda p: {
+        "attempts": p.attempts,
+        "base_delay": p.base_delay,
+        "max_delay": p.max_delay,
+        "jitter": p.jitter,
+        "max_retry_after": p.max_retry_after,
+        "budget": None
+        if p.budget is None
+        else {"ratio": p.budget.ratio, "reserve": p.budget.reserve, "window": p.budget.window},
+    },
+    CircuitBreaker: lambda p: {
+        "failure_rate": p.failure_rate,
+        "window": _number(p.window),
+        "window_type": p.window_type,
+        "minimum_calls": p.minimum_calls,
+        "open_for": p.open_for,
+        "max_open_for": p.max_open_for,
+        "half_open_calls": p.half_open_calls,
+        "slow_call_duration": p.slow_call_duration,
+        "slow_call_rate": p.slow_call_rate,
+        "per_key": p.per_key,
+        "max_keys": p.max_keys,
+    },
+    RateLimiter: lambda p: {
+        "rate": p.rate,
+        "burst": p.burst,
+        "max_wait": p.max_wait,
+        "per_key": p.per_key,
+    },
+    Bulkhead: lambda p: {
+        "max_concurrent": p.max_concurrent,
+        "max_waiting": p.max_waiting,
+        "max_wait": p.max_wait,
+        "per_key": p.per_key,
+    },
+}
+
+
+def describe(
+    policies: tuple[Policy, ...] | list[Policy],
+) -> list[tuple[str, str, dict[str, object]]]:
+    """``(type, name, public settings)`` for each policy, outermost first (for comparisons)."""
+    out: list[tuple[str, str, dict[str, object]]] = []
+    for policy in policies:
+        read = _DESCRIBE.get(type(policy))
+        out.append((type(policy).__name__, policy.name, read(policy) if read is not None else {}))
+    return out

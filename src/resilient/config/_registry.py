@@ -1,0 +1,691 @@
+"""The registry: named pipelines with stable handles, reloaded atomically, rolled out in phases.
+
+``registry["payments"]`` is a real ``resilient.Pipeline`` whose single policy is a
+``ConfiguredPolicy``. That policy holds the *active* configuration, an immutable record of
+policies; each call reads it once, when the call starts, and runs under it to the end. A
+reload builds and validates everything first, then swaps the records of every changed
+pipeline in one synchronous step (no ``await`` in between), so a call sees the old
+configuration or the new one, never a mix. Policies whose settings did not change are kept
+as they are (with their state); changed ones are rebuilt, and a breaker's or a limiter's
+state is carried over when the policy can take new settings (see ``reconfigure``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, final
+
+import anyio
+
+from resilient._classify import ClassifierLike, Verdict
+from resilient._clock import SYSTEM_CLOCK, Clock
+from resilient._context import Context
+from resilient._events import CircuitStateChanged, Event, Listener, report_listener_error
+from resilient._exceptions import ConfigurationError
+from resilient._pipeline import Call, Pipeline, Policy
+
+from ._build import COMPONENTS, build_component, component_keys
+from ._load import ENV_PREFIX, Change, Config, InvalidConfigError, PipelineSettings, parse, read
+from ._rollout import COMPLETED, ROLLED_BACK, Rollout, RolloutPlan, RolloutStatus, current_caller
+
+__all__ = ["ConfigReloaded", "ConfiguredPolicy", "Registry", "ReloadReport", "load"]
+
+logger = logging.getLogger("resilient.config")
+
+_MAX_CHAINS: Final = 8
+
+
+def _compose(policies: tuple[Policy, ...], call: Call) -> Call:
+    for policy in reversed(policies):
+        call = functools.partial(policy.execute, call)
+    return call
+
+
+@final
+class _Active:
+    """One pipeline's configuration as calls see it: settings and policies, never mutated."""
+
+    __slots__ = ("_chains", "components", "generation", "policies", "settings")
+
+    def __init__(
+        self, settings: PipelineSettings, components: dict[str, Policy], generation: int
+    ) -> None:
+        self.settings = settings
+        self.components = components
+        self.policies = tuple(components[c] for c in COMPONENTS if c in components)
+        self.generation = generation
+        self._chains: dict[Call, Call] = {}
+
+    def chain(self, call: Call) -> Call:
+        # The composed chain for the pipeline's (fixed) inner call, built once per
+        # configuration; a nested use with a fresh inner call each time composes each time.
+        chain = self._chains.get(call)
+        if chain is None:
+            chain = _compose(self.policies, call)
+            if len(self._chains) < _MAX_CHAINS:
+                self._chains[call] = chain
+        return chain
+
+
+@final
+class _Trial:
+    """A rollout in progress: the candidate configuration and the rollout judging it."""
+
+    __slots__ = ("candidate", "rollout")
+
+    def __init__(self, candidate: _Active, rollout: Rollout) -> None:
+        self.candidate = candidate
+        self.rollout = rollout
+
+
+@final
+class ConfiguredPolicy:
+    """The single policy of a configured pipeline: runs the active configuration's policies.
+
+    Hand it (inside its ``Pipeline``) to anything that takes a pipeline; a reload changes what
+    it runs between calls, never during one. While a rollout is in progress, each call runs the
+    new configuration or the old one depending on its caller's group.
+    """
+
+    __slots__ = ("_active", "_trial", "name")
+
+    def __init__(self, name: str, active: _Active) -> None:
+        self.name = name
+        self._active = active
+        self._trial: _Trial | None = None
+
+    @property
+    def settings(self) -> PipelineSettings:
+        """The settings calls outside a rollout's new group run under."""
+        return self._active.settings
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        """The active policies, outermost first."""
+        return self._active.policies
+
+    @property
+    def generation(self) -> int:
+        """Bumped each time a reload changes this pipeline."""
+        return self._active.generation
+
+    @property
+    def rollout(self) -> Rollout | None:
+        """The rollout in progress for this pipeline, if any."""
+        trial = self._trial
+        return None if trial is None else trial.rollout
+
+    @property
+    def candidate(self) -> PipelineSettings | None:
+        """The settings being rolled out, if any."""
+        trial = self._trial
+        return None if trial is None else trial.candidate.settings
+
+    async def execute(self, call: Call, ctx: Context, /) -> Any:
+        """Run ``call`` under the configuration active when the call starts."""
+        trial = self._trial
+        if trial is None:
+            return await self._active.chain(call)(ctx)
+        return await self._trial_run(trial, self._active, call, ctx)
+
+    async def _trial_run(self, trial: _Trial, control: _Active, call: Call, ctx: Context) -> Any:
+        rollout = trial.rollout
+        key = current_caller()
+        new = rollout.choose(key if key is not None else ctx.key)
+        active = trial.candidate if new else control
+        attempts = 0
+
+        async def counted(ctx: Context) -> Any:
+            nonlocal attempts
+            attempts += 1
+            return await call(ctx)
+
+        clock = ctx.clock
+        started = clock.now()
+        try:
+            result = await _compose(active.policies, counted)(ctx)
+        except Exception as exc:
+            verdict = ctx.classifier.classify_exception(exc).verdict
+            rollout.record(
+                new,
+                failed=verdict is not Verdict.CLIENT_ERROR,
+                latency=clock.now() - started,
+                attempts=attempts,
+            )
+            raise
+        verdict = ctx.classifier.classify_result(result).verdict
+        rollout.record(
+            new, failed=verdict.is_failure, latency=clock.now() - started, attempts=attempts
+        )
+        return result
+
+    def __repr__(self) -> str:
+        inner = ", ".join(type(p).__name__ for p in self._active.policies)
+        return f"ConfiguredPolicy({self.name!r}: {inner}, generation={self._active.generation})"
+
+
+@dataclass(slots=True, kw_only=True)
+class ConfigReloaded(Event):
+    """A reload was applied or refused.
+
+    ``pipeline`` is ``""`` (a reload concerns the registry), ``operation`` ``"reload"``,
+    ``policy`` ``""``.
+
+    Attributes:
+        source: the configuration's source.
+        applied: whether anything changed (``False``: refused, or nothing to do).
+        changes: every setting that differs.
+        kept_state: ``"pipeline.component"`` of each changed policy whose state was carried
+            over.
+        reset: ``"pipeline.component"`` of each changed policy that starts with fresh state.
+        phased: pipelines whose change started a rollout instead of applying at once.
+        restart_required: ``servers.NAME`` tables that changed (middleware reads them once).
+        problems: why the reload was refused (each with its location).
+    """
+
+    source: str
+    applied: bool
+    changes: tuple[Change, ...] = ()
+    kept_state: tuple[str, ...] = ()
+    reset: tuple[str, ...] = ()
+    phased: tuple[str, ...] = ()
+    restart_required: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """What a reload did (the same facts as its ``ConfigReloaded`` event).
+
+    Attributes:
+        changes: every setting that differs from the previous configuration.
+        kept_state: changed policies whose state was carried over (``"payments.breaker"``).
+        reset: changed policies that start with fresh state.
+        phased: pipelines whose change is being rolled out in phases.
+        restart_required: server tables that changed.
+        skipped: pipelines whose change was rolled back earlier and is not retried.
+    """
+
+    changes: tuple[Change, ...] = ()
+    kept_state: tuple[str, ...] = ()
+    reset: tuple[str, ...] = ()
+    phased: tuple[str, ...] = ()
+    restart_required: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = field(default=())
+
+    @property
+    def changed(self) -> bool:
+        """Whether the reload changed anything."""
+        return bool(self.changes)
+
+
+def _carry_state(old: Policy, new_settings: PipelineSettings, component: str) -> Policy | None:
+    """A policy with ``new_settings`` that keeps ``old``'s state, when ``old`` supports it.
+
+    Uses the policies' public ``reconfigure`` method when they have one; ``None`` otherwise
+    (the component is rebuilt with fresh state).
+    """
+    reconfigure = getattr(old, "reconfigure", None)
+    if reconfigure is None:
+        return None
+    fresh = build_component(new_settings, component)
+    if fresh is None:
+        return None
+    try:
+        return reconfigure(fresh)  # type: ignore[no-any-return]
+    except (ConfigurationError, TypeError, ValueError):
+        return None
+
+
+@final
+class Registry(Mapping[str, Pipeline]):
+    """Named pipelines built from a configuration; see ``resilient.config.load``.
+
+    ``registry[name]`` returns the same ``Pipeline`` object for the registry's lifetime, so
+    it can be handed to an httpx transport or a decorator once and still follow reloads.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        path: str | None,
+        env: Mapping[str, str] | None,
+        env_prefix: str,
+        clock: Clock | None,
+        random: Callable[[], float] | None,
+        classify: Any,
+        listeners: Iterable[Listener],
+        telemetry: Any,
+    ) -> None:
+        self._path = path
+        self._env = env
+        self._env_prefix = env_prefix
+        self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
+        self._random = random
+        self._classify = classify
+        self._listeners = tuple(listeners)
+        self._telemetry = telemetry
+        self._config = config
+        self._policies: dict[str, ConfiguredPolicy] = {}
+        self._pipelines: dict[str, Pipeline] = {}
+        self._retired: dict[str, PipelineSettings] = {}
+        self._stamp = self._file_stamp()
+        self._generation = 0
+        for name, settings in config.pipelines.items():
+            self._add(name, settings)
+
+    # -- the mapping -------------------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Pipeline:
+        return self._pipelines[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._pipelines)
+
+    def __len__(self) -> int:
+        return len(self._pipelines)
+
+    @property
+    def config(self) -> Config:
+        """The configuration last applied (a rollout in progress is not part of it yet)."""
+        return self._config
+
+    @property
+    def path(self) -> str | None:
+        """The file the registry reloads from, if any."""
+        return self._path
+
+    def policy(self, name: str) -> ConfiguredPolicy:
+        """The ``ConfiguredPolicy`` inside ``registry[name]`` (its settings, its rollout)."""
+        return self._policies[name]
+
+    def settings(self, name: str) -> PipelineSettings:
+        """The effective settings of pipeline ``name`` (outside a rollout's new group)."""
+        return self._policies[name].settings
+
+    def server(self, name: str) -> dict[str, object]:
+        """``ResilienceMiddleware`` keyword arguments from ``[servers.NAME]``.
+
+        Use ``app.add_middleware(ResilienceMiddleware, **registry.server("public"))``.
+        """
+        return dict(self._config.servers[name])
+
+    def rollouts(self) -> dict[str, RolloutStatus]:
+        """The status of each rollout in progress, by pipeline name."""
+        return {
+            name: rollout.status()
+            for name, policy in self._policies.items()
+            if (rollout := policy.rollout) is not None
+        }
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _breaker_listener(self, name: str, holder: list[Policy]) -> Listener:
+        def listener(event: Event) -> None:
+            if not isinstance(event, CircuitStateChanged) or event.state != "open":
+                return
+            policy = self._policies.get(name)
+            trial = None if policy is None else policy._trial
+            if trial is not None and holder:
+                new = trial.candidate.components.get("breaker") is holder[0]
+                trial.rollout.record_opening(new)
+
+        return listener
+
+    def _build(
+        self, name: str, settings: PipelineSettings, old: _Active | None, carry: bool
+    ) -> tuple[dict[str, Policy], list[str], list[str]]:
+        """Components for ``settings``: unchanged ones reused, changed ones rebuilt."""
+        components: dict[str, Policy] = {}
+        kept: list[str] = []
+        reset: list[str] = []
+        for component in COMPONENTS:
+            previous = None if old is None else old.components.get(component)
+            if previous is not None and component_keys(old.settings, component) == component_keys(  # type: ignore[union-attr]
+                settings, component
+            ):
+                components[component] = previous
+                continue
+            policy: Policy | None = None
+            if previous is not None and carry:
+                policy = _carry_state(previous, settings, component)
+                if policy is not None:
+                    kept.append(f"{name}.{component}")
+            if policy is None:
+                holder: list[Policy] = []
+                listeners = (
+                    (self._breaker_listener(name, holder),) if component == "breaker" else ()
+                )
+                budget: Any = True
+                if component == "retry" and previous is not None:
+                    # The budget is a token bucket of its own: keep it when its keys did not change.
+                    same_budget = component_keys(old.settings, "retry.budget") == component_keys(  # type: ignore[union-attr]
+                        settings, "retry.budget"
+                    )
+                    old_budget = getattr(previous, "budget", None)
+                    if same_budget and old_budget is not None:
+                        budget = old_budget
+                policy = build_component(settings, component, listeners=listeners, budget=budget)
+                if policy is not None:
+                    holder.append(policy)
+                    if previous is not None:
+                        reset.append(f"{name}.{component}")
+            if policy is not None:
+                components[component] = policy
+        return components, kept, reset
+
+    def _add(self, name: str, settings: PipelineSettings) -> None:
+        components, _, _ = self._build(name, settings, None, carry=False)
+        policy = ConfiguredPolicy(name, _Active(settings, components, self._generation))
+        self._policies[name] = policy
+        self._pipelines[name] = Pipeline(
+            policy,
+            name=name,
+            clock=self._clock,
+            random=self._random,
+            classify=self._classify,
+            listeners=self._listeners,
+            telemetry=self._telemetry,
+        )
+
+    # -- reloading ---------------------------------------------------------------------------
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        if self._path is None:
+            return None
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _emit(self, event: ConfigReloaded) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                report_listener_error(listener)
+
+    def _now(self) -> float:
+        try:
+            return self._clock.now()
+        except Exception:  # a clock bound to a loop that is not running
+            return 0.0
+
+    def reload(
+        self,
+        source: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        *,
+        phased: bool | None = None,
+    ) -> ReloadReport:
+        """Validate a new configuration completely, then apply it atomically.
+
+        Unchanged policies are kept with their state; changed breakers and limiters carry
+        their state over when they support it; the rest is rebuilt. With ``phased`` (default:
+        the new file's ``[rollout] enabled``), each changed pipeline is rolled out in phases
+        instead (see ``Rollout``). A pipeline whose change was rolled back is not retried
+        until its settings change again.
+
+        Args:
+            source: a file or a dict (default: the file the registry was loaded from).
+            phased: roll changes out in phases (``None``: as the configuration says).
+
+        Raises:
+            InvalidConfigError: the new configuration is invalid; nothing was changed.
+        """
+        if source is None:
+            if self._path is None:
+                raise ConfigurationError(
+                    "Registry.reload.source", None, "the registry was not loaded from a file"
+                )
+            source = self._path
+        stamp = self._file_stamp()
+        try:
+            if isinstance(source, Mapping):
+                config = parse(source, env=self._env, env_prefix=self._env_prefix)
+            else:
+                config = read(source, env=self._env, env_prefix=self._env_prefix)
+        except InvalidConfigError as exc:
+            logger.warning("configuration reload refused, nothing changed:\n%s", exc)
+            self._emit(
+                ConfigReloaded(
+                    pipeline="",
+                    operation="reload",
+                    policy="",
+                    at=self._now(),
+                    source=str(source) if not isinstance(source, Mapping) else "<dict>",
+                    applied=False,
+                    problems=tuple(str(p) for p in exc.problems),
+                )
+            )
+            raise
+        if not isinstance(source, Mapping):
+            self._stamp = stamp
+        return self._apply(config, phased)
+
+    def _apply(self, config: Config, phased: bool | None) -> ReloadReport:
+        if phased is None:
+            phased = bool(config.rollout["enabled"])
+        plan = RolloutPlan.from_mapping(config.rollout)
+        changes = self._config.diff(config)
+        # 1. Build everything first (no exception past this point: the configuration was
+        # validated, and every constructor already accepted these settings).
+        swaps: dict[str, _Active] = {}
+        trials: dict[str, _Trial] = {}
+        cancels: list[str] = []
+        kept: list[str] = []
+        reset: list[str] = []
+        skipped: list[str] = []
+        self._generation += 1
+        for name, settings in config.pipelines.items():
+            policy = self._policies.get(name)
+            if policy is None:
+                continue
+            current = policy._active
+            trial = policy._trial
+            if settings == current.settings:
+                if trial is not None:
+                    cancels.append(name)  # the file went back to what runs
+            elif trial is not None and settings == trial.candidate.settings:
+                pass  # the same change is already rolling out
+            elif self._retired.get(name) == settings:
+                skipped.append(name)
+            elif phased and plan.first_share < 1.0:
+                components, _, _ = self._build(name, settings, None, carry=False)
+                candidate = _Active(settings, components, self._generation)
+                trials[name] = _Trial(candidate, self._new_rollout(name, settings, plan))
+            else:
+                components, k, r = self._build(name, settings, current, carry=True)
+                kept += k
+                reset += r
+                swaps[name] = _Active(settings, components, self._generation)
+        # 2. Apply in one synchronous step: a call starting after it sees only new records.
+        for name in [*cancels, *swaps, *trials]:
+            policy = self._policies[name]
+            if policy._trial is not None:
+                policy._trial.rollout.abandon()
+                policy._trial = None
+        for name, active in swaps.items():
+            self._policies[name]._active = active
+        for name, trial in trials.items():
+            self._policies[name]._trial = trial
+        for name, settings in config.pipelines.items():
+            if name not in self._policies:
+                self._add(name, settings)
+        removed = [name for name in self._policies if name not in config.pipelines]
+        for name in removed:
+            # A removed pipeline's handle keeps running its last configuration.
+            del self._pipelines[name]
+        self._config = Config(
+            config.source,
+            {
+                name: (self._policies[name].settings if name in self._policies else settings)
+                for name, settings in config.pipelines.items()
+            },
+            config.servers,
+            config.rollout,
+        )
+        for name in removed:
+            del self._policies[name]
+        report = ReloadReport(
+            changes=changes,
+            kept_state=tuple(kept),
+            reset=tuple(reset),
+            phased=tuple(trials),
+            restart_required=tuple(
+                sorted({c.scope for c in changes if c.scope.startswith("servers.")})
+            ),
+            skipped=tuple(skipped),
+        )
+        if changes:
+            logger.info(
+                "configuration reloaded from %s: %d change(s)%s\n%s",
+                config.source,
+                len(changes),
+                f", phased: {', '.join(report.phased)}" if report.phased else "",
+                "\n".join(f"  {c}" for c in changes),
+            )
+        self._emit(
+            ConfigReloaded(
+                pipeline="",
+                operation="reload",
+                policy="",
+                at=self._now(),
+                source=config.source,
+                applied=bool(changes),
+                changes=changes,
+                kept_state=report.kept_state,
+                reset=report.reset,
+                phased=report.phased,
+                restart_required=report.restart_required,
+            )
+        )
+        return report
+
+    def _new_rollout(self, name: str, settings: PipelineSettings, plan: RolloutPlan) -> Rollout:
+        return Rollout(
+            name,
+            plan,
+            clock=self._clock,
+            # The same change picks the same callers on every instance of a fleet.
+            salt=f"{name}:{_stable(settings)}",
+            listeners=self._listeners,
+            on_decision=functools.partial(self._decided, name),
+        )
+
+    def _decided(self, name: str, rollout: Rollout, decision: str) -> None:
+        policy = self._policies.get(name)
+        if policy is None or policy._trial is None or policy._trial.rollout is not rollout:
+            return
+        trial = policy._trial
+        if decision == COMPLETED:
+            policy._active = trial.candidate
+            policy._trial = None
+            self._config = Config(
+                self._config.source,
+                {**self._config.pipelines, name: trial.candidate.settings},
+                self._config.servers,
+                self._config.rollout,
+            )
+        elif decision == ROLLED_BACK:
+            policy._trial = None
+            self._retired[name] = trial.candidate.settings
+
+    def poll_file(self) -> ReloadReport | None:
+        """Reload if the file changed since it was last read (by modification time and size).
+
+        Returns:
+            The reload's report, or ``None`` when the file did not change or the new content
+            was refused (the refusal is logged and reported as an event; nothing changed).
+        """
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
+            return None
+        try:
+            return self.reload()
+        except InvalidConfigError:
+            self._stamp = stamp  # do not re-report the same broken file every poll
+            return None
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Poll the file every ``interval`` seconds (on the registry's clock) and reload it.
+
+        Runs until cancelled: ``task_group.start_soon(registry.watch)``. A refused file is
+        logged and reported; the running configuration stays.
+
+        Raises:
+            ConfigurationError: the registry was not loaded from a file, or ``interval`` <= 0.
+        """
+        if self._path is None:
+            raise ConfigurationError("Registry.watch", None, "the registry has no file")
+        if not interval > 0:
+            raise ConfigurationError("Registry.watch.interval", interval, "must be > 0")
+        while True:
+            await self._clock.sleep(interval)
+            # stat() is a short blocking call; a thread hop would cost more than it saves.
+            self.poll_file()
+            await anyio.lowlevel.checkpoint()
+
+    def __repr__(self) -> str:
+        return f"Registry({list(self._pipelines)!r}, source={self._config.source!r})"
+
+
+def _stable(settings: PipelineSettings) -> str:
+    import hashlib
+
+    text = repr(sorted(settings.values.items(), key=lambda kv: kv[0]))
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def load(
+    source: str | os.PathLike[str] | Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    env_prefix: str = ENV_PREFIX,
+    clock: Clock | None = None,
+    random: Callable[[], float] | None = None,
+    classify: ClassifierLike | Callable[..., Any] | Iterable[Any] | None = None,
+    listeners: Iterable[Listener] = (),
+    telemetry: Any = True,
+) -> Registry:
+    """Named pipelines from a TOML file or a dict: ``load("resilience.toml")["payments"]``.
+
+    Args:
+        source: a TOML file's path, or a dict of the same shape (from YAML, JSON, ...).
+        env: environment for overrides (default ``os.environ``; ``{}`` ignores it).
+        env_prefix: prefix of override variables (``RESILIENT__PIPELINES__PAYMENTS__...``).
+        clock: every pipeline's clock (and the rollouts').
+        random: every pipeline's random source.
+        classify: every pipeline's classifier.
+        listeners: receive every call event of every pipeline, plus ``ConfigReloaded`` and
+            ``RolloutChanged``.
+        telemetry: as for ``Pipeline``.
+
+    Raises:
+        InvalidConfigError: every problem in the configuration, with its location.
+    """
+    if isinstance(source, Mapping):
+        config = parse(source, env=env, env_prefix=env_prefix)
+        path = None
+    else:
+        path = os.fspath(source)
+        config = read(path, env=env, env_prefix=env_prefix)
+        path = str(Path(path))
+    return Registry(
+        config,
+        path=path,
+        env=env,
+        env_prefix=env_prefix,
+        clock=clock,
+        random=random,
+        classify=classify,
+        listeners=listeners,
+        telemetry=telemetry,
+    )
