@@ -263,7 +263,9 @@ class Registry(Mapping[str, Pipeline]):
         classify: Any,
         listeners: Iterable[Listener],
         telemetry: Any,
+        meter_provider: Any = None,
     ) -> None:
+        self._meter_provider = meter_provider
         self._path = path
         self._env = env
         self._env_prefix = env_prefix
@@ -478,7 +480,7 @@ class Registry(Mapping[str, Pipeline]):
         # 1. Build everything first (no exception past this point: the configuration was
         # validated, and every constructor already accepted these settings).
         swaps: dict[str, _Active] = {}
-        trials: dict[str, _Trial] = {}
+        trials: dict[str, _Active] = {}
         cancels: list[str] = []
         kept: list[str] = []
         reset: list[str] = []
@@ -499,8 +501,7 @@ class Registry(Mapping[str, Pipeline]):
                 skipped.append(name)
             elif phased and plan.first_share < 1.0:
                 components, _, _ = self._build(name, settings, None, carry=False)
-                candidate = _Active(settings, components, self._generation)
-                trials[name] = _Trial(candidate, self._new_rollout(name, settings, plan))
+                trials[name] = _Active(settings, components, self._generation)
             else:
                 components, k, r = self._build(name, settings, current, carry=True)
                 kept += k
@@ -514,8 +515,9 @@ class Registry(Mapping[str, Pipeline]):
                 policy._trial = None
         for name, active in swaps.items():
             self._policies[name]._active = active
-        for name, trial in trials.items():
-            self._policies[name]._trial = trial
+        for name, candidate in trials.items():
+            rollout = self._new_rollout(name, candidate.settings, plan)  # emits "started"
+            self._policies[name]._trial = _Trial(candidate, rollout)
         for name, settings in config.pipelines.items():
             if name not in self._policies:
                 self._add(name, settings)
@@ -578,6 +580,7 @@ class Registry(Mapping[str, Pipeline]):
             salt=f"{name}:{_stable(settings)}",
             listeners=self._listeners,
             on_decision=functools.partial(self._decided, name),
+            meter_provider=self._meter_provider,
         )
 
     def _decided(self, name: str, rollout: Rollout, decision: str) -> None:
@@ -654,6 +657,7 @@ def load(
     classify: ClassifierLike | Callable[..., Any] | Iterable[Any] | None = None,
     listeners: Iterable[Listener] = (),
     telemetry: Any = True,
+    meter_provider: Any = None,
 ) -> Registry:
     """Named pipelines from a TOML file or a dict: ``load("resilience.toml")["payments"]``.
 
@@ -667,6 +671,7 @@ def load(
         listeners: receive every call event of every pipeline, plus ``ConfigReloaded`` and
             ``RolloutChanged``.
         telemetry: as for ``Pipeline``.
+        meter_provider: where rollout metrics go (default: the global meter provider).
 
     Raises:
         InvalidConfigError: every problem in the configuration, with its location.
@@ -688,4 +693,5 @@ def load(
         classify=classify,
         listeners=listeners,
         telemetry=telemetry,
+        meter_provider=meter_provider,
     )

@@ -16,9 +16,12 @@ import contextlib
 import contextvars
 import hashlib
 import logging
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, final
+
+from opentelemetry import metrics as otel_metrics
 
 from resilient import _validate as check
 from resilient._clock import Clock
@@ -45,6 +48,69 @@ RUNNING: Final = "running"
 COMPLETED: Final = "completed"
 ROLLED_BACK: Final = "rolled_back"
 _GOLDEN = 0.6180339887498949  # spreads unkeyed calls evenly over [0, 1)
+
+
+# -- telemetry -----------------------------------------------------------------------------
+
+SHARE_METRIC: Final = "resilient.config.rollout.share"
+PHASE_METRIC: Final = "resilient.config.rollout.phase"
+DECISIONS_METRIC: Final = "resilient.config.rollout.decisions"
+
+
+@final
+class _Instruments:
+    """One meter provider's rollout instruments, reporting every live rollout bound to it."""
+
+    def __init__(self, provider: otel_metrics.MeterProvider) -> None:
+        meter = provider.get_meter("resilient")
+        self.rollouts: weakref.WeakSet[Rollout] = weakref.WeakSet()
+        self.decisions = meter.create_counter(
+            DECISIONS_METRIC,
+            unit="{decision}",
+            description="Rollout decisions: started, advanced, completed, rolled_back, abandoned.",
+        )
+        meter.create_observable_gauge(
+            SHARE_METRIC,
+            callbacks=[self._shares],
+            unit="1",
+            description="Share of callers in the new group of each running rollout.",
+        )
+        meter.create_observable_gauge(
+            PHASE_METRIC,
+            callbacks=[self._phases],
+            unit="{phase}",
+            description="Current phase of each running rollout (from 1).",
+        )
+
+    def _observe(self, field: str) -> list[otel_metrics.Observation]:
+        return [
+            otel_metrics.Observation(getattr(rollout, field), {"resilient.pipeline": rollout.name})
+            for rollout in list(self.rollouts)
+            if rollout.state == RUNNING
+        ]
+
+    def _shares(self, _options: otel_metrics.CallbackOptions) -> list[otel_metrics.Observation]:
+        return self._observe("share")
+
+    def _phases(self, _options: otel_metrics.CallbackOptions) -> list[otel_metrics.Observation]:
+        return self._observe("phase")
+
+
+_instruments: dict[int, tuple[otel_metrics.MeterProvider, _Instruments]] = {}
+
+
+def _instruments_for(provider: otel_metrics.MeterProvider | None) -> _Instruments | None:
+    if provider is None:
+        provider = otel_metrics.get_meter_provider()
+    entry = _instruments.get(id(provider))
+    if entry is None or entry[0] is not provider:
+        try:
+            entry = (provider, _Instruments(provider))
+        except Exception:  # telemetry observes and never steers
+            report_listener_error(provider)
+            return None
+        _instruments[id(provider)] = entry
+    return entry[1]
 
 
 @contextlib.contextmanager
@@ -218,15 +284,19 @@ class Rollout:
             first (default: ``name``).
         listeners: receive a ``RolloutChanged`` at every decision.
         on_decision: called with ``(rollout, decision)`` after each decision.
+        meter_provider: where the ``resilient.config.rollout.*`` metrics go (default: the
+            global OpenTelemetry meter provider).
 
     Raises:
         ConfigurationError: an invalid option.
     """
 
     __slots__ = (
+        "__weakref__",
         "_clock",
         "_control",
         "_counter",
+        "_instruments",
         "_listeners",
         "_new",
         "_on_decision",
@@ -252,6 +322,7 @@ class Rollout:
         salt: str | None = None,
         listeners: tuple[Listener, ...] = (),
         on_decision: _Decisions | None = None,
+        meter_provider: otel_metrics.MeterProvider | None = None,
     ) -> None:
         self.name = check.name("Rollout.name", name)
         if plan is None:
@@ -278,6 +349,9 @@ class Rollout:
         self._counter = 0
         self._total_calls = 0
         self._total_new = 0
+        self._instruments = _instruments_for(meter_provider)
+        if self._instruments is not None:
+            self._instruments.rollouts.add(self)
         self._decide("started" if self._state == RUNNING else COMPLETED)
 
     # -- who is in -------------------------------------------------------------------------
@@ -449,6 +523,13 @@ class Rollout:
             self._share,
             f" ({self._reason})" if self._reason else "",
         )
+        if self._instruments is not None:
+            try:
+                self._instruments.decisions.add(
+                    1, {"resilient.pipeline": self.name, "resilient.decision": decision}
+                )
+            except Exception:
+                report_listener_error(self._instruments)
         for listener in self._listeners:
             try:
                 listener(event)
@@ -472,6 +553,8 @@ class _Serializer(Protocol):
     def write_version(self) -> int: ...
     @property
     def read_versions(self) -> tuple[int, ...]: ...
+    @property
+    def writable_versions(self) -> tuple[int, ...]: ...
     @property
     def name(self) -> str: ...
     def dumps(self, obj: Any, *, version: int | None = None) -> bytes: ...
@@ -520,6 +603,13 @@ class VersionSwitch:
                 version,
                 f"not read by {serializer.name!r} (reads {serializer.read_versions}): ship "
                 "phase one (read the new version everywhere) first",
+            )
+        if version not in serializer.writable_versions:
+            raise ConfigurationError(
+                "VersionSwitch.version",
+                version,
+                f"not writable by {serializer.name!r}: declare writable=(old, new) on the "
+                "serializer",
             )
         if version == serializer.write_version:
             raise ConfigurationError(
