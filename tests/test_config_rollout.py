@@ -52,9 +52,8 @@ class Traffic:
                     raise ConnectionError("refused")
                 return "ok"
 
-            with rc.caller(user):
-                with contextlib.suppress(ConnectionError, CircuitOpenError):
-                    await pipeline.call(dependency)
+            with rc.caller(user), contextlib.suppress(ConnectionError, CircuitOpenError):
+                await pipeline.call(dependency)
             rollout = self.registry.policy("dep").rollout
             self.shares.append(0.0 if rollout is None else rollout.share)
             self.clock.advance(0.05)
