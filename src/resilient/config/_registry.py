@@ -476,7 +476,8 @@ class Registry(Mapping[str, Pipeline]):
         if phased is None:
             phased = bool(config.rollout["enabled"])
         plan = RolloutPlan.from_mapping(config.rollout)
-        changes = self._config.diff(config)
+        changes = list(self._config.diff(config))
+        quiet: set[str] = set()  # pipelines whose difference is not news (see below)
         # 1. Build everything first (no exception past this point: the configuration was
         # validated, and every constructor already accepted these settings).
         swaps: dict[str, _Active] = {}
@@ -496,9 +497,10 @@ class Registry(Mapping[str, Pipeline]):
                 if trial is not None:
                     cancels.append(name)  # the file went back to what runs
             elif trial is not None and settings == trial.candidate.settings:
-                pass  # the same change is already rolling out
+                quiet.add(name)  # the same change is already rolling out
             elif self._retired.get(name) == settings:
                 skipped.append(name)
+                quiet.add(name)
             elif phased and plan.first_share < 1.0:
                 components, _, _ = self._build(name, settings, None, carry=False)
                 trials[name] = _Active(settings, components, self._generation)
@@ -507,6 +509,7 @@ class Registry(Mapping[str, Pipeline]):
                 kept += k
                 reset += r
                 swaps[name] = _Active(settings, components, self._generation)
+        changes = [c for c in changes if c.scope.removeprefix("pipelines.") not in quiet]
         # 2. Apply in one synchronous step: a call starting after it sees only new records.
         for name in [*cancels, *swaps, *trials]:
             policy = self._policies[name]
@@ -537,7 +540,7 @@ class Registry(Mapping[str, Pipeline]):
         for name in removed:
             del self._policies[name]
         report = ReloadReport(
-            changes=changes,
+            changes=tuple(changes),
             kept_state=tuple(kept),
             reset=tuple(reset),
             phased=tuple(trials),
@@ -562,7 +565,7 @@ class Registry(Mapping[str, Pipeline]):
                 at=self._now(),
                 source=config.source,
                 applied=bool(changes),
-                changes=changes,
+                changes=report.changes,
                 kept_state=report.kept_state,
                 reset=report.reset,
                 phased=report.phased,

@@ -152,6 +152,8 @@ class RolloutPlan:
         max_failure_rate_increase: how much higher (absolute) the new group's failure rate
             may be.
         max_latency_increase: relative increase of mean latency tolerated.
+        min_latency_increase: seconds of mean latency increase always tolerated: on calls
+            taking a millisecond, scheduling noise alone would exceed a relative margin.
         max_load_increase: relative increase of attempts per call tolerated.
         max_extra_breaker_openings: breaker openings the new group may have beyond the
             control group's in a phase.
@@ -166,6 +168,7 @@ class RolloutPlan:
     min_calls: int = 100
     max_failure_rate_increase: float = 0.02
     max_latency_increase: float = 0.25
+    min_latency_increase: float = 0.005
     max_load_increase: float = 0.25
     max_extra_breaker_openings: int = 0
 
@@ -180,6 +183,7 @@ class RolloutPlan:
             allow_zero=True,
         )
         check.non_negative("RolloutPlan.max_latency_increase", self.max_latency_increase)
+        check.non_negative("RolloutPlan.min_latency_increase", self.min_latency_increase)
         check.non_negative("RolloutPlan.max_load_increase", self.max_load_increase)
         check.integer(
             "RolloutPlan.max_extra_breaker_openings", self.max_extra_breaker_openings, minimum=0
@@ -457,7 +461,10 @@ class Rollout:
         if load_new > load_control * (1.0 + plan.max_load_increase):
             return f"attempts per call {load_new:.3g} vs {load_control:.3g} in the control group"
         lat_new, lat_control = new.mean_latency(), control.mean_latency()
-        if lat_control > 0.0 and lat_new > lat_control * (1.0 + plan.max_latency_increase):
+        if (
+            lat_new > lat_control * (1.0 + plan.max_latency_increase)
+            and lat_new - lat_control > plan.min_latency_increase
+        ):
             return f"mean latency {lat_new:.3g}s vs {lat_control:.3g}s in the control group"
         return ""
 
