@@ -68,8 +68,8 @@ def cases() -> dict[str, Case]:
     counted = resilient.Pipeline(
         resilient.CircuitBreaker(window_type="count", window=100), telemetry=False
     )
-    step_timed = resilient.CircuitBreaker()._bind(_invoke, ())
-    step_counted = resilient.CircuitBreaker(window_type="count", window=100)._bind(_invoke, ())
+    step_timed = resilient.CircuitBreaker().compose(_invoke, ())
+    step_counted = resilient.CircuitBreaker(window_type="count", window=100).compose(_invoke, ())
     clock = resilient.SystemClock()
     step_pass = _pass_step(_invoke)
     ctx = resilient.Pipeline(telemetry=False).context(_f)

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Final, final
 
 from . import _validate as check
 from ._backoff import JITTERS
-from ._budget import FOLD_EVERY, RetryBudget
+from ._budget import RetryBudget
 from ._classify import (
     DEFAULT_CLASSIFIER,
     Classification,
@@ -124,7 +124,7 @@ class Retry(PolicyDecorator):
         "name",
     )
 
-    _deadline_aware: ClassVar[bool] = True
+    deadline_aware: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -197,10 +197,7 @@ class Retry(PolicyDecorator):
             return await self._run(call, ctx, None, None, pending=False, classification=None)
         budget = self._budget
         if budget is not None:
-            # budget.deposit(now), inlined: the clock is read once every FOLD_EVERY calls.
-            budget._calls += 1
-            if budget._calls >= FOLD_EVERY:
-                budget._roll(ctx.clock.now())
+            budget.record_call(ctx.clock.now)
         ctx.attempt = 1
         try:
             result = await call(ctx)
@@ -221,7 +218,7 @@ class Retry(PolicyDecorator):
             if verdict is not _TRANSIENT:
                 if (
                     budget is not None
-                    and budget._tokens < budget._reserve
+                    and budget.refilling
                     and (verdict is _SUCCESS or verdict is _CLIENT_ERROR)
                 ):
                     budget.record_success(ctx.clock.now())
@@ -271,7 +268,7 @@ class Retry(PolicyDecorator):
         reason: str | None
         try:
             if not pending and budget is not None:
-                budget.deposit(clock.now())
+                budget.record_call(clock.now)
             while True:
                 if pending:
                     pending = False
@@ -318,7 +315,7 @@ class Retry(PolicyDecorator):
                     )
                 if verdict is not transient:
                     if verdict is _SUCCESS or verdict is _CLIENT_ERROR:
-                        if budget is not None and budget._tokens < budget._reserve:
+                        if budget is not None and budget.refilling:
                             budget.record_success(clock.now())
                         reason = None
                     else:
