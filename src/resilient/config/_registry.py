@@ -27,7 +27,8 @@ from resilient._clock import SYSTEM_CLOCK, Clock
 from resilient._context import Context
 from resilient._events import CircuitStateChanged, Event, Listener, report_listener_error
 from resilient._exceptions import ConfigurationError
-from resilient._pipeline import Call, Pipeline, Policy
+from resilient._pipeline import Pipeline
+from resilient.extend import Call, Policy, compose
 
 from ._build import COMPONENTS, build_component, component_keys
 from ._load import ENV_PREFIX, Change, Config, InvalidConfigError, PipelineSettings, parse, read
@@ -38,12 +39,6 @@ __all__ = ["ConfigReloaded", "ConfiguredPolicy", "Registry", "ReloadReport", "lo
 logger = logging.getLogger("resilient.config")
 
 _MAX_CHAINS: Final = 8
-
-
-def _compose(policies: tuple[Policy, ...], call: Call) -> Call:
-    for policy in reversed(policies):
-        call = functools.partial(policy.execute, call)
-    return call
 
 
 @final
@@ -59,16 +54,18 @@ class _Active:
         self.components = components
         self.policies = tuple(components[c] for c in COMPONENTS if c in components)
         self.generation = generation
-        self._chains: dict[Call, Call] = {}
+        self._chains: dict[tuple[Call, tuple[Policy, ...]], Call] = {}
 
-    def chain(self, call: Call) -> Call:
-        # The composed chain for the pipeline's (fixed) inner call, built once per
-        # configuration; a nested use with a fresh inner call each time composes each time.
-        chain = self._chains.get(call)
+    def chain(self, inner: Call, after: tuple[Policy, ...] = ()) -> Call:
+        """These policies around ``inner``, composed once per configuration and chain."""
+        # A pipeline composes its steps once, so `inner` is the same object on every call and
+        # this is one dict hit; a caller passing a fresh `inner` each time composes each time.
+        key = (inner, after)
+        chain = self._chains.get(key)
         if chain is None:
-            chain = _compose(self.policies, call)
+            chain = compose(self.policies, inner, after)
             if len(self._chains) < _MAX_CHAINS:
-                self._chains[call] = chain
+                self._chains[key] = chain
         return chain
 
 
@@ -131,9 +128,33 @@ class ConfiguredPolicy:
         trial = self._trial
         if trial is None:
             return await self._active.chain(call)(ctx)
-        return await self._trial_run(trial, self._active, call, ctx)
+        return await self._trial_run(trial, self._active, call, (), ctx)
 
-    async def _trial_run(self, trial: _Trial, control: _Active, call: Call, ctx: Context) -> Any:
+    def compose(self, inner: Call, after: tuple[Policy, ...], /) -> Call:
+        """The pipeline step: each call picks the active configuration's chain (built once)."""
+
+        seen: _Active | None = None
+        chain: Call = inner
+
+        async def step(ctx: Context) -> Any:
+            nonlocal seen, chain
+            active = self._active
+            if self._trial is None:
+                if active is not seen:  # the first call after a reload
+                    seen, chain = active, active.chain(inner, after)
+                return await chain(ctx)
+            return await self._trial_run(self._trial, active, inner, after, ctx)
+
+        return step
+
+    async def _trial_run(
+        self,
+        trial: _Trial,
+        control: _Active,
+        call: Call,
+        after: tuple[Policy, ...],
+        ctx: Context,
+    ) -> Any:
         rollout = trial.rollout
         key = current_caller()
         new = rollout.choose(key if key is not None else ctx.key)
@@ -148,7 +169,7 @@ class ConfiguredPolicy:
         clock = ctx.clock
         started = clock.now()
         try:
-            result = await _compose(active.policies, counted)(ctx)
+            result = await compose(active.policies, counted, after)(ctx)
         except Exception as exc:
             verdict = ctx.classifier.classify_exception(exc).verdict
             rollout.record(
