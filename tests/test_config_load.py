@@ -569,3 +569,30 @@ def test_registry_is_a_mapping_of_stable_pipelines() -> None:
 def test_no_pipeline_is_an_error() -> None:
     with pytest.raises(rc.InvalidConfigError, match="no pipeline defined"):
         rc.load({}, env={})
+
+
+def test_importing_the_config_package_stays_light() -> None:
+    code = (
+        "import sys, resilient.config\n"
+        "bad = [m for m in ('httpx', 'starlette', 'redis', 'prometheus_client',"
+        " 'opentelemetry.sdk') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == ""
+
+
+def test_a_file_that_is_not_toml_is_one_problem_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[pipelines.a]\nretry.attempts = = 3\n", encoding="utf-8")
+    with pytest.raises(rc.InvalidConfigError) as info:
+        rc.load(path, env={})
+    (problem,) = info.value.problems
+    assert "not valid TOML" in problem.message
+    assert "line 2" in problem.message
+    assert isinstance(info.value, resilient.ResilientError)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(rc.InvalidConfigError, match="cannot read"):
+        rc.load(tmp_path / "missing.toml", env={})

@@ -231,3 +231,69 @@ async def test_watch_needs_a_file() -> None:
         await registry.watch()
     with pytest.raises(resilient.ConfigurationError, match=r"reload\.source"):
         registry.reload()
+
+
+async def test_an_httpx_transport_follows_reloads(clock: FakeClock) -> None:
+    """A client built once on a configured pipeline retries as the current file says."""
+    httpx = pytest.importorskip("httpx")
+    from resilient.httpx import standard
+
+    sent = 0
+
+    def upstream(request: Any) -> Any:
+        nonlocal sent
+        sent += 1
+        return httpx.Response(503)
+
+    config: dict[str, Any] = {"pipelines": {"api": {"retry": {"attempts": 2, "base_delay": 0.0}}}}
+    registry = rc.load(config, env={}, clock=clock, telemetry=False)
+    transport = standard(httpx.MockTransport(upstream), config=registry["api"])
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get("http://api.test/x")).status_code == 503
+        assert sent == 2
+        config["pipelines"]["api"]["retry"]["attempts"] = 4
+        registry.reload(config)
+        assert (await client.get("http://api.test/x")).status_code == 503
+        assert sent == 6
+
+
+async def test_calls_during_a_rollout_run_one_configuration_each_and_leak_nothing(
+    clock: FakeClock,
+) -> None:
+    """Concurrent callers split between the control and the new group: each call runs under
+    one of them whole, and both groups' bulkheads end empty."""
+    plan = {"enabled": True, "first_share": 0.5, "bake": 1000.0, "min_calls": 10_000}
+    registry = rc.load({**A, "rollout": plan}, env={}, clock=clock, telemetry=False)
+    registry.reload({**B, "rollout": plan})
+    policy = registry.policy("dep")
+    rollout = policy.rollout
+    assert rollout is not None
+    candidate = policy.candidate
+    assert candidate is not None
+    assert candidate["retry.attempts"] == 4
+    seen: dict[int, list[float]] = {}
+
+    async def flaky(call: int) -> None:
+        seen.setdefault(call, []).append(round(resilient.remaining(), 6))
+        await anyio.lowlevel.checkpoint()
+        raise ConnectionError("down")
+
+    async def caller(call: int) -> None:
+        with rc.caller(f"user-{call}"), pytest.raises(ConnectionError):
+            await registry["dep"].call(flaky, call)
+
+    async with anyio.create_task_group() as tg:
+        for call in range(200):
+            tg.start_soon(caller, call)
+    shapes = [tuple(v) for v in seen.values()]
+    assert set(shapes) == {(1.0, 1.0), (2.0, 2.0, 2.0, 2.0)}
+    new_calls = sum(1 for s in shapes if len(s) == 4)
+    assert 0 < new_calls < 200
+    assert rollout.status().total_new_calls == new_calls
+    assert rollout.status().total_calls == 200
+    bulkheads = [
+        p for p in (*policy.policies, *policy.candidate_policies) if isinstance(p, Bulkhead)
+    ]
+    assert len(bulkheads) == 2
+    for bulkhead in bulkheads:
+        assert (bulkhead.snapshot().running, bulkhead.snapshot().waiting) == (0, 0)

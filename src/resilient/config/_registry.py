@@ -123,6 +123,12 @@ class ConfiguredPolicy:
         trial = self._trial
         return None if trial is None else trial.candidate.settings
 
+    @property
+    def candidate_policies(self) -> tuple[Policy, ...]:
+        """The policies of the configuration being rolled out (empty when none is)."""
+        trial = self._trial
+        return () if trial is None else trial.candidate.policies
+
     async def execute(self, call: Call, ctx: Context, /) -> Any:
         """Run ``call`` under the configuration active when the call starts."""
         trial = self._trial
