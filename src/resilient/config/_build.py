@@ -44,6 +44,96 @@ def _budget(s: PipelineSettings) -> RetryBudget | None:
     )
 
 
+def component_options(
+    settings: PipelineSettings,
+    component: str,
+    *,
+    listeners: tuple[Listener, ...] = (),
+    budget: RetryBudget | bool | None = True,
+) -> tuple[type[Any], tuple[Any, ...], dict[str, Any]] | None:
+    """``(constructor, args, keyword options)`` of one component, or ``None`` when left out.
+
+    Args:
+        settings: the effective settings.
+        component: one of ``COMPONENTS``.
+        listeners: given to the circuit breaker (the registry counts openings with them).
+        budget: the retry budget to use (``True``: a new one from the settings).
+    """
+    s = settings
+    if component in ("timeout.total", "timeout.attempt"):
+        seconds = s[component]
+        name = "total_timeout" if component == "timeout.total" else "attempt_timeout"
+        return None if seconds is None else (Timeout, (seconds,), {"name": name})
+    if component == "retry":
+        if not s["retry.enabled"] or s["retry.attempts"] == 1:
+            return None
+        return (
+            Retry,
+            (),
+            {
+                "attempts": s["retry.attempts"],
+                "base_delay": s["retry.base_delay"],
+                "max_delay": s["retry.max_delay"],
+                "jitter": s["retry.jitter"],
+                "budget": _budget(s) if budget is True else budget or None,
+                "max_retry_after": s["retry.max_retry_after"],
+            },
+        )
+    if component == "breaker":
+        if not s["breaker.enabled"]:
+            return None
+        return (
+            CircuitBreaker,
+            (),
+            {
+                "failure_rate": s["breaker.failure_rate"],
+                "window": s["breaker.window"],
+                "window_type": s["breaker.window_type"],
+                "minimum_calls": s["breaker.minimum_calls"],
+                "open_for": s["breaker.open_for"],
+                "half_open_calls": s["breaker.half_open_calls"],
+                "slow_call_duration": s["breaker.slow_call_duration"],
+                "slow_call_rate": s["breaker.slow_call_rate"],
+                "buckets": s["breaker.buckets"],
+                "open_for_growth": s["breaker.open_for_growth"],
+                "max_open_for": s["breaker.max_open_for"],
+                "open_jitter": s["breaker.open_jitter"],
+                "max_half_open": s["breaker.max_half_open"],
+                "per_key": s["breaker.per_key"],
+                "max_keys": s["breaker.max_keys"],
+                "key_idle": s["breaker.key_idle"],
+                "listeners": listeners,
+            },
+        )
+    if component == "limiter":
+        if not s["limiter.enabled"]:
+            return None
+        return (
+            RateLimiter,
+            (),
+            {
+                "rate": s["limiter.rate"],
+                "burst": s["limiter.burst"],
+                "max_wait": s["limiter.max_wait"],
+                "per_key": s["limiter.per_key"],
+            },
+        )
+    if component == "bulkhead":
+        if not s["bulkhead.enabled"]:
+            return None
+        return (
+            Bulkhead,
+            (),
+            {
+                "max_concurrent": s["bulkhead.max_concurrent"],
+                "max_waiting": s["bulkhead.max_waiting"],
+                "max_wait": s["bulkhead.max_wait"],
+                "per_key": s["bulkhead.per_key"],
+            },
+        )
+    raise KeyError(component)
+
+
 def build_component(
     settings: PipelineSettings,
     component: str,
@@ -53,74 +143,14 @@ def build_component(
 ) -> Policy | None:
     """One component's policy, or ``None`` when the settings leave it out.
 
-    Args:
-        settings: the effective settings.
-        component: one of ``COMPONENTS``.
-        listeners: given to the circuit breaker (the registry counts openings with them).
-        budget: the retry budget to use (``True``: a new one from the settings).
-
     Raises:
         ConfigurationError: an option the constructor refuses.
     """
-    s = settings
-    if component == "timeout.total":
-        seconds = s["timeout.total"]
-        return None if seconds is None else Timeout(seconds, name="total_timeout")
-    if component == "timeout.attempt":
-        seconds = s["timeout.attempt"]
-        return None if seconds is None else Timeout(seconds, name="attempt_timeout")
-    if component == "retry":
-        if not s["retry.enabled"] or s["retry.attempts"] == 1:
-            return None
-        return Retry(
-            attempts=s["retry.attempts"],
-            base_delay=s["retry.base_delay"],
-            max_delay=s["retry.max_delay"],
-            jitter=s["retry.jitter"],
-            budget=_budget(s) if budget is True else budget or None,
-            max_retry_after=s["retry.max_retry_after"],
-        )
-    if component == "breaker":
-        if not s["breaker.enabled"]:
-            return None
-        return CircuitBreaker(
-            failure_rate=s["breaker.failure_rate"],
-            window=s["breaker.window"],
-            window_type=s["breaker.window_type"],
-            minimum_calls=s["breaker.minimum_calls"],
-            open_for=s["breaker.open_for"],
-            half_open_calls=s["breaker.half_open_calls"],
-            slow_call_duration=s["breaker.slow_call_duration"],
-            slow_call_rate=s["breaker.slow_call_rate"],
-            buckets=s["breaker.buckets"],
-            open_for_growth=s["breaker.open_for_growth"],
-            max_open_for=s["breaker.max_open_for"],
-            open_jitter=s["breaker.open_jitter"],
-            max_half_open=s["breaker.max_half_open"],
-            per_key=s["breaker.per_key"],
-            max_keys=s["breaker.max_keys"],
-            key_idle=s["breaker.key_idle"],
-            listeners=listeners,
-        )
-    if component == "limiter":
-        if not s["limiter.enabled"]:
-            return None
-        return RateLimiter(
-            rate=s["limiter.rate"],
-            burst=s["limiter.burst"],
-            max_wait=s["limiter.max_wait"],
-            per_key=s["limiter.per_key"],
-        )
-    if component == "bulkhead":
-        if not s["bulkhead.enabled"]:
-            return None
-        return Bulkhead(
-            max_concurrent=s["bulkhead.max_concurrent"],
-            max_waiting=s["bulkhead.max_waiting"],
-            max_wait=s["bulkhead.max_wait"],
-            per_key=s["bulkhead.per_key"],
-        )
-    raise KeyError(component)
+    options = component_options(settings, component, listeners=listeners, budget=budget)
+    if options is None:
+        return None
+    constructor, args, kwargs = options
+    return constructor(*args, **kwargs)  # type: ignore[no-any-return]
 
 
 def build_policies(

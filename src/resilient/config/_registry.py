@@ -28,9 +28,10 @@ from resilient._context import Context
 from resilient._events import CircuitStateChanged, Event, Listener, report_listener_error
 from resilient._exceptions import ConfigurationError
 from resilient._pipeline import Pipeline
+from resilient._ratelimit import RateLimiter
 from resilient.extend import Call, Policy, compose
 
-from ._build import COMPONENTS, build_component, component_keys
+from ._build import COMPONENTS, component_keys, component_options
 from ._load import ENV_PREFIX, Change, Config, InvalidConfigError, PipelineSettings, parse, read
 from ._rollout import COMPLETED, ROLLED_BACK, Rollout, RolloutPlan, RolloutStatus, current_caller
 
@@ -252,22 +253,18 @@ class ReloadReport:
         return bool(self.changes)
 
 
-def _carry_state(old: Policy, new_settings: PipelineSettings, component: str) -> Policy | None:
-    """A policy with ``new_settings`` that keeps ``old``'s state, when ``old`` supports it.
+def _carry_state(old: Policy, options: dict[str, Any], now: float | None) -> Policy | None:
+    """A policy with new ``options`` that keeps ``old``'s state, or ``None``.
 
-    Uses the policies' public ``reconfigure`` method when they have one; ``None`` otherwise
-    (the component is rebuilt with fresh state).
+    Uses the public ``reconfigure(**options)`` of ``CircuitBreaker`` (window and state) and
+    ``RateLimiter`` (tokens, given the time ``now``); other policies are rebuilt fresh.
     """
     reconfigure = getattr(old, "reconfigure", None)
     if reconfigure is None:
         return None
-    fresh = build_component(new_settings, component)
-    if fresh is None:
-        return None
-    try:
-        return reconfigure(fresh)  # type: ignore[no-any-return]
-    except (ConfigurationError, TypeError, ValueError):
-        return None
+    if isinstance(old, RateLimiter):
+        options = {**options, "now": now}
+    return reconfigure(**options)  # type: ignore[no-any-return]
 
 
 @final
@@ -371,43 +368,49 @@ class Registry(Mapping[str, Pipeline]):
     def _build(
         self, name: str, settings: PipelineSettings, old: _Active | None, carry: bool
     ) -> tuple[dict[str, Policy], list[str], list[str]]:
-        """Components for ``settings``: unchanged ones reused, changed ones rebuilt."""
+        """Components for ``settings``: unchanged ones reused, changed ones rebuilt.
+
+        Raises:
+            ConfigurationError: a constructor refused an option (validation prevents it).
+        """
         components: dict[str, Policy] = {}
         kept: list[str] = []
         reset: list[str] = []
         for component in COMPONENTS:
             previous = None if old is None else old.components.get(component)
-            if previous is not None and component_keys(old.settings, component) == component_keys(  # type: ignore[union-attr]
-                settings, component
+            if (
+                old is not None
+                and previous is not None
+                and component_keys(old.settings, component) == component_keys(settings, component)
             ):
                 components[component] = previous
                 continue
+            holder: list[Policy] = []
+            listeners = (self._breaker_listener(name, holder),) if component == "breaker" else ()
+            budget: Any = True
+            if old is not None and component == "retry" and previous is not None:
+                # The budget is a token bucket of its own: kept when its keys did not change.
+                old_budget = getattr(previous, "budget", None)
+                same = component_keys(old.settings, "retry.budget") == component_keys(
+                    settings, "retry.budget"
+                )
+                if same and old_budget is not None:
+                    budget = old_budget
+            options = component_options(settings, component, listeners=listeners, budget=budget)
+            if options is None:
+                continue
+            constructor, args, kwargs = options
             policy: Policy | None = None
-            if previous is not None and carry:
-                policy = _carry_state(previous, settings, component)
+            if previous is not None and carry and type(previous) is constructor:
+                policy = _carry_state(previous, kwargs, self._now())
                 if policy is not None:
                     kept.append(f"{name}.{component}")
             if policy is None:
-                holder: list[Policy] = []
-                listeners = (
-                    (self._breaker_listener(name, holder),) if component == "breaker" else ()
-                )
-                budget: Any = True
-                if component == "retry" and previous is not None:
-                    # The budget is a token bucket of its own: keep it when its keys did not change.
-                    same_budget = component_keys(old.settings, "retry.budget") == component_keys(  # type: ignore[union-attr]
-                        settings, "retry.budget"
-                    )
-                    old_budget = getattr(previous, "budget", None)
-                    if same_budget and old_budget is not None:
-                        budget = old_budget
-                policy = build_component(settings, component, listeners=listeners, budget=budget)
-                if policy is not None:
-                    holder.append(policy)
-                    if previous is not None:
-                        reset.append(f"{name}.{component}")
-            if policy is not None:
-                components[component] = policy
+                policy = constructor(*args, **kwargs)
+                if previous is not None:
+                    reset.append(f"{name}.{component}")
+            holder.append(policy)
+            components[component] = policy
         return components, kept, reset
 
     def _add(self, name: str, settings: PipelineSettings) -> None:
@@ -525,7 +528,7 @@ class Registry(Mapping[str, Pipeline]):
                     cancels.append(name)  # the file went back to what runs
             elif trial is not None and settings == trial.candidate.settings:
                 quiet.add(name)  # the same change is already rolling out
-            elif self._retired.get(name) == settings:
+            elif phased and self._retired.get(name) == settings:
                 skipped.append(name)
                 quiet.add(name)
             elif phased and plan.first_share < 1.0:
