@@ -596,3 +596,60 @@ def test_a_file_that_is_not_toml_is_one_problem_with_its_line(tmp_path: Path) ->
     assert isinstance(info.value, ValueError)
     with pytest.raises(rc.InvalidConfigError, match="cannot read"):
         rc.load(tmp_path / "missing.toml", env={})
+
+
+def _value_strategy(key: Any) -> Any:
+    from hypothesis import strategies as st
+
+    if key.choices:
+        base = st.sampled_from(key.choices)
+    elif key.kind == "boolean":
+        base = st.booleans()
+    elif key.kind == "integer":
+        low = int(key.minimum if key.minimum is not None else (key.above or 0) + 1)
+        high = int(key.maximum) if key.maximum is not None else low + 500
+        base = st.integers(min_value=low, max_value=high)
+    else:
+        low = key.minimum if key.minimum is not None else (key.above or 0) + 1e-3
+        high = key.maximum if key.maximum is not None else low + 1000.0
+        if key.below is not None:
+            high = key.below - 1e-3
+        base = st.floats(min_value=low, max_value=high, allow_nan=False)
+    return st.one_of(base, st.just(False)) if key.off else base
+
+
+def test_random_valid_tables_survive_the_printed_round_trip() -> None:
+    """Any valid pipeline table loads, prints as TOML and loads back to the same settings."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    tables = st.fixed_dictionaries(
+        {},
+        optional={path: _value_strategy(key) for path, key in PIPELINE_KEYS.items()},
+    )
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(tables)
+    def check(flat: dict[str, Any]) -> None:
+        table: dict[str, Any] = {}
+        for path, value in flat.items():
+            table = _with(table, path, value)
+        try:
+            registry = rc.load({"pipelines": {"p": table}}, env={})
+        except rc.InvalidConfigError as exc:
+            # only cross-key rules may refuse a table of individually valid values
+            for problem in exc.problems:
+                assert problem.key in (
+                    "limiter.rate",
+                    "breaker.window",
+                    "breaker.minimum_calls",
+                    "breaker.max_open_for",
+                    "retry.base_delay",
+                    "limiter.burst",
+                ), str(problem)
+            return
+        printed = tomllib.loads(registry.settings("p").to_toml())
+        again = rc.load(printed, env={})
+        assert again.settings("p").values == registry.settings("p").values
+
+    check()
