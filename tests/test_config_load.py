@@ -536,10 +536,16 @@ def test_httpx_standard_takes_a_configured_pipeline() -> None:
         httpx_mod.standard(config="payments")  # type: ignore[arg-type]
 
 
-def test_server_tables_are_middleware_options() -> None:
-    asgi = pytest.importorskip("resilient.asgi")
+async def test_server_tables_configure_the_middleware() -> None:
+    """[servers.NAME] as ResilienceMiddleware options: a real request sees its rate limit."""
+    httpx = pytest.importorskip("httpx")
+    from resilient.asgi import ResilienceMiddleware
+
     registry = rc.load(
-        {"pipelines": {"p": {}}, "servers": {"public": {"max_concurrent": 50, "rate": 20.0}}},
+        {
+            "pipelines": {"p": {}},
+            "servers": {"public": {"max_concurrent": 50, "rate": 0.5, "burst": 1}},
+        },
         env={},
     )
     options = registry.server("public")
@@ -547,10 +553,16 @@ def test_server_tables_are_middleware_options() -> None:
     assert options["timeout"] is None
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        raise AssertionError
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
 
-    middleware = asgi.ResilienceMiddleware(app, **options)  # type: ignore[arg-type]
-    assert middleware is not None
+    guarded = ResilienceMiddleware(app, **options)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=guarded)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/")).status_code == 200
+        refused = await client.get("/")
+        assert refused.status_code == 429
+        assert refused.headers["ratelimit-policy"] == '"default";q=1;w=2'
     with pytest.raises(rc.InvalidConfigError, match="needs rate"):
         rc.load({"pipelines": {"p": {}}, "servers": {"s": {"burst": 3}}}, env={})
 
