@@ -478,9 +478,11 @@ def test_check_command_prints_the_effective_pipelines(tmp_path: Path) -> None:
     printed = tomllib.loads(out)
     assert set(printed["pipelines"]) == {"payments", "inventory", "search"}
     registry = rc.load(example, env={})
-    again = rc.load({"pipelines": printed["pipelines"]}, env={})
+    again = rc.load(printed, env={})
     for name in registry:
         assert again.settings(name).values == registry.settings(name).values
+    assert again.config.servers == registry.config.servers
+    assert again.config.rollout == registry.config.rollout
 
 
 def test_check_command_lists_every_problem_and_fails(tmp_path: Path) -> None:
@@ -665,3 +667,18 @@ def test_random_valid_tables_survive_the_printed_round_trip() -> None:
         assert again.settings("p").values == registry.settings("p").values
 
     check()
+
+
+def test_schema_command_prints_the_shipped_schema() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "resilient", "schema"], capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out) == rc.json_schema()
+
+
+def test_the_rollout_table_and_the_plan_have_the_same_options() -> None:
+    from dataclasses import fields
+
+    plan_fields = {f.name: f.default for f in fields(rc.RolloutPlan)}
+    table = {k: key.default for k, key in ROLLOUT_KEYS.items() if k != "enabled"}
+    assert plan_fields == table

@@ -23,29 +23,9 @@ def _check(path: str, use_env: bool) -> int:
         return 1
     count = len(config.pipelines)
     print(f"# {path}: valid, {count} pipeline{'s' if count != 1 else ''}")
-    for settings in config.pipelines.values():
-        print()
-        print(settings.to_toml())
-    for name, options in config.servers.items():
-        print()
-        print(f"[servers.{name}]")
-        for key, value in options.items():
-            print(f"{key} = {_value(value)}")
     print()
-    print("[rollout]")
-    for key, value in config.rollout.items():
-        print(f"{key} = {_value(value)}")
+    print(config.to_toml(), end="")
     return 0
-
-
-def _value(value: object) -> str:
-    if value is None or value is False:
-        return "false"
-    if value is True:
-        return "true"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return repr(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,9 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "check":
         return _check(args.file, not args.no_env)
-    from resilient.config._schema import schema_text
+    from pathlib import Path
 
-    sys.stdout.write(schema_text())
+    from resilient.config import schema_path
+
+    sys.stdout.write(Path(schema_path()).read_text(encoding="utf-8"))
     return 0
 
 

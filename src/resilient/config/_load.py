@@ -186,6 +186,21 @@ class Config:
     servers: Mapping[str, Mapping[str, object]]
     rollout: Mapping[str, object]
 
+    def to_toml(self) -> str:
+        """The whole effective configuration as TOML (loads back to the same settings)."""
+        parts = [settings.to_toml() for settings in self.pipelines.values()]
+        tables = [(f"servers.{_table_name(n)}", v, SERVER_KEYS) for n, v in self.servers.items()]
+        tables.append(("rollout", self.rollout, ROLLOUT_KEYS))
+        for table, values, keys in tables:
+            lines = [f"[{table}]"]
+            for key, value in values.items():
+                if value is None:
+                    lines.append(f"{key} = false" if keys[key].off else f"# {key} is not set")
+                else:
+                    lines.append(f"{key} = {_toml(value)}")
+            parts.append("\n".join(lines))
+        return "\n\n".join(parts) + "\n"
+
     def diff(self, other: Config) -> tuple[Change, ...]:
         """Every setting that differs in ``other`` (added and removed tables included)."""
         changes: list[Change] = []

@@ -329,6 +329,13 @@ ROLLOUT_KEYS: Final = _keys(
         minimum=0,
     ),
     Key(
+        "min_latency_increase",
+        "number",
+        0.005,
+        "Seconds of mean latency increase always tolerated (noise on fast calls).",
+        minimum=0,
+    ),
+    Key(
         "max_load_increase",
         "number",
         0.25,
