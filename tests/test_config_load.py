@@ -682,3 +682,13 @@ def test_the_rollout_table_and_the_plan_have_the_same_options() -> None:
     plan_fields = {f.name: f.default for f in fields(rc.RolloutPlan)}
     table = {k: key.default for k, key in ROLLOUT_KEYS.items() if k != "enabled"}
     assert plan_fields == table
+
+
+def test_the_error_survives_pickling() -> None:
+    import pickle
+
+    with pytest.raises(rc.InvalidConfigError) as info:
+        rc.load({"pipelines": {"p": {"retry": {"attempts": 0}}}}, env={})
+    again = pickle.loads(pickle.dumps(info.value))
+    assert again.problems == info.value.problems
+    assert str(again) == str(info.value)

@@ -78,6 +78,10 @@ class InvalidConfigError(ResilientError, ValueError):
             f"{count} problem{'s' if count != 1 else ''} in the configuration:\n{lines}"
         )
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Rebuilt from the problems, not the message (multiprocessing, task queues).
+        return (InvalidConfigError, (self.problems,))
+
 
 @final
 @dataclass(frozen=True, slots=True)
