@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import hashlib
 import logging
+import math
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -210,17 +211,40 @@ class _Group:
     calls: int = 0
     failures: int = 0
     attempts: int = 0
+    attempts_sq: int = 0
     latency: float = 0.0
+    latency_sq: float = 0.0
     openings: int = 0
 
-    def failure_rate(self) -> float:
-        return self.failures / self.calls if self.calls else 0.0
+    def failure_rate(self) -> tuple[float, float]:
+        """(mean, variance of one call) of failing."""
+        p = self.failures / self.calls if self.calls else 0.0
+        return p, p * (1.0 - p)
 
-    def mean_latency(self) -> float:
-        return self.latency / self.calls if self.calls else 0.0
+    def mean_latency(self) -> tuple[float, float]:
+        return _moments(self.latency, self.latency_sq, self.calls)
 
-    def load(self) -> float:
-        return self.attempts / self.calls if self.calls else 0.0
+    def load(self) -> tuple[float, float]:
+        return _moments(self.attempts, self.attempts_sq, self.calls)
+
+
+def _moments(total: float, squares: float, count: int) -> tuple[float, float]:
+    if not count:
+        return 0.0, 0.0
+    mean = total / count
+    return mean, max(0.0, squares / count - mean * mean)
+
+
+# How many standard errors above the allowed margin a difference must be to roll back before
+# the phase's bake time is over (checking on every call would otherwise turn noise into
+# rollbacks); at the end of the bake the margin alone decides.
+_EARLY_Z: Final = 3.0
+
+
+def _excess(new: tuple[float, float], control: tuple[float, float], n: int, m: int) -> float:
+    """Standard errors of the difference of two group means (infinite when both are exact)."""
+    se = math.sqrt(new[1] / n + control[1] / m)
+    return math.inf if se == 0.0 else 1.0 / se
 
 
 @final
@@ -276,9 +300,10 @@ class Rollout:
     ``record()`` (a configured pipeline does both itself). The share starts at the plan's
     ``first_share`` and grows by ``growth`` after each ``bake`` seconds, provided each group
     had ``min_calls`` calls in the phase and the new group was not worse. Compared per phase:
-    failure rate (absolute margin), breaker openings, mean latency and attempts per call
-    (relative margins). The first comparison that fails rolls the change back at once: the
-    share drops to 0 and stays there.
+    breaker openings (at once), failure rate (absolute margin), attempts per call and mean
+    latency (relative margins). Before the bake is over a rate rolls the change back only when
+    it exceeds its margin by three standard errors; at the end of the bake the margin alone
+    decides. Once rolled back the share is 0 and stays there.
 
     Args:
         name: what is rolled out (events and telemetry name it).
@@ -417,7 +442,9 @@ class Rollout:
         group.calls += 1
         group.failures += failed
         group.latency += latency
+        group.latency_sq += latency * latency
         group.attempts += attempts
+        group.attempts_sq += attempts * attempts
         self._total_calls += 1
         self._total_new += new
         self.poll()
@@ -440,32 +467,44 @@ class Rollout:
             return self._roll_back(
                 f"breaker openings {new.openings} vs {control.openings} in the control group"
             )
-        enough = new.calls >= plan.min_calls and control.calls >= plan.min_calls
-        if enough:
-            worse = self._worse(new, control)
-            if worse:
-                return self._roll_back(worse)
         now = self._clock.now()
         if self._started is None:
             self._started = now
-        if enough and now - self._started >= plan.bake:
+        if new.calls < plan.min_calls or control.calls < plan.min_calls:
+            return self._state
+        baked = now - self._started >= plan.bake
+        worse = self._worse(new, control, 0.0 if baked else _EARLY_Z)
+        if worse:
+            return self._roll_back(worse)
+        if baked:
             self._advance()
         return self._state
 
-    def _worse(self, new: _Group, control: _Group) -> str:
+    def _worse(self, new: _Group, control: _Group, z: float) -> str:
+        """Why the new group is worse by more than the plan allows (``""``: it is not).
+
+        With ``z > 0`` the excess over the margin must also be ``z`` standard errors of the
+        difference (early in a phase); with ``z == 0`` the margin alone decides.
+        """
         plan = self.plan
+        n, m = new.calls, control.calls
+
+        def beyond(a: tuple[float, float], b: tuple[float, float], allowed: float) -> bool:
+            excess = a[0] - b[0] - allowed
+            return excess > 0.0 and excess * _excess(a, b, n, m) >= z
+
         fr_new, fr_control = new.failure_rate(), control.failure_rate()
-        if fr_new - fr_control > plan.max_failure_rate_increase:
-            return f"failure rate {fr_new:.3g} vs {fr_control:.3g} in the control group"
+        if beyond(fr_new, fr_control, plan.max_failure_rate_increase):
+            return f"failure rate {fr_new[0]:.3g} vs {fr_control[0]:.3g} in the control group"
         load_new, load_control = new.load(), control.load()
-        if load_new > load_control * (1.0 + plan.max_load_increase):
-            return f"attempts per call {load_new:.3g} vs {load_control:.3g} in the control group"
+        if beyond(load_new, load_control, load_control[0] * plan.max_load_increase):
+            return (
+                f"attempts per call {load_new[0]:.3g} vs {load_control[0]:.3g} in the control group"
+            )
         lat_new, lat_control = new.mean_latency(), control.mean_latency()
-        if (
-            lat_new > lat_control * (1.0 + plan.max_latency_increase)
-            and lat_new - lat_control > plan.min_latency_increase
-        ):
-            return f"mean latency {lat_new:.3g}s vs {lat_control:.3g}s in the control group"
+        allowed = max(lat_control[0] * plan.max_latency_increase, plan.min_latency_increase)
+        if beyond(lat_new, lat_control, allowed):
+            return f"mean latency {lat_new[0]:.3g}s vs {lat_control[0]:.3g}s in the control group"
         return ""
 
     def _advance(self) -> None:
