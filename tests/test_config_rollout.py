@@ -328,3 +328,52 @@ async def test_rollout_progress_is_visible_in_metrics(clock: FakeClock) -> None:
     decisions = {a["resilient.decision"]: v for a, v in later["resilient.config.rollout.decisions"]}
     assert decisions == {"started": 1, "advanced": 1}
     provider.shutdown()
+
+
+def test_noise_alone_does_not_roll_back_a_neutral_change() -> None:
+    """Both groups fail 5 % of calls at random: the change goes through every phase."""
+    clock = FakeClock()
+    plan = rc.RolloutPlan(first_share=0.05, bake=10.0, min_calls=300)
+    for seed in range(5):
+        rollout = rc.Rollout(f"neutral-{seed}", plan, clock=clock)
+        rng = random.Random(seed)
+        while rollout.state == "running":
+            new = rollout.choose(f"user-{rng.randrange(100_000)}")
+            rollout.record(new, failed=rng.random() < 0.05, latency=rng.uniform(0.01, 0.03))
+            clock.advance(0.001)
+        assert rollout.state == "completed", rollout.status()
+
+
+def test_a_slightly_worse_change_is_rolled_back_when_its_phase_ends() -> None:
+    """9 % failures against 5 % (margin 2 points): not clear early, decided by the bake."""
+    clock = FakeClock()
+    events = EventRecorder()
+    plan = rc.RolloutPlan(first_share=0.1, bake=30.0, min_calls=50)
+    rollout = rc.Rollout("slightly-worse", plan, clock=clock, listeners=(events,))
+    counts = {True: 0, False: 0}
+    while rollout.state == "running":
+        new = rollout.choose()
+        counts[new] += 1
+        failed = counts[new] % (11 if new else 20) == 0
+        rollout.record(new, failed=failed)
+        clock.advance(0.01)
+    assert rollout.state == "rolled_back"
+    assert rollout.phase == 1
+    assert "failure rate" in rollout.status().reason
+    (decision,) = [e for e in events.of_type(rc.RolloutChanged) if e.decision == "rolled_back"]
+    assert decision.at >= 30.0  # the bake of the first phase ran out first
+
+
+def test_a_clearly_worse_change_is_rolled_back_before_its_phase_ends() -> None:
+    clock = FakeClock()
+    plan = rc.RolloutPlan(first_share=0.1, bake=300.0, min_calls=50)
+    rollout = rc.Rollout("clearly-worse", plan, clock=clock)
+    counts = {True: 0, False: 0}
+    while rollout.state == "running":
+        new = rollout.choose()
+        counts[new] += 1
+        rollout.record(new, failed=new and counts[new] % 2 == 0)  # 50 % against 0 %
+        clock.advance(0.01)
+    assert rollout.state == "rolled_back"
+    assert clock.now() < 300.0
+    assert counts[True] == 50  # as soon as the new group had min_calls

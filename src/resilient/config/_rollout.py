@@ -235,10 +235,11 @@ def _moments(total: float, squares: float, count: int) -> tuple[float, float]:
     return mean, max(0.0, squares / count - mean * mean)
 
 
-# How many standard errors above the allowed margin a difference must be to roll back before
-# the phase's bake time is over (checking on every call would otherwise turn noise into
-# rollbacks); at the end of the bake the margin alone decides.
+# Standard errors by which a difference must exceed its margin to roll a change back: before
+# the bake time is over (judged on every call, so a stricter bar keeps noise from deciding),
+# and after it (one-sided 95 %). Beyond the margin without that evidence, the phase goes on.
 _EARLY_Z: Final = 3.0
+_FINAL_Z: Final = 1.645
 
 
 def _excess(new: tuple[float, float], control: tuple[float, float], n: int, m: int) -> float:
@@ -301,9 +302,10 @@ class Rollout:
     ``first_share`` and grows by ``growth`` after each ``bake`` seconds, provided each group
     had ``min_calls`` calls in the phase and the new group was not worse. Compared per phase:
     breaker openings (at once), failure rate (absolute margin), attempts per call and mean
-    latency (relative margins). Before the bake is over a rate rolls the change back only when
-    it exceeds its margin by three standard errors; at the end of the bake the margin alone
-    decides. Once rolled back the share is 0 and stays there.
+    latency (relative margins). A rate rolls the change back when it exceeds its margin by
+    three standard errors of the difference before the bake is over, by 1.645 after it; a
+    phase grows once its bake is over and no rate exceeds its margin (until then it goes on
+    gathering calls). Once rolled back the share is 0 and stays there.
 
     Args:
         name: what is rolled out (events and telemetry name it).
@@ -472,12 +474,15 @@ class Rollout:
             self._started = now
         if new.calls < plan.min_calls or control.calls < plan.min_calls:
             return self._state
-        baked = now - self._started >= plan.bake
-        worse = self._worse(new, control, 0.0 if baked else _EARLY_Z)
+        if now - self._started < plan.bake:
+            worse = self._worse(new, control, _EARLY_Z)
+            return self._roll_back(worse) if worse else self._state
+        worse = self._worse(new, control, _FINAL_Z)
         if worse:
             return self._roll_back(worse)
-        if baked:
+        if not self._worse(new, control, 0.0):
             self._advance()
+        # else: beyond the margin but not clearly: the phase bakes on, gathering evidence.
         return self._state
 
     def _worse(self, new: _Group, control: _Group, z: float) -> str:
