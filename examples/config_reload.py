@@ -28,6 +28,7 @@ import anyio.lowlevel
 import resilient
 import resilient.config
 from resilient.config import ConfigReloaded, RolloutChanged
+from resilient.events import Event
 
 HERE = Path(__file__).parent
 OVERRIDES = {
@@ -40,7 +41,11 @@ OVERRIDES = {
 }
 
 
-def report(event: resilient.Event) -> None:
+DECISIONS: list[RolloutChanged] = []
+ENDS = ("completed", "rolled_back")
+
+
+def report(event: Event) -> None:
     """Print configuration events (the pipelines' call events are ignored here)."""
     if isinstance(event, ConfigReloaded):
         if event.applied:
@@ -52,6 +57,7 @@ def report(event: resilient.Event) -> None:
             for problem in event.problems:
                 print(f"    {problem}")
     elif isinstance(event, RolloutChanged):
+        DECISIONS.append(event)
         reason = f" - {event.reason}" if event.reason else ""
         print(f"  rollout of {event.pipeline}: {event.decision}, share {event.share:.0%}{reason}")
 
@@ -93,13 +99,14 @@ async def traffic(pipelines: resilient.config.Registry, calls: int) -> tuple[int
     return ok, failed
 
 
-async def until(condition: object, pipelines: resilient.config.Registry) -> None:
-    """Send traffic until ``condition()`` holds (a rollout ended, a reload was seen)."""
+async def rollout_of(name: str, pipelines: resilient.config.Registry) -> str:
+    """Send traffic until the rollout of pipeline ``name`` ends; its last decision."""
     for _ in range(500):
-        if condition():  # type: ignore[operator]
-            return
+        last = DECISIONS[-1] if DECISIONS else None
+        if last is not None and last.pipeline == name and last.decision in ENDS:
+            return last.decision
         await traffic(pipelines, 100)
-    raise RuntimeError("the condition never held")
+    raise RuntimeError(f"the rollout of {name} did not end")
 
 
 async def main() -> None:
@@ -129,8 +136,7 @@ async def main() -> None:
 
         print("edit 1: a payments breaker that opens at 1 % failures after 5 calls")
         edit("failure_rate = 0.3\n", "failure_rate = 0.01\nminimum_calls = 5\n")
-        await until(lambda: pipelines.policy("payments").rollout is not None, pipelines)
-        await until(lambda: pipelines.policy("payments").rollout is None, pipelines)
+        assert await rollout_of("payments", pipelines) == "rolled_back"
         rate = pipelines.settings("payments")["breaker.failure_rate"]
         print(f"  payments breaker still at {rate:.0%}")
 
@@ -143,8 +149,7 @@ async def main() -> None:
 
         print("edit 3: inventory retries 4 -> 3")
         edit("retry.attempts = 4", "retry.attempts = 3")
-        await until(lambda: pipelines.policy("inventory").rollout is not None, pipelines)
-        await until(lambda: pipelines.policy("inventory").rollout is None, pipelines)
+        assert await rollout_of("inventory", pipelines) == "completed"
         print(f"  inventory now makes {pipelines.settings('inventory')['retry.attempts']} attempts")
         tg.cancel_scope.cancel()
     shutil.rmtree(folder)

@@ -10,14 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from resilient._budget import RetryBudget
-from resilient._bulkhead import Bulkhead
-from resilient._circuit import CircuitBreaker
-from resilient._events import Listener
-from resilient._pipeline import Policy
-from resilient._ratelimit import RateLimiter
-from resilient._retry import Retry
-from resilient._timeout import Timeout
+from resilient import Bulkhead, CircuitBreaker, RateLimiter, Retry, RetryBudget, Timeout
+from resilient.events import Listener
+from resilient.extend import Policy
 
 from ._load import PipelineSettings
 
@@ -44,13 +39,74 @@ def _budget(s: PipelineSettings) -> RetryBudget | None:
     )
 
 
+Options = tuple[type[Any], tuple[Any, ...], dict[str, Any]]
+
+
+def _timeout(s: PipelineSettings, component: str, **_: Any) -> Options | None:
+    seconds = s[component]
+    name = "total_timeout" if component == "timeout.total" else "attempt_timeout"
+    return None if seconds is None else (Timeout, (seconds,), {"name": name})
+
+
+def _retry(s: PipelineSettings, _: str, *, budget: Any, **__: Any) -> Options | None:
+    if not s["retry.enabled"] or s["retry.attempts"] == 1:
+        return None
+    options = {
+        "attempts": s["retry.attempts"],
+        "base_delay": s["retry.base_delay"],
+        "max_delay": s["retry.max_delay"],
+        "jitter": s["retry.jitter"],
+        "budget": _budget(s) if budget is True else budget or None,
+        "max_retry_after": s["retry.max_retry_after"],
+    }
+    return Retry, (), options
+
+
+_BREAKER_KEYS = (
+    "failure_rate", "window", "window_type", "minimum_calls", "open_for", "half_open_calls",
+    "slow_call_duration", "slow_call_rate", "buckets", "open_for_growth", "max_open_for",
+    "open_jitter", "max_half_open", "per_key", "max_keys", "key_idle",
+)  # fmt: skip
+
+
+def _breaker(s: PipelineSettings, _: str, *, listeners: Any, **__: Any) -> Options | None:
+    if not s["breaker.enabled"]:
+        return None
+    options = {key: s[f"breaker.{key}"] for key in _BREAKER_KEYS}
+    return CircuitBreaker, (), {**options, "listeners": listeners}
+
+
+def _limiter(s: PipelineSettings, _: str, **__: Any) -> Options | None:
+    if not s["limiter.enabled"]:
+        return None
+    keys = ("rate", "burst", "max_wait", "per_key")
+    return RateLimiter, (), {key: s[f"limiter.{key}"] for key in keys}
+
+
+def _bulkhead(s: PipelineSettings, _: str, **__: Any) -> Options | None:
+    if not s["bulkhead.enabled"]:
+        return None
+    keys = ("max_concurrent", "max_waiting", "max_wait", "per_key")
+    return Bulkhead, (), {key: s[f"bulkhead.{key}"] for key in keys}
+
+
+_BUILDERS: Mapping[str, Callable[..., Options | None]] = {
+    "timeout.total": _timeout,
+    "retry": _retry,
+    "breaker": _breaker,
+    "limiter": _limiter,
+    "bulkhead": _bulkhead,
+    "timeout.attempt": _timeout,
+}
+
+
 def component_options(
     settings: PipelineSettings,
     component: str,
     *,
     listeners: tuple[Listener, ...] = (),
     budget: RetryBudget | bool | None = True,
-) -> tuple[type[Any], tuple[Any, ...], dict[str, Any]] | None:
+) -> Options | None:
     """``(constructor, args, keyword options)`` of one component, or ``None`` when left out.
 
     Args:
@@ -58,80 +114,11 @@ def component_options(
         component: one of ``COMPONENTS``.
         listeners: given to the circuit breaker (the registry counts openings with them).
         budget: the retry budget to use (``True``: a new one from the settings).
+
+    Raises:
+        KeyError: ``component`` is not one of ``COMPONENTS``.
     """
-    s = settings
-    if component in ("timeout.total", "timeout.attempt"):
-        seconds = s[component]
-        name = "total_timeout" if component == "timeout.total" else "attempt_timeout"
-        return None if seconds is None else (Timeout, (seconds,), {"name": name})
-    if component == "retry":
-        if not s["retry.enabled"] or s["retry.attempts"] == 1:
-            return None
-        return (
-            Retry,
-            (),
-            {
-                "attempts": s["retry.attempts"],
-                "base_delay": s["retry.base_delay"],
-                "max_delay": s["retry.max_delay"],
-                "jitter": s["retry.jitter"],
-                "budget": _budget(s) if budget is True else budget or None,
-                "max_retry_after": s["retry.max_retry_after"],
-            },
-        )
-    if component == "breaker":
-        if not s["breaker.enabled"]:
-            return None
-        return (
-            CircuitBreaker,
-            (),
-            {
-                "failure_rate": s["breaker.failure_rate"],
-                "window": s["breaker.window"],
-                "window_type": s["breaker.window_type"],
-                "minimum_calls": s["breaker.minimum_calls"],
-                "open_for": s["breaker.open_for"],
-                "half_open_calls": s["breaker.half_open_calls"],
-                "slow_call_duration": s["breaker.slow_call_duration"],
-                "slow_call_rate": s["breaker.slow_call_rate"],
-                "buckets": s["breaker.buckets"],
-                "open_for_growth": s["breaker.open_for_growth"],
-                "max_open_for": s["breaker.max_open_for"],
-                "open_jitter": s["breaker.open_jitter"],
-                "max_half_open": s["breaker.max_half_open"],
-                "per_key": s["breaker.per_key"],
-                "max_keys": s["breaker.max_keys"],
-                "key_idle": s["breaker.key_idle"],
-                "listeners": listeners,
-            },
-        )
-    if component == "limiter":
-        if not s["limiter.enabled"]:
-            return None
-        return (
-            RateLimiter,
-            (),
-            {
-                "rate": s["limiter.rate"],
-                "burst": s["limiter.burst"],
-                "max_wait": s["limiter.max_wait"],
-                "per_key": s["limiter.per_key"],
-            },
-        )
-    if component == "bulkhead":
-        if not s["bulkhead.enabled"]:
-            return None
-        return (
-            Bulkhead,
-            (),
-            {
-                "max_concurrent": s["bulkhead.max_concurrent"],
-                "max_waiting": s["bulkhead.max_waiting"],
-                "max_wait": s["bulkhead.max_wait"],
-                "per_key": s["bulkhead.per_key"],
-            },
-        )
-    raise KeyError(component)
+    return _BUILDERS[component](settings, component, listeners=listeners, budget=budget)
 
 
 def build_component(

@@ -7,7 +7,6 @@ check`` lists all of them, each with its file, line (when the text is known), ta
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import re
 import tomllib
@@ -15,9 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, final
+from typing import Any, Final, final
 
-from resilient._exceptions import ConfigurationError, ResilientError
+from resilient import ConfigurationError, ResilientError
 
 from ._schema import PIPELINE_KEYS, ROLLOUT_KEYS, SERVER_KEYS, TOP_LEVEL, Key
 
@@ -347,26 +346,24 @@ def _env_name(part: str) -> str:
     return re.sub(r"[^A-Z0-9_]", "_", part.upper())
 
 
+_BOOLEANS: Final = {"true": True, "1": True, "yes": True, "on": True}
+_BOOLEANS_FALSE: Final = {"false": False, "0": False, "no": False, "off": False}
+
+
 def _env_value(key: Key, raw: str) -> tuple[object, str | None]:
+    """The typed value of an environment variable, or ``(raw, reason)`` (then checked)."""
     text = raw.strip()
     lowered = text.lower()
-    if key.off and lowered in ("false", "off"):
-        return False, None
-    if key.kind == "boolean":
-        if lowered in ("true", "1", "yes", "on"):
-            return True, None
-        if lowered in ("false", "0", "no", "off"):
-            return False, None
-        return raw, "true or false"
+    if (key.off and lowered in ("false", "off")) or key.kind == "boolean":
+        value = {**_BOOLEANS, **_BOOLEANS_FALSE}.get(lowered)
+        return (raw, "true or false") if value is None else (value, None)
     if key.kind == "string":
         return text, None
     try:
         number: object = int(text) if key.kind == "integer" else float(text)
     except ValueError:
         return raw, key.expects()
-    if isinstance(number, float) and math.isnan(number):
-        return raw, key.expects()
-    return number, None
+    return number, None  # NaN and infinities are refused by Key.check
 
 
 def _environment(
@@ -468,6 +465,55 @@ def _cross_checks(settings: PipelineSettings, table: str, out: _Collector) -> No
         out.add(table, "retry.base_delay", "is larger than retry.max_delay")
 
 
+def _named_tables(
+    tables: Mapping[str, Any], keys: Mapping[str, Key], kind: str, out: _Collector
+) -> dict[str, dict[str, object]]:
+    """``[kind.NAME]`` tables, flattened and checked; their names must map to distinct
+    environment names."""
+    found: dict[str, dict[str, object]] = {}
+    seen: dict[str, str] = {}
+    for name, body in tables.items():
+        if not str(name).strip():
+            out.add(kind, repr(name), "a table needs a non-empty name")
+        elif not isinstance(body, Mapping):
+            out.add(kind, str(name), f"expected a table, got {_show_raw(body)}")
+        else:
+            found[name] = _flatten(body, keys, f"{kind}.{name}", out)
+            other = seen.setdefault(_env_name(name), name)
+            if other != name:
+                out.add(kind, name, f"same environment name as {other!r}: rename one")
+    return found
+
+
+def _servers(
+    tables: dict[str, dict[str, object]],
+    overrides: Mapping[tuple[str, str], dict[str, object]],
+    out: _Collector,
+) -> dict[str, Mapping[str, object]]:
+    servers: dict[str, Mapping[str, object]] = {}
+    for name, own in tables.items():
+        values = {path: key.default for path, key in SERVER_KEYS.items()}
+        values.update(own)
+        values.update(overrides.get(("servers", name), {}))
+        if values["max_waiting"] is not None and values["max_concurrent"] is None:
+            out.add(f"servers.{name}", "max_waiting", "needs max_concurrent")
+        if values["burst"] is not None and values["rate"] is None:
+            out.add(f"servers.{name}", "burst", "needs rate")
+        servers[name] = MappingProxyType(values)
+    return servers
+
+
+def _constructor_checks(pipelines: Mapping[str, PipelineSettings], out: _Collector) -> None:
+    """Rules only the constructors know (ranges that depend on other options)."""
+    from ._build import build_policies  # _build reads settings defined here
+
+    for name, settings in pipelines.items():
+        try:
+            build_policies(settings)
+        except ConfigurationError as exc:
+            out.add(f"pipelines.{name}", _key_of(exc.parameter), str(exc))
+
+
 def parse(
     data: Mapping[str, Any],
     *,
@@ -504,70 +550,37 @@ def parse(
 
     defaults = _flatten(table("defaults"), PIPELINE_KEYS, "defaults", out)
     rollout = _flatten(table("rollout"), ROLLOUT_KEYS, "rollout", out)
-    pipeline_tables: dict[str, dict[str, object]] = {}
-    for name, body in table("pipelines").items():
-        where = f"pipelines.{name}"
-        if not str(name).strip():
-            out.add("pipelines", repr(name), "a pipeline needs a non-empty name")
-            continue
-        if not isinstance(body, Mapping):
-            out.add("pipelines", str(name), f"expected a table, got {_show_raw(body)}")
-            continue
-        pipeline_tables[name] = _flatten(body, PIPELINE_KEYS, where, out)
-    server_tables: dict[str, dict[str, object]] = {}
-    for name, body in table("servers").items():
-        if not isinstance(body, Mapping):
-            out.add("servers", str(name), f"expected a table, got {_show_raw(body)}")
-            continue
-        server_tables[name] = _flatten(body, SERVER_KEYS, f"servers.{name}", out)
-    for kind, names in (("pipelines", pipeline_tables), ("servers", server_tables)):
-        seen: dict[str, str] = {}
-        for name in names:
-            other = seen.setdefault(_env_name(name), name)
-            if other != name:
-                out.add(kind, name, f"same environment name as {other!r}: rename one")
-
+    pipeline_tables = _named_tables(table("pipelines"), PIPELINE_KEYS, "pipelines", out)
+    server_tables = _named_tables(table("servers"), SERVER_KEYS, "servers", out)
     overrides = _environment(
         os.environ if env is None else env, env_prefix, pipeline_tables, server_tables, out
     )
-    env_defaults = overrides.get(("defaults", ""), {})
     pipelines: dict[str, PipelineSettings] = {}
     for name, own in pipeline_tables.items():
         values = {path: key.default for path, key in PIPELINE_KEYS.items()}
-        values.update(defaults)
-        values.update(own)
-        values.update(env_defaults)
-        values.update(overrides.get(("pipelines", name), {}))
-        settings = PipelineSettings(name, MappingProxyType(_resolve(values)))
-        _cross_checks(settings, f"pipelines.{name}", out)
-        pipelines[name] = settings
-    servers: dict[str, Mapping[str, object]] = {}
-    for name, own in server_tables.items():
-        values = {path: key.default for path, key in SERVER_KEYS.items()}
-        values.update(own)
-        values.update(overrides.get(("servers", name), {}))
-        if values["max_waiting"] is not None and values["max_concurrent"] is None:
-            out.add(f"servers.{name}", "max_waiting", "needs max_concurrent")
-        if values["burst"] is not None and values["rate"] is None:
-            out.add(f"servers.{name}", "burst", "needs rate")
-        servers[name] = MappingProxyType(values)
+        # Precedence: built-in, [defaults], [pipelines.NAME], then the environment likewise.
+        for layer in (
+            defaults,
+            own,
+            overrides.get(("defaults", ""), {}),
+            overrides.get(("pipelines", name), {}),
+        ):
+            values.update(layer)
+        pipelines[name] = PipelineSettings(name, MappingProxyType(_resolve(values)))
+        _cross_checks(pipelines[name], f"pipelines.{name}", out)
     plan = {path: key.default for path, key in ROLLOUT_KEYS.items()}
     plan.update(rollout)
     plan.update(overrides.get(("rollout", ""), {}))
+    config = Config(
+        source,
+        MappingProxyType(pipelines),
+        MappingProxyType(_servers(server_tables, overrides, out)),
+        MappingProxyType(plan),
+    )
     if not pipelines and not out.problems:
         out.add("", "pipelines", "no pipeline defined: add a [pipelines.NAME] table")
-    config = Config(
-        source, MappingProxyType(pipelines), MappingProxyType(servers), MappingProxyType(plan)
-    )
     if not out.problems:
-        # Rules only the constructors know (ranges that depend on other options).
-        from ._build import build_policies
-
-        for name, settings in pipelines.items():
-            try:
-                build_policies(settings)
-            except ConfigurationError as exc:
-                out.add(f"pipelines.{name}", _key_of(exc.parameter), str(exc))
+        _constructor_checks(pipelines, out)
     if out.problems:
         raise InvalidConfigError(out.problems)
     return config

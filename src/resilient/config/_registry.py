@@ -22,14 +22,10 @@ from typing import Any, Final, final
 
 import anyio
 
-from resilient._classify import ClassifierLike, Verdict
-from resilient._clock import SYSTEM_CLOCK, Clock
-from resilient._context import Context
-from resilient._events import CircuitStateChanged, Event, Listener, report_listener_error
-from resilient._exceptions import ConfigurationError
-from resilient._pipeline import Pipeline
-from resilient._ratelimit import RateLimiter
-from resilient.extend import Call, Policy, compose
+from resilient import ConfigurationError, Pipeline, RateLimiter, Verdict
+from resilient._events import report_listener_error
+from resilient.events import CircuitStateChanged, Event, Listener
+from resilient.extend import Call, ClassifierLike, Clock, Context, Policy, SystemClock, compose
 
 from ._build import COMPONENTS, component_keys, component_options
 from ._load import ENV_PREFIX, Change, Config, InvalidConfigError, PipelineSettings, parse, read
@@ -79,6 +75,20 @@ class _Trial:
     def __init__(self, candidate: _Active, rollout: Rollout) -> None:
         self.candidate = candidate
         self.rollout = rollout
+
+
+@dataclass(slots=True)
+class _Work:
+    """What a reload will do, built before anything is applied."""
+
+    changes: tuple[Change, ...] = ()
+    swaps: dict[str, _Active] = field(default_factory=dict)
+    trials: dict[str, _Active] = field(default_factory=dict)
+    cancels: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    reset: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    quiet: set[str] = field(default_factory=set)
 
 
 @final
@@ -293,7 +303,8 @@ class Registry(Mapping[str, Pipeline]):
         self._path = path
         self._env = env
         self._env_prefix = env_prefix
-        self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
+        self._given_clock = clock  # the pipelines' (None: the default)
+        self._clock: Clock = SystemClock() if clock is None else clock
         self._random = random
         self._classify = classify
         self._listeners = tuple(listeners)
@@ -420,7 +431,7 @@ class Registry(Mapping[str, Pipeline]):
         self._pipelines[name] = Pipeline(
             policy,
             name=name,
-            clock=self._clock,
+            clock=self._given_clock,
             random=self._random,
             classify=self._classify,
             listeners=self._listeners,
@@ -506,86 +517,86 @@ class Registry(Mapping[str, Pipeline]):
         if phased is None:
             phased = bool(config.rollout["enabled"])
         plan = RolloutPlan.from_mapping(config.rollout)
-        changes = list(self._config.diff(config))
-        quiet: set[str] = set()  # pipelines whose difference is not news (see below)
-        # 1. Build everything first (no exception past this point: the configuration was
-        # validated, and every constructor already accepted these settings).
-        swaps: dict[str, _Active] = {}
-        trials: dict[str, _Active] = {}
-        cancels: list[str] = []
-        kept: list[str] = []
-        reset: list[str] = []
-        skipped: list[str] = []
         self._generation += 1
+        work = self._plan(config, phased and plan.first_share < 1.0)
+        self._commit(config, work, plan)
+        changes = tuple(
+            c for c in work.changes if c.scope.removeprefix("pipelines.") not in work.quiet
+        )
+        report = ReloadReport(
+            changes=changes,
+            kept_state=tuple(work.kept),
+            reset=tuple(work.reset),
+            phased=tuple(work.trials),
+            restart_required=tuple(
+                sorted({c.scope for c in changes if c.scope.startswith("servers.")})
+            ),
+            skipped=tuple(work.skipped),
+        )
+        self._announce(config.source, report)
+        return report
+
+    def _plan(self, config: Config, phased: bool) -> _Work:
+        """Build every record a reload needs, touching nothing that calls can see."""
+        work = _Work(changes=self._config.diff(config))
         for name, settings in config.pipelines.items():
             policy = self._policies.get(name)
             if policy is None:
                 continue
-            current = policy._active
-            trial = policy._trial
+            current, trial = policy._active, policy._trial
             if settings == current.settings:
                 if trial is not None:
-                    cancels.append(name)  # the file went back to what runs
+                    work.cancels.append(name)  # the file went back to what runs
             elif trial is not None and settings == trial.candidate.settings:
-                quiet.add(name)  # the same change is already rolling out
+                work.quiet.add(name)  # the same change is already rolling out
             elif phased and self._retired.get(name) == settings:
-                skipped.append(name)
-                quiet.add(name)
-            elif phased and plan.first_share < 1.0:
+                work.skipped.append(name)
+                work.quiet.add(name)
+            elif phased:
                 components, _, _ = self._build(name, settings, None, carry=False)
-                trials[name] = _Active(settings, components, self._generation)
+                work.trials[name] = _Active(settings, components, self._generation)
             else:
-                components, k, r = self._build(name, settings, current, carry=True)
-                kept += k
-                reset += r
-                swaps[name] = _Active(settings, components, self._generation)
-        changes = [c for c in changes if c.scope.removeprefix("pipelines.") not in quiet]
-        # 2. Apply in one synchronous step: a call starting after it sees only new records.
-        for name in [*cancels, *swaps, *trials]:
+                components, kept, reset = self._build(name, settings, current, carry=True)
+                work.kept += kept
+                work.reset += reset
+                work.swaps[name] = _Active(settings, components, self._generation)
+        return work
+
+    def _commit(self, config: Config, work: _Work, plan: RolloutPlan) -> None:
+        """Apply ``work`` in one synchronous step: a call starting after it sees only new
+        records, a call already running keeps the record it started with."""
+        for name in [*work.cancels, *work.swaps, *work.trials]:
             policy = self._policies[name]
             if policy._trial is not None:
                 policy._trial.rollout.abandon()
                 policy._trial = None
-        for name, active in swaps.items():
+        for name, active in work.swaps.items():
             self._policies[name]._active = active
-        for name, candidate in trials.items():
+        for name, candidate in work.trials.items():
             rollout = self._new_rollout(name, candidate.settings, plan)  # emits "started"
             self._policies[name]._trial = _Trial(candidate, rollout)
         for name, settings in config.pipelines.items():
             if name not in self._policies:
                 self._add(name, settings)
-        removed = [name for name in self._policies if name not in config.pipelines]
-        for name in removed:
+        for name in [name for name in self._policies if name not in config.pipelines]:
             # A removed pipeline's handle keeps running its last configuration.
             del self._pipelines[name]
+            del self._policies[name]
         self._config = Config(
             config.source,
-            {
-                name: (self._policies[name].settings if name in self._policies else settings)
-                for name, settings in config.pipelines.items()
-            },
+            {name: self._policies[name].settings for name in config.pipelines},
             config.servers,
             config.rollout,
         )
-        for name in removed:
-            del self._policies[name]
-        report = ReloadReport(
-            changes=tuple(changes),
-            kept_state=tuple(kept),
-            reset=tuple(reset),
-            phased=tuple(trials),
-            restart_required=tuple(
-                sorted({c.scope for c in changes if c.scope.startswith("servers.")})
-            ),
-            skipped=tuple(skipped),
-        )
-        if changes:
+
+    def _announce(self, source: str, report: ReloadReport) -> None:
+        if report.changes:
             logger.info(
                 "configuration reloaded from %s: %d change(s)%s\n%s",
-                config.source,
-                len(changes),
+                source,
+                len(report.changes),
                 f", phased: {', '.join(report.phased)}" if report.phased else "",
-                "\n".join(f"  {c}" for c in changes),
+                "\n".join(f"  {c}" for c in report.changes),
             )
         self._emit(
             ConfigReloaded(
@@ -593,8 +604,8 @@ class Registry(Mapping[str, Pipeline]):
                 operation="reload",
                 policy="",
                 at=self._now(),
-                source=config.source,
-                applied=bool(changes),
+                source=source,
+                applied=bool(report.changes),
                 changes=report.changes,
                 kept_state=report.kept_state,
                 reset=report.reset,
@@ -602,7 +613,6 @@ class Registry(Mapping[str, Pipeline]):
                 restart_required=report.restart_required,
             )
         )
-        return report
 
     def _new_rollout(self, name: str, settings: PipelineSettings, plan: RolloutPlan) -> Rollout:
         return Rollout(

@@ -24,10 +24,11 @@ from typing import Any, Final, Protocol, final
 
 from opentelemetry import metrics as otel_metrics
 
+from resilient import ConfigurationError
 from resilient import _validate as check
-from resilient._clock import Clock
-from resilient._events import Event, Listener, report_listener_error
-from resilient._exceptions import ConfigurationError
+from resilient._events import report_listener_error
+from resilient.events import Event, Listener
+from resilient.extend import Clock
 
 __all__ = [
     "Rollout",

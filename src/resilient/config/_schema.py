@@ -78,18 +78,21 @@ class Key:
         if self.off and value is False:
             return None, None
         if self.kind == "boolean":
-            return (value, None) if isinstance(value, bool) else (value, self.expects())
-        if self.kind == "string":
-            if isinstance(value, str) and (not self.choices or value in self.choices):
-                return value, None
+            accepted = isinstance(value, bool)
+        elif self.kind == "string":
+            accepted = isinstance(value, str) and (not self.choices or value in self.choices)
+        else:
+            return self._check_number(value)
+        return (value, None) if accepted else (value, self.expects())
+
+    def _check_number(self, value: object) -> tuple[object, str | None]:
+        wanted = int if self.kind == "integer" else int | float
+        # bool is an int, but `attempts = true` is a mistake, not a number.
+        if isinstance(value, bool) or not isinstance(value, wanted):
             return value, self.expects()
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return value, self.expects()
-        if self.kind == "integer" and not isinstance(value, int):
-            return value, self.expects()
-        if isinstance(value, float) and not math.isfinite(value):
-            return value, self.expects() + " (finite)"
         number = float(value)
+        if not math.isfinite(number):
+            return value, self.expects() + " (finite)"
         if (
             (self.minimum is not None and number < self.minimum)
             or (self.above is not None and number <= self.above)
@@ -97,7 +100,7 @@ class Key:
             or (self.below is not None and number >= self.below)
         ):
             return value, self.expects()
-        return (value if self.kind == "integer" else float(value)), None
+        return (value if self.kind == "integer" else number), None
 
 
 def _keys(*keys: Key) -> dict[str, Key]:
