@@ -12,7 +12,7 @@ import pytest
 
 import resilient
 import resilient.config as rc
-from resilient import Bulkhead, RateLimiter, Retry
+from resilient import Bulkhead, CircuitBreaker, RateLimiter, Retry
 from resilient.testing import EventRecorder, FakeClock
 
 
@@ -189,6 +189,74 @@ async def test_a_removed_pipeline_keeps_running_for_holders(clock: FakeClock) ->
         return "ok"
 
     assert await held.call(ok) == "ok"
+
+
+async def test_breaker_state_survives_a_threshold_change(clock: FakeClock) -> None:
+    """A breaker that opened stays open when only its thresholds change; its window too."""
+    config: dict[str, Any] = {
+        "pipelines": {
+            "dep": {
+                "timeout": {"total": False, "attempt": False},
+                "retry": {"enabled": False},
+                "bulkhead": {"enabled": False},
+                "breaker": {"minimum_calls": 4, "failure_rate": 0.5, "open_for": 30.0},
+            }
+        }
+    }
+    registry = rc.load(config, env={}, clock=clock, telemetry=False)
+
+    async def fail() -> None:
+        raise ConnectionError
+
+    for _ in range(4):
+        with pytest.raises(ConnectionError):
+            await registry["dep"].call(fail)
+    (breaker,) = registry.policy("dep").policies
+    assert isinstance(breaker, CircuitBreaker)
+    assert breaker.snapshot().state == "open"
+    config["pipelines"]["dep"]["breaker"]["failure_rate"] = 0.9
+    config["pipelines"]["dep"]["breaker"]["minimum_calls"] = 10
+    report = registry.reload(config)
+    assert report.kept_state == ("dep.breaker",)
+    (after,) = registry.policy("dep").policies
+    assert isinstance(after, CircuitBreaker)
+    assert (after.failure_rate, after.minimum_calls) == (0.9, 10)
+    assert after.snapshot().state == "open"
+    with pytest.raises(resilient.CircuitOpenError):
+        await registry["dep"].call(fail)
+
+
+async def test_limiter_tokens_survive_a_rate_change(clock: FakeClock) -> None:
+    config: dict[str, Any] = {
+        "pipelines": {
+            "dep": {
+                "timeout": {"total": False, "attempt": False},
+                "retry": {"enabled": False},
+                "breaker": {"enabled": False},
+                "bulkhead": {"enabled": False},
+                "limiter": {"rate": 1.0, "burst": 10.0},
+            }
+        }
+    }
+    registry = rc.load(config, env={}, clock=clock, telemetry=False)
+
+    async def ok() -> None:
+        return None
+
+    for _ in range(8):
+        await registry["dep"].call(ok)
+    (limiter,) = registry.policy("dep").policies
+    assert isinstance(limiter, RateLimiter)
+    assert limiter.snapshot(now=clock.now()).tokens == pytest.approx(2.0)
+    config["pipelines"]["dep"]["limiter"]["rate"] = 5.0
+    report = registry.reload(config)
+    assert report.kept_state == ("dep.limiter",)
+    (after,) = registry.policy("dep").policies
+    assert isinstance(after, RateLimiter)
+    assert after.rate == 5.0
+    assert after.snapshot(now=clock.now()).tokens == pytest.approx(2.0)
+    clock.advance(1.0)
+    assert after.snapshot(now=clock.now()).tokens == pytest.approx(7.0)  # refills at 5/s
 
 
 async def test_watch_reloads_a_changed_file_and_survives_a_broken_one(
