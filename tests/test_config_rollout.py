@@ -377,3 +377,47 @@ def test_a_clearly_worse_change_is_rolled_back_before_its_phase_ends() -> None:
     assert rollout.state == "rolled_back"
     assert clock.now() < 300.0
     assert counts[True] == 50  # as soon as the new group had min_calls
+
+
+class _ExecuteOnly:
+    """A user's policy delegating to another policy's ``execute`` (no ``compose``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.name = "execute_only"
+        self.inner = inner
+
+    async def execute(self, call: Any, ctx: Any, /) -> Any:
+        return await self.inner.execute(call, ctx)
+
+
+@pytest.mark.parametrize("path", ["nested pipeline", "execute"])
+async def test_a_configured_pipeline_used_inside_another_still_counts_attempts(
+    clock: FakeClock, path: str
+) -> None:
+    """Inside a user's pipeline (composed, or through ``execute``), the rollout still sees
+    each call's attempts: a retry storm is caught there too."""
+    from resilient import Pipeline, Timeout
+
+    registry = rc.load(
+        {"pipelines": {"dep": _pipeline(breaker={"enabled": False})}, "rollout": PLAN},
+        env={},
+        clock=clock,
+        telemetry=False,
+    )
+    storm = _pipeline(retry={"attempts": 6}, breaker={"enabled": False})
+    registry.reload({"pipelines": {"dep": storm}, "rollout": PLAN})
+    rollout = registry.policy("dep").rollout
+    assert rollout is not None
+    inner = registry["dep"] if path == "nested pipeline" else _ExecuteOnly(registry.policy("dep"))
+    outer = Pipeline(Timeout(100.0), inner, clock=clock, telemetry=False)
+
+    async def down() -> None:
+        raise ConnectionError
+
+    for n in range(2000):
+        with rc.caller(f"u{n % 700}"), contextlib.suppress(ConnectionError):
+            await outer.call(down)
+        if rollout.state != "running":
+            break
+    assert rollout.state == "rolled_back"
+    assert "attempts per call" in rollout.status().reason

@@ -12,10 +12,11 @@ state is carried over when the policy can take new settings (see ``reconfigure``
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, final
@@ -36,6 +37,26 @@ __all__ = ["ConfigReloaded", "ConfiguredPolicy", "Registry", "ReloadReport", "lo
 logger = logging.getLogger("resilient.config")
 
 _MAX_CHAINS: Final = 8
+
+
+# The attempts of the call running in this context during a rollout (its load on the
+# dependency). A context variable, so a chain composed once counts for whichever call runs it,
+# hedged attempts in child tasks included.
+_ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "resilient_config_attempts", default=None
+)
+
+
+def _counting(inner: Call) -> Call:
+    """``inner``, counting each attempt that reaches it for the running rollout call."""
+
+    def counted(ctx: Context) -> Awaitable[Any]:
+        box = _ATTEMPTS.get()
+        if box is not None:
+            box[0] += 1
+        return inner(ctx)
+
+    return counted
 
 
 @final
@@ -145,13 +166,14 @@ class ConfiguredPolicy:
         trial = self._trial
         if trial is None:
             return await self._active.chain(call)(ctx)
-        return await self._trial_run(trial, self._active, call, (), ctx)
+        return await self._trial_run(trial, self._active, _counting(call), (), ctx)
 
     def compose(self, inner: Call, after: tuple[Policy, ...], /) -> Call:
         """The pipeline step: each call picks the active configuration's chain (built once)."""
 
         seen: _Active | None = None
         chain: Call = inner
+        counted = _counting(inner)  # during a rollout: the chains count attempts
 
         async def step(ctx: Context) -> Any:
             nonlocal seen, chain
@@ -160,7 +182,7 @@ class ConfiguredPolicy:
                 if active is not seen:  # the first call after a reload
                     seen, chain = active, active.chain(inner, after)
                 return await chain(ctx)
-            return await self._trial_run(self._trial, active, inner, after, ctx)
+            return await self._trial_run(self._trial, active, counted, after, ctx)
 
         return step
 
@@ -175,30 +197,27 @@ class ConfiguredPolicy:
         rollout = trial.rollout
         key = current_caller()
         new = rollout.choose(key if key is not None else ctx.key)
-        active = trial.candidate if new else control
-        attempts = 0
-
-        async def counted(ctx: Context) -> Any:
-            nonlocal attempts
-            attempts += 1
-            return await call(ctx)
-
+        chain = (trial.candidate if new else control).chain(call, after)
+        attempts = [0]
+        token = _ATTEMPTS.set(attempts)
         clock = ctx.clock
         started = clock.now()
         try:
-            result = await compose(active.policies, counted, after)(ctx)
+            result = await chain(ctx)
         except Exception as exc:
             verdict = ctx.classifier.classify_exception(exc).verdict
             rollout.record(
                 new,
                 failed=verdict is not Verdict.CLIENT_ERROR,
                 latency=clock.now() - started,
-                attempts=attempts,
+                attempts=attempts[0],
             )
             raise
+        finally:
+            _ATTEMPTS.reset(token)
         verdict = ctx.classifier.classify_result(result).verdict
         rollout.record(
-            new, failed=verdict.is_failure, latency=clock.now() - started, attempts=attempts
+            new, failed=verdict.is_failure, latency=clock.now() - started, attempts=attempts[0]
         )
         return result
 
