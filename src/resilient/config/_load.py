@@ -131,12 +131,12 @@ class PipelineSettings:
     values: Mapping[str, object] = field(repr=False)
 
     def __getitem__(self, key: str) -> Any:
-        return self.values[key]
+        """The effective value of a dotted key (``settings["retry.attempts"]``).
 
-    def section(self, prefix: str) -> dict[str, object]:
-        """The values whose key starts with ``prefix + "."`` (prefix stripped)."""
-        start = prefix + "."
-        return {k[len(start) :]: v for k, v in self.values.items() if k.startswith(start)}
+        Raises:
+            KeyError: not a key of the format.
+        """
+        return self.values[key]
 
     def diff(self, other: PipelineSettings) -> tuple[Change, ...]:
         """The keys whose value differs in ``other``, in format order."""
