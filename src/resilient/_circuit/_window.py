@@ -34,6 +34,14 @@ def _zeros(timed: bool, size: int) -> array[int] | bytes:
     return template
 
 
+def _clear(st: State, zeros: array[int] | bytes) -> None:
+    st.ring[:] = zeros  # type: ignore[assignment]
+    st.head = NEVER
+    st.edge = -math.inf
+    st.pos = 0
+    st.calls = st.failures = st.slow = 0
+
+
 @final
 class TimeWindow:
     """The last ``buckets * width`` seconds, in ``buckets`` buckets of ``width`` seconds."""
@@ -107,11 +115,7 @@ class TimeWindow:
         st.pos = pos
 
     def clear(self, st: State) -> None:
-        st.ring[:] = self.zeros  # type: ignore[assignment]
-        st.head = NEVER
-        st.edge = -math.inf
-        st.pos = 0
-        st.calls = st.failures = st.slow = 0
+        _clear(st, self.zeros)
 
     def totals(self, st: State, now: float | None) -> tuple[int, int, int]:
         """Window totals, leaving out buckets that expired by ``now`` (without changing them)."""
@@ -168,11 +172,7 @@ class CountWindow:
             st.slow += 1
 
     def clear(self, st: State) -> None:
-        st.ring[:] = self.zeros  # type: ignore[assignment]
-        st.head = NEVER
-        st.edge = -math.inf
-        st.pos = 0
-        st.calls = st.failures = st.slow = 0
+        _clear(st, self.zeros)
 
     def totals(self, st: State, now: float | None) -> tuple[int, int, int]:
         """Window totals (a count window does not expire with time)."""
