@@ -692,3 +692,12 @@ def test_the_error_survives_pickling() -> None:
     again = pickle.loads(pickle.dumps(info.value))
     assert again.problems == info.value.problems
     assert str(again) == str(info.value)
+
+
+def test_problems_of_a_dict_source_name_its_origin() -> None:
+    with pytest.raises(rc.InvalidConfigError) as info:
+        rc.load({"pipelines": {"p": {"retry": {"atempts": 2}}}}, env={}, origin="r.yaml")
+    (problem,) = info.value.problems
+    assert str(problem) == (
+        "r.yaml: [pipelines.p] retry.atempts: unknown key (did you mean 'retry.attempts'?)"
+    )

@@ -720,6 +720,7 @@ def load(
     listeners: Iterable[Listener] = (),
     telemetry: Any = True,
     meter_provider: Any = None,
+    origin: str = "<dict>",
 ) -> Registry:
     """Named pipelines from a TOML file or a dict: ``load("resilience.toml")["payments"]``.
 
@@ -734,12 +735,13 @@ def load(
             ``RolloutChanged``.
         telemetry: as for ``Pipeline``.
         meter_provider: where rollout metrics go (default: the global meter provider).
+        origin: how problems name a dict source (the YAML or JSON file it came from).
 
     Raises:
         InvalidConfigError: every problem in the configuration, with its location.
     """
     if isinstance(source, Mapping):
-        config = parse(source, env=env, env_prefix=env_prefix)
+        config = parse(source, source=origin, env=env, env_prefix=env_prefix)
         path = None
     else:
         path = os.fspath(source)
