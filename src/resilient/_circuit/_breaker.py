@@ -341,8 +341,8 @@ class CircuitBreaker(PolicyDecorator):
         Raises:
             CircuitOpenError: the breaker is open, forced open, or half-open with every probe
                 slot taken.
-            Whatever ``call`` raised (recorded first), including the error of the call that
-                trips the breaker.
+            Exception: whatever ``call`` raised (recorded first), including the error of the
+                call that trips the breaker.
 
         A pipeline composes the breaker's step once (``compose``); calling ``execute``
         directly works the same but builds that step on every call.
