@@ -44,6 +44,8 @@ from ._exceptions import (
     ResilientError,
     TimeoutExceeded,
 )
+from ._fallback import Fallback, FallbackUsed
+from ._hedge import Hedge, HedgeEnded, HedgeStarted
 from ._pipeline import Call, Pipeline, Policy
 from ._presets import standard
 from ._ratelimit import (
@@ -82,6 +84,11 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "Event",
+    "Fallback",
+    "FallbackUsed",
+    "Hedge",
+    "HedgeEnded",
+    "HedgeStarted",
     "Listener",
     "MemoryBucketStore",
     "Outcome",

@@ -277,6 +277,8 @@ class Retry(PolicyDecorator):
                     pending = False
                 else:
                     ctx.attempt = attempt
+                    if attempt > 1:
+                        ctx.attempt_kind = "retry"
                     if listening:
                         timed = True
                         started = clock.now()

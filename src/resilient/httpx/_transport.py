@@ -131,6 +131,7 @@ class _Exchange:
         "resendable",
         "route",
         "sends",
+        "stray",
     )
 
     def __init__(
@@ -150,6 +151,7 @@ class _Exchange:
         self.left = False
         self.last: httpx.Response | None = None
         self.error: Exception | None = None
+        self.stray: list[httpx.Response] | None = None
         self.ctx: Any = None
 
     def _replay(self) -> httpx.Response:
@@ -189,10 +191,15 @@ class _Exchange:
         tracer = None if tracing is None else tracing.tracer()
         span = None
         if tracer is not None:
-            span = start_span(tracer, request, self.route, resends, ctx.span)
+            span = start_span(tracer, request, self.route, resends, ctx.span, ctx.attempt_kind)
         settled: httpx.Response | None = None
         try:
             response = await owner._transport.handle_async_request(request)
+            if self.last is not None:
+                # Concurrent (hedged) attempts: every response not returned gets closed.
+                if self.stray is None:
+                    self.stray = []
+                self.stray.append(self.last)
             self.last = response
             if owner._buffer_limit and owner._worth_buffering(response, ctx, request):
                 await owner._buffer(response)
@@ -413,6 +420,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         )
         exchange.ctx = ctx
         ctx.extra = request
+        ctx.resendable = exchange.resendable  # a Hedge never sends an unsafe request twice
         result: Any = None
         try:
             result = await self._run(ctx)
@@ -421,6 +429,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             last = exchange.last
             if last is not None and last is not result:
                 await _close(last)
+            for response in exchange.stray or ():
+                if response is not result:
+                    await _close(response)
 
     def _worth_buffering(self, response: httpx.Response, ctx: Any, request: httpx.Request) -> bool:
         # A response the pipeline may retry is read now (when small) so that its connection
