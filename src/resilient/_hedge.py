@@ -134,7 +134,8 @@ class LatencyHistogram:
         self._log_floor = math.log(self._floor)
         self._scale = (count - 1) / (math.log(self._cap) - self._log_floor)
         ratio = (self._cap / self._floor) ** (1.0 / (count - 1))
-        self._edges = tuple(min(self._floor * ratio**i, self._cap) for i in range(count))
+        # The last edge is the cap itself, whatever the rounding of the powers.
+        self._edges = (*(self._floor * ratio**i for i in range(count - 1)), self._cap)
         self._counts = [0] * count
         self._total = 0
         self._since_decay = 0
@@ -505,6 +506,11 @@ class Hedge(PolicyDecorator):
         budget = self._budget
         race = _Round(self, call, ctx)
         hedges = 0
+        # The original runs on `ctx` itself and inner policies change it while it runs (an
+        # attempt Timeout tightens the deadline): hedges start from the call's state as it is
+        # now, not as the original's attempt left it.
+        deadline, source, timeout = ctx.deadline, ctx.deadline_source, ctx.deadline_timeout
+        attempt = ctx.attempt
         async with anyio.create_task_group() as group:
             race.started = race.pending = 1
             group.start_soon(race.attempt, ctx, 1)
@@ -513,7 +519,7 @@ class Hedge(PolicyDecorator):
                     break
                 # Nobody answered in time: may a hedge start?
                 now = clock.now()
-                if hedges >= self._max_hedges or now + delay >= ctx.deadline:
+                if hedges >= self._max_hedges or now + delay >= deadline:
                     await race.done.wait()
                     break
                 if budget is not None and not budget.try_withdraw(now):
@@ -546,6 +552,12 @@ class Hedge(PolicyDecorator):
                     )
                 twin = copy.copy(ctx)
                 twin.attempt_kind = "hedge"
+                twin.attempt = attempt
+                twin.deadline, twin.deadline_source, twin.deadline_timeout = (
+                    deadline,
+                    source,
+                    timeout,
+                )
                 group.start_soon(race.attempt, twin, race.started)
             # The call is decided: the attempts still running lost.
             group.cancel_scope.cancel()
