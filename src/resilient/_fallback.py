@@ -96,8 +96,8 @@ class Fallback(PolicyDecorator):
         *,
         value: Any = _UNSET,
         handler: Callable[[Outcome], Awaitable[Any] | Any] | None = None,
-        verdicts: Iterable[Verdict] = DEFAULT_VERDICTS,
-        exceptions: Iterable[type[Exception]] = (),
+        verdicts: Verdict | Iterable[Verdict] = DEFAULT_VERDICTS,
+        exceptions: type[Exception] | Iterable[type[Exception]] = (),
         classify: ClassifierLike
         | Callable[[Outcome], Classification | Verdict | None]
         | Iterable[Any]
@@ -112,9 +112,9 @@ class Fallback(PolicyDecorator):
         check.optional(check.callable_, "Fallback.handler", handler)
         self._value = value
         self._handler = handler
-        given: object = verdicts
+        given: Any = verdicts  # one Verdict or an iterable of them, checked below
         chosen = []
-        items: Iterable[object] = (given,) if isinstance(given, Verdict) else verdicts
+        items: Iterable[object] = (given,) if isinstance(given, Verdict) else given
         for verdict in items:
             if not isinstance(verdict, Verdict) or verdict is Verdict.SUCCESS:
                 raise ConfigurationError(
@@ -122,9 +122,9 @@ class Fallback(PolicyDecorator):
                 )
             chosen.append(verdict)
         self._verdicts = frozenset(chosen)
-        kinds: object = exceptions
+        kinds: Any = exceptions  # one type or an iterable of them, checked below
         types: list[type[Exception]] = []
-        members: Iterable[object] = (kinds,) if isinstance(kinds, type) else exceptions
+        members: Iterable[object] = (kinds,) if isinstance(kinds, type) else kinds
         for kind in members:
             if not (isinstance(kind, type) and issubclass(kind, Exception)):
                 raise ConfigurationError(
