@@ -42,6 +42,7 @@ from resilient import (
 )
 from resilient._hedge import LatencyHistogram
 from resilient.testing import EventRecorder, FakeClock
+from test_telemetry_support import Otel, attrs, event_dicts
 
 
 def run_virtual(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
@@ -778,3 +779,53 @@ async def test_hedge_as_a_decorator(clock: FakeClock) -> None:
         return 2 * x
 
     assert await double(21) == 42
+
+
+# -- telemetry ---------------------------------------------------------------------------------
+
+
+async def test_telemetry_labels_original_and_hedge_attempts(clock: FakeClock) -> None:
+    """Real OTel SDK: a hedge span event, the hedges counter, and attempt events and the
+    attempt histogram labelled original / hedge; the cancelled loser records no attempt."""
+    otel = Otel.create()
+    gate = Gate()
+    pipeline = Pipeline(Hedge(delay=0.05), name="search", clock=clock, telemetry=otel.telemetry)
+    ctx = pipeline.context(gate, operation="query")
+    out: list[Any] = []
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            out.append(await pipeline.run(ctx))
+
+        tg.start_soon(run)
+        await until(lambda: len(gate.started) == 1)
+        clock.advance(0.05)
+        await until(lambda: len(gate.started) == 2)
+        gate.answer(2, "hedge")
+    assert out == ["hedge"]
+    span = otel.span("search query")
+    names = [name for name, _ in event_dicts(span)]
+    assert names == ["resilient.hedge", "resilient.attempt", "resilient.hedge.ended"]
+    hedge, attempt, ended = (a for _, a in event_dicts(span))
+    assert hedge == {
+        "resilient.policy": "hedge",
+        "resilient.hedge": 1,
+        "resilient.attempt": 2,
+        "resilient.hedge.delay": 0.05,
+    }
+    assert attempt["resilient.attempt.kind"] == "hedge"
+    assert ended == {
+        "resilient.policy": "hedge",
+        "resilient.hedge.winner": "hedge",
+        "resilient.attempts": 2,
+        "resilient.hedge.cancelled": 1,
+        "resilient.verdict": "success",
+    }
+    assert otel.values("resilient.hedges") == {
+        attrs(pipeline="search", operation="query", policy="hedge"): 1
+    }
+    durations = otel.values("resilient.attempt.duration")
+    assert list(durations) == [
+        attrs(pipeline="search", operation="query", policy="hedge", verdict="success")
+        | {("resilient.attempt.kind", "hedge")}
+    ]
