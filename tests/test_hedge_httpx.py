@@ -112,13 +112,20 @@ def test_a_request_that_may_be_resent_is_hedged(method: str, headers: dict[str, 
 
 def test_a_response_losing_in_the_same_instant_is_closed() -> None:
     """Original and hedge answer at the same virtual instant: the caller gets one response,
-    the other one's body is closed by the transport."""
-    upstream = Upstream(same_instant=True)
-    response, _, hedges = run(_send, "GET", {}, upstream)
-    assert hedges == 1
-    assert len(upstream.bodies) == 2
-    winner = 0 if response.text == "answer 1" else 1
-    assert upstream.bodies[1 - winner].closed
+    the other one (when it got that far before being cancelled) is closed by the transport.
+
+    trio runs the tasks woken together in a random order, so the scenario is repeated: the
+    loser completes its request in most runs.
+    """
+    completed_losers = 0
+    for _ in range(10):
+        upstream = Upstream(same_instant=True)
+        response, _, hedges = run(_send, "GET", {}, upstream)
+        assert hedges == 1
+        losers = [body for body in upstream.bodies if body.content != response.content]
+        assert all(body.closed for body in losers)
+        completed_losers += len(losers)
+    assert completed_losers > 0
 
 
 def test_a_failed_response_replaced_by_the_hedges_answer_is_closed() -> None:

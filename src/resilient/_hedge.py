@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 import logging
@@ -23,6 +24,7 @@ from ._classify import (
     as_classifier,
     default_exception_verdict,
 )
+from ._clock import SystemClock
 from ._context import Context
 from ._events import AttemptEnded, AttemptStarted, BudgetRefused, Event, error_type
 from ._exceptions import ConfigurationError
@@ -38,6 +40,12 @@ _TRANSIENT: Final = Verdict.TRANSIENT
 _REJECTED: Final = Verdict.REJECTED
 _INF: Final = math.inf
 _ADAPTIVE: Final = "adaptive"
+
+_sniffio: Any
+try:  # trio names itself in sniffio's thread-local while it runs (anyio depends on sniffio)
+    from sniffio import thread_local as _sniffio
+except ImportError:  # pragma: no cover - without sniffio there is no trio either
+    _sniffio = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -188,6 +196,20 @@ class LatencyHistogram:
         return self._cap
 
 
+def race_verdict(hedge: Hedge, ctx: Context, error: Exception) -> Verdict:
+    """The verdict of an exception under the hedge's classifier (else the call's)."""
+    classifier = hedge._classifier or ctx.classifier
+    if classifier is DEFAULT_CLASSIFIER:
+        return default_exception_verdict(error).verdict
+    return classifier.classify_exception(error).verdict
+
+
+def result_verdict(hedge: Hedge, ctx: Context, result: object) -> Verdict:
+    """The verdict of a returned value under the hedge's classifier (else the call's)."""
+    classifier = hedge._classifier or ctx.classifier
+    return classifier.classify_result(result).verdict
+
+
 class _Default:
     __slots__ = ()
 
@@ -200,28 +222,52 @@ _DEFAULT_BUDGET: Final = _Default()
 
 @final
 class _Round:
-    """The attempts of one hedged call: who is running, who won, what failed."""
+    """The attempts of one hedged call: who is running, who won, what failed.
+
+    Two ways to run a round share this state. The general one (any clock, asyncio or trio)
+    runs every attempt in a task group and waits on ``done``. The inline one (asyncio with the
+    system clock, the common case) runs the original in the caller's own task and arms a loop
+    timer that starts hedges as tasks only if the delay passes: a call answered within the
+    delay costs a timer, not a task and a trip through the event loop.
+    """
 
     __slots__ = (
+        "attempt_number",
         "call",
         "cancelled",
+        "cancelling",
         "classify_exception",
         "classify_result",
+        "ctx",
+        "deadline",
+        "deadline_source",
+        "deadline_timeout",
+        "delay",
         "done",
         "error",
         "failed",
         "finished",
+        "handle",
         "hedge",
+        "hedges",
+        "host",
+        "host_cancelled",
         "kind",
+        "loop",
+        "original_running",
         "pending",
         "result",
         "started",
+        "tasks",
         "verdict",
+        "waiter",
     )
 
-    def __init__(self, hedge: Hedge, call: Call, ctx: Context) -> None:
+    def __init__(self, hedge: Hedge, call: Call, ctx: Context, delay: float) -> None:
         self.hedge = hedge
         self.call = call
+        self.ctx = ctx
+        self.delay = delay
         classifier = hedge._classifier
         if classifier is None:
             classifier = ctx.classifier
@@ -231,9 +277,16 @@ class _Round:
             if classifier is DEFAULT_CLASSIFIER
             else classifier.classify_exception
         )
-        self.done = anyio.Event()
-        self.started = 0  # attempts started
-        self.pending = 0  # attempts still running
+        # The original runs on `ctx` itself and inner policies change it while it runs (an
+        # attempt Timeout tightens the deadline): hedges start from the call's state as it is
+        # now, not as the original's attempt left it.
+        self.deadline = ctx.deadline
+        self.deadline_source = ctx.deadline_source
+        self.deadline_timeout = ctx.deadline_timeout
+        self.attempt_number = ctx.attempt
+        self.started = 1  # attempts started, the original included
+        self.pending = 1  # attempts still running
+        self.hedges = 0
         self.cancelled = 0  # losers cancelled while running
         self.finished = False  # an attempt's outcome ends the call
         self.failed = False  # no attempt is running and every one failed
@@ -241,25 +294,95 @@ class _Round:
         self.error: Exception | None = None
         self.verdict: Verdict = _TRANSIENT
         self.kind = "none"
+        self.done: anyio.Event | None = None  # general way
+        self.loop: asyncio.AbstractEventLoop | None = None  # inline way, from here on
+        self.host: asyncio.Task[Any] | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.handle: asyncio.TimerHandle | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.original_running = False
+        self.host_cancelled = False
+        self.cancelling = 0
 
-    async def attempt(self, ctx: Context, number: int) -> None:
-        """Run one attempt and settle its outcome into the round."""
+    # -- shared ------------------------------------------------------------------------------
+
+    def may_hedge(self, now: float) -> bool:
+        """Whether another hedge may start at ``now`` (count, deadline, budget)."""
         hedge = self.hedge
-        clock = ctx.clock
-        listening = ctx.listening
+        if self.hedges >= hedge._max_hedges or now + self.delay >= self.deadline:
+            return False
+        budget = hedge._budget
+        if budget is not None and not budget.try_withdraw(now):
+            ctx = self.ctx
+            if ctx.listening:
+                ctx.emit(
+                    BudgetRefused(
+                        pipeline=ctx.pipeline,
+                        operation=ctx.operation,
+                        policy=hedge.name,
+                        at=now,
+                        attempt=self.started,
+                    )
+                )
+            return False
+        return True
+
+    def twin(self, now: float) -> Context:
+        """Count a new hedge (its event included) and the Context it runs on."""
+        ctx = self.ctx
+        self.hedges += 1
+        self.started += 1
+        self.pending += 1
+        if ctx.listening:
+            ctx.emit(
+                HedgeStarted(
+                    pipeline=ctx.pipeline,
+                    operation=ctx.operation,
+                    policy=self.hedge.name,
+                    at=now,
+                    hedge=self.hedges,
+                    attempt=self.started,
+                    delay=self.delay,
+                )
+            )
+        twin = copy.copy(ctx)
+        twin.attempt_kind = "hedge"
+        twin.attempt = self.attempt_number
+        twin.deadline = self.deadline
+        twin.deadline_source = self.deadline_source
+        twin.deadline_timeout = self.deadline_timeout
+        return twin
+
+    def begin(self, ctx: Context, number: int) -> tuple[str, float]:
+        """An attempt starts: its kind and start time (and its event)."""
         kind = ctx.attempt_kind if number == 1 else "hedge"
-        started = clock.now()
-        if listening:
+        started = ctx.clock.now()
+        if ctx.listening:
             ctx.emit(
                 AttemptStarted(
                     pipeline=ctx.pipeline,
                     operation=ctx.operation,
-                    policy=hedge.name,
+                    policy=self.hedge.name,
                     at=started,
                     attempt=number,
                     kind=kind,
                 )
             )
+        return kind, started
+
+    def cut(self, ctx: Context, started: float) -> None:
+        """An attempt was cancelled (a loser, or the whole call)."""
+        self.pending -= 1
+        if self.finished:
+            self.cancelled += 1
+        latency = self.hedge._latency
+        if latency is not None:
+            # It took at least this long: a cut-short slow attempt still shapes the tail.
+            latency.record(ctx.clock.now() - started)
+
+    async def attempt(self, ctx: Context, number: int) -> None:
+        """Run one attempt in its own task and settle its outcome into the round."""
+        kind, started = self.begin(ctx, number)
         result: Any = None
         error: Exception | None = None
         try:
@@ -267,75 +390,268 @@ class _Round:
         except Exception as exc:
             error = exc
         except BaseException:
-            # Cancelled: a loser (or the whole call). Its latency is at least this long: the
-            # adaptive delay counts it so that cut-short slow attempts still shape the tail.
-            self.pending -= 1
-            if self.finished:
-                self.cancelled += 1
-            latency = hedge._latency
-            if latency is not None:
-                latency.record(clock.now() - started)
+            self.cut(ctx, started)
             raise
-        self.pending -= 1
         try:
-            try:
-                if error is None:
-                    classification = self.classify_result(result)
-                else:
-                    classification = self.classify_exception(error)
-                verdict = classification.verdict
-            except Exception as exc:
-                # A broken classifier: its error is the call's outcome, raised as is (never
-                # wrapped in an exception group by the task group).
-                result, error, verdict = None, exc, Verdict.FAILURE
-            now = clock.now()
-            latency = hedge._latency
-            if latency is not None and verdict is not _REJECTED:
-                latency.record(now - started)
-            if listening:
-                ctx.emit(
-                    AttemptEnded(
-                        pipeline=ctx.pipeline,
-                        operation=ctx.operation,
-                        policy=hedge.name,
-                        at=now,
-                        attempt=number,
-                        verdict=verdict,
-                        duration=now - started,
-                        error_type=None if error is None else error_type(error),
-                        kind=kind,
-                    )
-                )
-            if self.finished:
-                # Another attempt already won (both ended in the same instant).
-                if error is None:
-                    await hedge._discard(result)
-                return
-            if verdict is _TRANSIENT or verdict is _REJECTED:
-                # One attempt failing lets the others go on; the round keeps the most useful
-                # failure to report: a dependency's own answer over a refusal of ours.
-                if self.verdict is _REJECTED or verdict is _TRANSIENT or self.kind == "none":
-                    previous = self.result if self.error is None else None
-                    self.result, self.error, self.verdict = result, error, verdict
-                    self.kind = kind
-                    if previous is not None:
-                        await hedge._discard(previous)
-                elif error is None:
-                    await hedge._discard(result)
-                if self.pending == 0:
-                    self.failed = True
-                    self.done.set()
-                return
-            # SUCCESS, CLIENT_ERROR (the caller's fault: another attempt would not help) or
-            # FAILURE (retrying cannot fix it): this outcome is the call's.
-            previous = self.result if self.error is None else None
-            self.finished = True
-            self.result, self.error, self.verdict, self.kind = result, error, verdict, kind
-            if previous is not None:
-                await hedge._discard(previous)
-            self.done.set()
+            await self.settle(ctx, number, kind, started, result, error)
         finally:
             error = None  # no reference cycle through this frame's traceback
+
+    async def settle(  # noqa: PLR0917 - internal, called twice
+        self,
+        ctx: Context,
+        number: int,
+        kind: str,
+        started: float,
+        result: Any,
+        error: Exception | None,
+    ) -> None:
+        """Classify an attempt's outcome; decide the call if it is acceptable."""
+        hedge = self.hedge
+        self.pending -= 1
+        try:
+            if error is None:
+                classification = self.classify_result(result)
+            else:
+                classification = self.classify_exception(error)
+            verdict = classification.verdict
+        except Exception as exc:
+            # A broken classifier: its error is the call's outcome, raised as is (never
+            # wrapped in an exception group by a task group).
+            result, error, verdict = None, exc, Verdict.FAILURE
+        now = ctx.clock.now()
+        latency = hedge._latency
+        if latency is not None and verdict is not _REJECTED:
+            latency.record(now - started)
+        if ctx.listening:
+            ctx.emit(
+                AttemptEnded(
+                    pipeline=ctx.pipeline,
+                    operation=ctx.operation,
+                    policy=hedge.name,
+                    at=now,
+                    attempt=number,
+                    verdict=verdict,
+                    duration=now - started,
+                    error_type=None if error is None else error_type(error),
+                    kind=kind,
+                )
+            )
+        if self.finished:
+            # Another attempt already won (both ended in the same instant).
+            if error is None:
+                await hedge._discard(result)
+            return
+        if verdict is _TRANSIENT or verdict is _REJECTED:
+            # One attempt failing lets the others go on; the round keeps the most useful
+            # failure to report: a dependency's own answer over a refusal of ours.
+            if self.verdict is _REJECTED or verdict is _TRANSIENT or self.kind == "none":
+                previous = self.result if self.error is None else None
+                self.result, self.error, self.verdict, self.kind = result, error, verdict, kind
+                if previous is not None:
+                    await hedge._discard(previous)
+            elif error is None:
+                await hedge._discard(result)
+            if self.pending == 0:
+                self.failed = True
+                self.decided()
+            return
+        # SUCCESS, CLIENT_ERROR (the caller's fault: another attempt would not help) or
+        # FAILURE (retrying cannot fix it): this outcome is the call's.
+        previous = self.result if self.error is None else None
+        self.finished = True
+        self.result, self.error, self.verdict, self.kind = result, error, verdict, kind
+        if previous is not None:
+            await hedge._discard(previous)
+        self.decided()
+
+    def decided(self) -> None:
+        """The call's outcome is known: wake whoever waits for it."""
+        if self.done is not None:
+            self.done.set()
+            return
+        if self.original_running:
+            # Inline: the original runs in the caller's task; it lost, cut it there.
+            host = self.host
+            assert host is not None
+            self.host_cancelled = True
+            self.cancelling = host.cancelling()
+            host.cancel()
+        elif self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def outcome(self) -> Any:
+        """Report the end of the round (budget, event) and return or raise its outcome."""
+        hedge = self.hedge
+        ctx = self.ctx
+        budget = hedge._budget
+        verdict = self.verdict
+        if budget is not None and (verdict is _SUCCESS or verdict is _CLIENT_ERROR):
+            budget.record_success(ctx.clock.now())
+        if self.hedges and ctx.listening:
+            if not self.finished:
+                winner = "none"
+            else:
+                winner = "hedge" if self.kind == "hedge" else "original"
+            ctx.emit(
+                HedgeEnded(
+                    pipeline=ctx.pipeline,
+                    operation=ctx.operation,
+                    policy=hedge.name,
+                    at=ctx.clock.now(),
+                    winner=winner,
+                    attempts=self.started,
+                    cancelled=self.cancelled,
+                    verdict=verdict,
+                )
+            )
+        error = self.error
+        if error is not None:
+            self.error = None
+            try:
+                raise error
+            finally:
+                error = None
+        result = self.result
+        self.result = None
+        return result
+
+    # -- the inline way (asyncio, system clock) ---------------------------------------------
+
+    def launch(self) -> None:
+        """Loop timer: the delay passed without an answer; start a hedge if allowed."""
+        self.handle = None
+        if self.finished or self.failed:
+            return
+        now = self.ctx.clock.now()
+        if not self.may_hedge(now):
+            return
+        twin = self.twin(now)
+        loop = self.loop
+        assert loop is not None
+        self.tasks.append(loop.create_task(self.attempt(twin, self.started)))
+        if self.hedges < self.hedge._max_hedges:
+            self.handle = loop.call_later(self.delay, self.launch)
+
+    async def wind_up(self) -> None:
+        """Stop the timer, cancel the hedges still running and wait until they have ended.
+
+        Waits even when the caller is cancelled meanwhile (then re-raises): a hedge's inner
+        policies release what they hold before the call returns.
+        """
+        handle = self.handle
+        if handle is not None:
+            handle.cancel()
+            self.handle = None
+        running = [task for task in self.tasks if not task.done()]
+        for task in running:
+            task.cancel()
+        interrupted: BaseException | None = None
+        while running:
+            try:
+                await asyncio.wait(running)
+            except BaseException as exc:
+                interrupted = exc
+            running = [task for task in running if not task.done()]
+        for task in self.tasks:
+            if not task.cancelled():
+                task.exception()  # retrieved: a hedge's own bug is logged by its settle
+        if interrupted is not None:
+            try:
+                raise interrupted
+            finally:
+                interrupted = None
+
+
+# A call answered within the delay must not pay for a loop timer of its own (a TimerHandle,
+# a context copy, a heap push, and a cancelled handle left in the heap). A Hedge's calls on one
+# loop share a *lane*: an insertion-ordered dict of the calls waiting for their delay, and one
+# loop timer armed at the earliest. With a fixed delay the calls' fire times never decrease in
+# insertion order, so the timer only looks at the head; an adaptive delay that shrinks breaks
+# the order until the lane empties, and the timer then scans every waiting call.
+_Waiting = tuple[float, "asyncio.Task[Any]", Context, Call, float, float, float, str, float, int]
+"""(fire at, caller's task, ctx, call, started, delay, deadline, deadline source, deadline
+timeout, attempt) of a call whose original runs in the caller's task."""
+
+
+@final
+class _Lane:
+    """The calls of one Hedge on one asyncio loop waiting for their delay to pass."""
+
+    __slots__ = (
+        "armed",
+        "handle",
+        "hedge",
+        "launched",
+        "loop",
+        "next",
+        "ordered",
+        "tail",
+        "waiting",
+    )
+
+    def __init__(self, hedge: Hedge, loop: asyncio.AbstractEventLoop) -> None:
+        self.hedge = hedge
+        self.loop = loop
+        self.waiting: dict[int, _Waiting] = {}
+        self.launched: dict[int, _Round] = {}  # calls whose delay passed, until they end
+        self.next = 0
+        self.tail = -math.inf  # the latest fire time inserted since the lane was empty
+        self.ordered = True
+        self.handle: asyncio.TimerHandle | None = None
+        self.armed = math.inf
+
+    def add(self, entry: _Waiting) -> int:
+        key = self.next
+        self.next = key + 1
+        at = entry[0]
+        if at < self.tail:
+            self.ordered = False
+        else:
+            self.tail = at
+        self.waiting[key] = entry
+        if at < self.armed:
+            self.arm(at, entry[2].clock.now())
+        return key
+
+    def arm(self, at: float, now: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.armed = at
+        self.handle = self.loop.call_later(at - now, self.fire)
+
+    def fire(self) -> None:
+        self.handle = None
+        self.armed = math.inf
+        waiting = self.waiting
+        if not waiting:
+            return
+        now = next(iter(waiting.values()))[2].clock.now()
+        due = []
+        for key, entry in waiting.items():
+            if entry[0] <= now:
+                due.append(key)
+            elif self.ordered:
+                break
+        for key in due:
+            _, host, ctx, call, _, delay, deadline, source, timeout, attempt = waiting.pop(key)
+            race = _Round(self.hedge, call, ctx, delay)
+            race.deadline, race.deadline_source, race.deadline_timeout = deadline, source, timeout
+            race.attempt_number = attempt
+            race.loop = self.loop
+            race.host = host
+            race.original_running = True
+            self.launched[key] = race
+            race.launch()
+        if waiting:
+            if self.ordered:
+                head = next(iter(waiting.values()))[0]
+            else:
+                head = min(entry[0] for entry in waiting.values())
+            self.arm(head, now)
+        else:
+            self.tail = -math.inf
+            self.ordered = True
 
 
 @final
@@ -394,6 +710,7 @@ class Hedge(PolicyDecorator):
         "_classifier",
         "_delay",
         "_deposit",
+        "_lane",
         "_latency",
         "_max_hedges",
         "_on_discard",
@@ -448,6 +765,7 @@ class Hedge(PolicyDecorator):
         self._classifier = as_classifier("Hedge.classify", classify)
         self._on_discard = check.optional(check.callable_, "Hedge.on_discard", on_discard)
         self.name = check.name("Hedge.name", name)
+        self._lane: _Lane | None = None
 
     @property
     def delay(self) -> float:
@@ -487,7 +805,9 @@ class Hedge(PolicyDecorator):
             if latency is None:
                 return await call(ctx)
             return await self._timed(call, ctx, now)
-        return await self._race(call, ctx, delay)
+        if type(clock) is SystemClock and (_sniffio is None or _sniffio.name != "trio"):
+            return await self._inline(call, ctx, delay, now)
+        return await self._grouped(call, ctx, delay)
 
     async def _timed(self, call: Call, ctx: Context, started: float) -> Any:
         latency = self._latency
@@ -501,105 +821,136 @@ class Hedge(PolicyDecorator):
         latency.record(clock.now() - started)
         return result
 
-    async def _race(self, call: Call, ctx: Context, delay: float) -> Any:
+    async def _inline(self, call: Call, ctx: Context, delay: float, started: float) -> Any:
+        """asyncio, system clock: the original in this task, hedges as tasks if needed."""
+        loop = asyncio.get_running_loop()
+        lane = self._lane
+        if lane is None or lane.loop is not loop:
+            if lane is not None and (lane.waiting or lane.launched):
+                # Another loop is using this Hedge right now (threads): the general way.
+                return await self._grouped(call, ctx, delay)
+            if lane is not None and lane.handle is not None:
+                lane.handle.cancel()
+            self._lane = lane = _Lane(self, loop)
+        host = asyncio.current_task(loop)
+        assert host is not None
+        key = lane.add(
+            (
+                started + delay,
+                host,
+                ctx,
+                call,
+                started,
+                delay,
+                ctx.deadline,
+                ctx.deadline_source,
+                ctx.deadline_timeout,
+                ctx.attempt,
+            )
+        )
+        waiting = lane.waiting
+        result: Any = None
+        error: Exception | None = None
+        try:
+            try:
+                result = await call(ctx)
+            except Exception as exc:
+                error = exc
+            except BaseException:
+                if waiting.pop(key, None) is not None:
+                    raise  # cancelled before its delay passed: nothing else runs
+                race = lane.launched.pop(key)
+                race.original_running = False
+                if race.host_cancelled and host.uncancel() <= race.cancelling:
+                    # Our own cut: a hedge won. Its outcome is the call's.
+                    race.cut(ctx, started)
+                    await race.wind_up()
+                    return race.outcome()
+                # The caller's cancellation (or an interrupt): every attempt goes.
+                race.cut(ctx, started)
+                await race.wind_up()
+                raise
+            if waiting.pop(key, None) is not None:
+                # The common case: answered before its delay passed.
+                latency = self._latency
+                if latency is not None and (
+                    error is None or race_verdict(self, ctx, error) is not _REJECTED
+                ):
+                    latency.record(ctx.clock.now() - started)
+                if error is not None:
+                    raise error
+                budget = self._budget
+                if budget is not None and (
+                    (self._classifier is None and ctx.classifier is DEFAULT_CLASSIFIER)
+                    or result_verdict(self, ctx, result) is _SUCCESS
+                ):
+                    budget.record_success(ctx.clock.now())
+                return result
+            race = lane.launched.pop(key)
+            race.original_running = False
+            if race.host_cancelled:
+                # A hedge won while the original was ending, and the original swallowed
+                # the cancellation: balance it; the winner's outcome stands.
+                host.uncancel()
+                if error is None:
+                    await self._discard(result)
+                await race.wind_up()
+                return race.outcome()
+            if race.hedges == 0:
+                # The delay passed but no hedge could start (budget, deadline).
+                if error is not None:
+                    raise error
+                return result
+            await race.settle(ctx, 1, ctx.attempt_kind, started, result, error)
+            result = error = None
+            if not (race.finished or race.failed):
+                race.waiter = loop.create_future()
+                try:
+                    await race.waiter
+                except BaseException:
+                    await race.wind_up()
+                    raise
+            await race.wind_up()
+            return race.outcome()
+        finally:
+            error = None  # no reference cycle through this frame's traceback
+
+    async def _grouped(self, call: Call, ctx: Context, delay: float) -> Any:
+        """Any clock and backend: every attempt in a task group."""
         clock = ctx.clock
-        budget = self._budget
-        race = _Round(self, call, ctx)
-        hedges = 0
-        # The original runs on `ctx` itself and inner policies change it while it runs (an
-        # attempt Timeout tightens the deadline): hedges start from the call's state as it is
-        # now, not as the original's attempt left it.
-        deadline, source, timeout = ctx.deadline, ctx.deadline_source, ctx.deadline_timeout
-        attempt = ctx.attempt
+        race = _Round(self, call, ctx, delay)
+        race.done = anyio.Event()
         async with anyio.create_task_group() as group:
-            race.started = race.pending = 1
             group.start_soon(race.attempt, ctx, 1)
             while True:
                 if await self._settled(race, clock.now() + delay, ctx):
                     break
                 # Nobody answered in time: may a hedge start?
                 now = clock.now()
-                if hedges >= self._max_hedges or now + delay >= deadline:
+                if not race.may_hedge(now):
                     await race.done.wait()
                     break
-                if budget is not None and not budget.try_withdraw(now):
-                    if ctx.listening:
-                        ctx.emit(
-                            BudgetRefused(
-                                pipeline=ctx.pipeline,
-                                operation=ctx.operation,
-                                policy=self.name,
-                                at=now,
-                                attempt=race.started,
-                            )
-                        )
-                    await race.done.wait()
-                    break
-                hedges += 1
-                race.started += 1
-                race.pending += 1
-                if ctx.listening:
-                    ctx.emit(
-                        HedgeStarted(
-                            pipeline=ctx.pipeline,
-                            operation=ctx.operation,
-                            policy=self.name,
-                            at=now,
-                            hedge=hedges,
-                            attempt=race.started,
-                            delay=delay,
-                        )
-                    )
-                twin = copy.copy(ctx)
-                twin.attempt_kind = "hedge"
-                twin.attempt = attempt
-                twin.deadline, twin.deadline_source, twin.deadline_timeout = (
-                    deadline,
-                    source,
-                    timeout,
-                )
+                twin = race.twin(now)
                 group.start_soon(race.attempt, twin, race.started)
             # The call is decided: the attempts still running lost.
             group.cancel_scope.cancel()
-        if budget is not None and (race.verdict is _SUCCESS or race.verdict is _CLIENT_ERROR):
-            budget.record_success(clock.now())
-        if hedges and ctx.listening:
-            ctx.emit(
-                HedgeEnded(
-                    pipeline=ctx.pipeline,
-                    operation=ctx.operation,
-                    policy=self.name,
-                    at=clock.now(),
-                    winner=("hedge" if race.kind == "hedge" else "original")
-                    if race.finished
-                    else "none",
-                    attempts=race.started,
-                    cancelled=race.cancelled,
-                    verdict=race.verdict,
-                )
-            )
-        error = race.error
-        if error is not None:
-            race.error = None
-            try:
-                raise error
-            finally:
-                error = None
-        return race.result
+        return race.outcome()
 
     @staticmethod
     async def _settled(race: _Round, until: float, ctx: Context) -> bool:
         """Wait until the round is decided (``True``) or until ``until`` (``False``)."""
-        if race.done.is_set():
+        done = race.done
+        assert done is not None
+        if done.is_set():
             return True
         timer = ctx.clock.timeout_at(until)
         try:
             async with timer:
-                await race.done.wait()
+                await done.wait()
         except TimeoutError:
             if not timer.expired():
                 raise
-            return race.done.is_set()
+            return done.is_set()
         return True
 
     async def _discard(self, result: Any) -> None:
