@@ -829,3 +829,197 @@ async def test_telemetry_labels_original_and_hedge_attempts(clock: FakeClock) ->
         attrs(pipeline="search", operation="query", policy="hedge", verdict="success")
         | {("resilient.attempt.kind", "hedge")}
     ]
+
+
+# -- asyncio with the system clock: the original runs in the caller's task ------------------
+#
+# There, hedges start from a loop timer. These tests need no virtual time: delay=0 starts the
+# hedge at the loop's next iteration, delay=3600 never; the attempts wait on events.
+
+asyncio_only = pytest.mark.parametrize("anyio_backend", ["asyncio"])
+
+
+async def start_inline(
+    tg: anyio.abc.TaskGroup, pipeline: Pipeline, gate: Gate, out: list[Any]
+) -> None:
+    async def run() -> None:
+        try:
+            out.append(await pipeline.call(gate))
+        except Exception as exc:
+            out.append(exc)
+
+    tg.start_soon(run)
+    await until(lambda: len(gate.started) == 2)
+
+
+@asyncio_only
+async def test_inline_a_hedge_winning_cuts_the_original_in_the_callers_task(
+    anyio_backend: str,
+) -> None:
+    """The original (inside an attempt Timeout) is cancelled in the caller's task when the
+    hedge wins; the call returns the hedge's answer and the task is not left cancelled."""
+    events = EventRecorder()
+    gate = Gate()
+    pipeline = Pipeline(Hedge(delay=0.0), Timeout(60.0), listeners=[events])
+    out: list[Any] = []
+    async with anyio.create_task_group() as tg:
+        await start_inline(tg, pipeline, gate, out)
+        gate.answer(2, "hedge")
+    assert out == ["hedge"]
+    assert gate.cancelled == [1]
+    (ended,) = events.of_type(HedgeEnded)
+    assert (ended.winner, ended.cancelled) == ("hedge", 1)
+    # The caller's task goes on normally: the next call through the same policy works.
+    gate2 = Gate()
+    gate2.answer(1, "next")
+    assert await Pipeline(Hedge(delay=3600.0)).call(gate2) == "next"
+
+
+@asyncio_only
+async def test_inline_the_original_winning_cancels_the_hedge_task(anyio_backend: str) -> None:
+    events = EventRecorder()
+    gate = Gate()
+    pipeline = Pipeline(Hedge(delay=0.0), listeners=[events])
+    out: list[Any] = []
+    async with anyio.create_task_group() as tg:
+        await start_inline(tg, pipeline, gate, out)
+        gate.answer(1, "original")
+    assert out == ["original"]
+    assert gate.cancelled == [2]
+    (ended,) = events.of_type(HedgeEnded)
+    assert (ended.winner, ended.cancelled) == ("original", 1)
+
+
+@asyncio_only
+async def test_inline_a_transient_original_waits_for_its_hedge(anyio_backend: str) -> None:
+    """The original fails with a ConnectionError: the caller waits for the hedge's answer."""
+    gate = Gate()
+    pipeline = Pipeline(Hedge(delay=0.0))
+    out: list[Any] = []
+    async with anyio.create_task_group() as tg:
+        await start_inline(tg, pipeline, gate, out)
+        gate.answer(1, ConnectionError("reset"))
+        for _ in range(10):
+            await anyio.lowlevel.checkpoint()
+        assert out == []
+        gate.answer(2, "hedge")
+    assert out == ["hedge"]
+
+
+@asyncio_only
+async def test_inline_every_attempt_failing_raises_the_last_failure(anyio_backend: str) -> None:
+    gate = Gate()
+    pipeline = Pipeline(Hedge(delay=0.0))
+    out: list[Any] = []
+    second = ConnectionError("second")
+    async with anyio.create_task_group() as tg:
+        await start_inline(tg, pipeline, gate, out)
+        gate.answer(1, ConnectionError("first"))
+        for _ in range(10):
+            await anyio.lowlevel.checkpoint()
+        gate.answer(2, second)
+    assert out == [second]
+
+
+@asyncio_only
+async def test_inline_a_client_error_of_the_hedge_ends_the_call(anyio_backend: str) -> None:
+    gate = Gate()
+    pipeline = Pipeline(
+        Hedge(delay=0.0), classify=[on_exception(ValueError, verdict=Verdict.CLIENT_ERROR)]
+    )
+    out: list[Any] = []
+    async with anyio.create_task_group() as tg:
+        await start_inline(tg, pipeline, gate, out)
+        gate.answer(2, ValueError("bad"))
+    assert [type(e) for e in out] == [ValueError]
+    assert gate.cancelled == [1]
+
+
+@asyncio_only
+async def test_inline_outer_cancellation_cancels_both_attempts(anyio_backend: str) -> None:
+    gate = Gate()
+    pipeline = Pipeline(Hedge(delay=0.0))
+    out: list[Any] = []
+    async with anyio.create_task_group() as tg:
+        await start_inline(tg, pipeline, gate, out)
+        tg.cancel_scope.cancel()
+    assert out == []
+    assert sorted(gate.cancelled) == [1, 2]
+
+
+@asyncio_only
+async def test_inline_an_answer_within_the_delay_starts_nothing(anyio_backend: str) -> None:
+    events = EventRecorder()
+    hedge = Hedge(delay=3600.0)
+    pipeline = Pipeline(hedge, listeners=[events])
+    for i in range(50):
+        gate = Gate()
+        gate.answer(1, i)
+        assert await pipeline.call(gate) == i
+        assert gate.started == [1]
+    assert events.of_type(HedgeStarted) == []
+
+
+@asyncio_only
+async def test_inline_nothing_leaks_after_1000_calls_with_random_cancellations(
+    anyio_backend: str,
+) -> None:
+    """The caller's-task way under random cancellations: slots, waiters and budget tokens
+    all accounted for (attempts take a random number of loop iterations; delay 0)."""
+    budget = RetryBudget(ratio=0.0, reserve=100_000, window=1e12)
+    events = EventRecorder()
+    bulkhead = Bulkhead(max_concurrent=4, max_waiting=1000, max_wait=60.0)
+    pipeline = Pipeline(
+        Hedge(delay=0.0, budget=budget),
+        bulkhead,
+        Timeout(60.0),
+        listeners=[events],
+        telemetry=False,
+    )
+    rng = random.Random(7)
+    outcomes = {"ok": 0, "failed": 0}
+
+    async def dependency(steps: int, fails: bool) -> str:
+        for _ in range(steps):
+            await anyio.lowlevel.checkpoint()
+        if fails:
+            raise ConnectionError("reset")
+        return "ok"
+
+    async def one(steps: int, fails: bool, cancel_after: int | None) -> None:
+        async with anyio.create_task_group() as tg:
+            if cancel_after is not None:
+
+                async def canceller() -> None:
+                    for _ in range(cancel_after):
+                        await anyio.lowlevel.checkpoint()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(canceller)
+            try:
+                await pipeline.call(dependency, steps, fails)
+                outcomes["ok"] += 1
+            except ConnectionError:
+                outcomes["failed"] += 1
+            tg.cancel_scope.cancel()
+
+    finished = 0
+    for _ in range(50):
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(
+                    one,
+                    rng.randrange(0, 8),
+                    rng.random() < 0.2,
+                    rng.choice((None, None, 1, 2, 5, 12)),
+                )
+        finished += 20
+    started = len(events.of_type(HedgeStarted))
+    assert finished == 1000
+    assert started > 100
+    assert outcomes["ok"] > 200
+    snapshot = bulkhead.snapshot()
+    assert (snapshot.running, snapshot.waiting) == (0, 0)
+    assert budget.available(0.0) - (100_000 - started) == pytest.approx(0.0, abs=1e-6)
+    # The caller's tasks are clean: no pending cancellation leaks into the next await.
+    await anyio.lowlevel.checkpoint()
