@@ -309,7 +309,7 @@ class _Round:
     def may_hedge(self, now: float) -> bool:
         """Whether another hedge may start at ``now`` (count, deadline, budget)."""
         hedge = self.hedge
-        if self.hedges >= hedge._max_hedges or now + self.delay >= self.deadline:
+        if self.hedges >= hedge._max_hedges or now >= self.deadline:
             return False
         budget = hedge._budget
         if budget is not None and not budget.try_withdraw(now):
