@@ -178,3 +178,30 @@ def test_bad_options_name_the_parameter_and_value(parameter: str, value: object)
     assert caught.value.parameter == f"RetryBudget.{parameter}"
     assert caught.value.value is value
     assert f"RetryBudget.{parameter}=" in str(caught.value)
+
+
+def test_record_call_reads_the_clock_only_when_folding() -> None:
+    """``record_call`` counts calls without the clock and folds them in every FOLD_EVERY."""
+    from resilient._budget import FOLD_EVERY
+
+    reads: list[float] = []
+
+    def clock() -> float:
+        reads.append(0.0)
+        return 0.0
+
+    budget = RetryBudget(ratio=0.5, reserve=0)
+    for _ in range(FOLD_EVERY * 3):
+        budget.record_call(clock)
+    assert len(reads) == 3
+    assert budget.available(0.0) == pytest.approx(0.5 * FOLD_EVERY * 3)
+
+
+def test_refilling_tells_when_a_success_would_collect_the_reserve() -> None:
+    budget = RetryBudget(ratio=0.0, reserve=2, window=10.0)
+    assert not budget.refilling  # a fresh reserve is full: record_success has nothing to do
+    assert budget.try_withdraw(0.0)
+    assert budget.refilling
+    budget.record_success(100.0)  # a success after a full window collects the whole refill
+    assert not budget.refilling
+    assert budget.available(100.0) == pytest.approx(2.0)

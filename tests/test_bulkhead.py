@@ -620,7 +620,7 @@ def test_options_are_read_only_properties() -> None:
     bulkhead = Bulkhead(max_concurrent=4, max_waiting=2, max_wait=0.5)
     assert (bulkhead.max_concurrent, bulkhead.max_waiting, bulkhead.max_wait) == (4, 2, 0.5)
     assert not bulkhead.per_key
-    assert bulkhead._deadline_aware
+    assert bulkhead.deadline_aware
     with pytest.raises(AttributeError):
         bulkhead.max_concurrent = 5  # type: ignore[misc]
     assert "max_concurrent=4" in repr(bulkhead)
@@ -630,3 +630,60 @@ def test_defaults_match_the_documented_contract() -> None:
     bulkhead = Bulkhead()
     assert (bulkhead.max_concurrent, bulkhead.max_waiting, bulkhead.max_wait) == (32, 64, 1.0)
     assert bulkhead.name == "bulkhead"
+
+
+async def test_try_acquire_and_release_share_slots_with_the_policy() -> None:
+    """The synchronous admission calls count against the same slots as pipeline calls."""
+    bulkhead = Bulkhead(max_concurrent=2, max_waiting=0)
+    pipeline = Pipeline(bulkhead)
+    assert bulkhead.try_acquire()
+    assert bulkhead.try_acquire()
+    assert not bulkhead.try_acquire()  # full: refused at once, nothing taken
+    with pytest.raises(BulkheadFullError):
+        await pipeline.call(anyio.lowlevel.checkpoint)
+    bulkhead.release()
+    assert bulkhead.snapshot().running == 1
+    await pipeline.call(anyio.lowlevel.checkpoint)
+    bulkhead.release()
+    assert bulkhead.snapshot().running == 0
+    with pytest.raises(RuntimeError, match="without a held slot"):
+        bulkhead.release()
+
+
+async def test_release_hands_the_slot_to_the_first_waiter() -> None:
+    clock = FakeClock()
+    bulkhead = Bulkhead(max_concurrent=1, max_waiting=4, max_wait=10.0, clock=clock)
+    assert bulkhead.try_acquire()
+    order: list[int] = []
+
+    async def wait(i: int) -> None:
+        await bulkhead.acquire()
+        order.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(3):
+            tg.start_soon(wait, i)
+            await until(lambda n=i + 1: bulkhead.snapshot().waiting == n)  # type: ignore[misc]
+        assert not bulkhead.try_acquire()  # a newcomer never overtakes the queue
+        for _ in range(3):
+            bulkhead.release()
+            await settle()
+    assert order == [0, 1, 2]
+    assert bulkhead.snapshot() == BulkheadSnapshot(
+        running=1, waiting=0, max_concurrent=1, max_waiting=4
+    )
+    bulkhead.release()
+    assert bulkhead.snapshot().running == 0
+
+
+async def test_keyed_try_acquire_uses_the_partition_of_its_key() -> None:
+    bulkhead = Bulkhead(max_concurrent=1, per_key=True)
+    assert bulkhead.try_acquire("a")
+    assert not bulkhead.try_acquire("a")
+    assert bulkhead.try_acquire("b")  # another partition
+    assert bulkhead.try_acquire()  # calls without a key share their own partition
+    assert bulkhead.snapshot("a").running == 1
+    bulkhead.release("a")
+    bulkhead.release("b")
+    bulkhead.release()
+    assert [bulkhead.snapshot(k).running for k in ("a", "b", None)] == [0, 0, 0]

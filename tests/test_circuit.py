@@ -355,7 +355,7 @@ async def test_inner_timeout_counts_as_a_failure(clock: FakeClock) -> None:
 
 
 class _Opaque:
-    """A policy without the ``_deadline_aware`` promise: the outer Timeout arms its own timer."""
+    """A policy without the ``deadline_aware`` promise: the outer Timeout arms its own timer."""
 
     name = "opaque"
 
@@ -651,10 +651,10 @@ async def test_execute_runs_outside_a_composed_pipeline(clock: FakeClock) -> Non
     assert isinstance(await call(outer, succeed), CircuitOpenError)
 
 
-def test_breaker_is_a_deadline_aware_policy() -> None:
+def test_breaker_is_adeadline_aware_policy() -> None:
     breaker = CircuitBreaker()
     assert isinstance(breaker, resilient.Policy)
-    assert CircuitBreaker._deadline_aware is True
+    assert CircuitBreaker.deadline_aware is True
     assert "CircuitBreaker(failure_rate=0.5, window=30s" in repr(breaker)
     assert "window=100 calls" in repr(CircuitBreaker(window_type="count"))
 

@@ -1,6 +1,7 @@
-"""A pipeline whose only policy is a breaker awaits the function itself (no chain step, no
-Context unless an outcome needs one). Everything the breaker promises must hold on that path
-exactly as on the general one: these tests drive both side by side."""
+"""A lone breaker, observed or not: whatever watches the calls (listeners, telemetry), the
+breaker must decide and record exactly the same. These tests drive an unobserved pipeline and
+an observed one side by side. (A private "direct" path once served the unobserved case; the
+breaker now has one path, and these tests keep both uses honest.)"""
 
 from __future__ import annotations
 
@@ -55,8 +56,6 @@ def _pipelines(breaker_options: dict[str, Any], clock: FakeClock) -> tuple[Pipel
         random=random.Random(7).random,
         listeners=[lambda _: None],
     )
-    assert direct._hooks is not None  # the path under test is really taken
-    assert general._hooks is None
     return direct, general
 
 
@@ -226,14 +225,11 @@ async def test_wrapped_functions_take_the_direct_path_with_the_same_behaviour() 
     assert breaker.snapshot().state == "closed"
 
 
-async def test_default_telemetry_without_an_sdk_takes_the_direct_path() -> None:
+async def test_default_telemetry_without_an_sdk_decides_like_no_telemetry() -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(minimum_calls=3)
     pipeline = Pipeline(breaker, clock=clock)  # telemetry on, as users build it
     assert pipeline.observer is not None
-    assert pipeline._recording is not None
-    assert not pipeline._recording()  # no OpenTelemetry SDK configured in this process
-    assert pipeline._hooks is not None
     for kind in ("ok", "boom", "boom"):
         await _outcome(pipeline, kind)
     assert await _outcome(pipeline, "ok") == "rejected"  # 2 of 3 failed: opened

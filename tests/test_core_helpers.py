@@ -108,3 +108,35 @@ def test_bounded_map_drops_idle_entries_unless_busy() -> None:
 def test_bounded_map_validates_its_bound() -> None:
     with pytest.raises(ConfigurationError, match="max_keys"):
         BoundedKeyMap(str, max_keys=0)
+
+
+def test_bounded_map_examines_a_bounded_number_of_entries_per_new_key() -> None:
+    """A key flood costs O(1) per new key: idle eviction never scans the whole map."""
+    from resilient._keyed import SWEEP
+
+    looked = 0
+
+    def busy(_value: str) -> bool:
+        nonlocal looked
+        looked += 1
+        return False  # every entry busy: the old code re-checked all of them per insert
+
+    keyed: BoundedKeyMap[str] = BoundedKeyMap(str, max_keys=20_000, idle_ttl=1.0, evictable=busy)
+    for i in range(10_000):
+        keyed.get(f"k{i}", 0.0)
+    looked = 0
+    for i in range(1_000):
+        keyed.get(f"new{i}", 5.0)  # every old entry is idle now, and none may go
+    assert looked <= SWEEP * 1_000
+    assert len(keyed) == 11_000  # busy entries are kept (only the max_keys bound drops them)
+
+
+def test_bounded_map_idle_entries_drain_as_new_keys_arrive() -> None:
+    keyed: BoundedKeyMap[str] = BoundedKeyMap(str, max_keys=100_000, idle_ttl=1.0)
+    for i in range(1_000):
+        keyed.get(f"old{i}", 0.0)
+    for i in range(600):
+        keyed.get(f"new{i}", 10.0)
+    # each new key drops up to SWEEP idle ones: 1,000 idle entries gone within 500 inserts
+    assert sum(1 for key, _ in keyed.items() if key.startswith("old")) == 0
+    assert len(keyed) == 600

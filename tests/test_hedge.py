@@ -7,6 +7,7 @@ virtual time itself (``advance``) while the attempts wait on events it controls.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -1033,3 +1034,31 @@ async def test_inline_nothing_leaks_after_1000_calls_with_random_cancellations(
     assert budget.available(0.0) - (100_000 - started) == pytest.approx(0.0, abs=1e-6)
     # The caller's tasks are clean: no pending cancellation leaks into the next await.
     await anyio.lowlevel.checkpoint()
+
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+async def test_hedges_see_the_callers_context_variables() -> None:
+    """A hedge runs in the caller's context variables (a request id, the current span), on
+    the caller's-task way (asyncio) and in a task group (trio)."""
+    seen: list[str] = []
+    gate = Gate()
+
+    async def dependency() -> Any:
+        seen.append(REQUEST_ID.get())
+        return await gate()
+
+    pipeline = Pipeline(Hedge(delay=0.0))
+    out: list[Any] = []
+
+    async def run(request_id: str) -> None:
+        REQUEST_ID.set(request_id)
+        out.append(await pipeline.call(dependency))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "req-42")
+        await until(lambda: len(gate.started) == 2)
+        gate.answer(2, "hedge")
+    assert out == ["hedge"]
+    assert seen == ["req-42", "req-42"]

@@ -21,7 +21,7 @@ class Recorder:
         self.log = log
         self.binds = 0
 
-    def _bind(self, inner: resilient.Call, later: tuple[resilient.Policy, ...]) -> resilient.Call:
+    def compose(self, inner: resilient.Call, after: tuple[resilient.Policy, ...]) -> resilient.Call:
         self.binds += 1
         return functools.partial(self.execute, inner)
 
@@ -257,4 +257,10 @@ async def test_context_factory_and_run_for_integrations() -> None:
 
 
 def test_repr_lists_policies() -> None:
-    assert repr(Pipeline(resilient.Timeout(1), name="x")) == "Pipeline(Timeout, name='x')"
+    assert (
+        repr(Pipeline(resilient.Timeout(1), name="x"))
+        == "Pipeline(Timeout(1, name='timeout'), name='x')"
+    )
+    nested = Pipeline(Pipeline(resilient.Timeout(2), name="in"), name="out")
+    assert repr(nested) == "Pipeline(Pipeline(Timeout(2, name='timeout'), name='in'), name='out')"
+    assert repr(Pipeline(name="empty")) == "Pipeline(name='empty')"

@@ -301,9 +301,8 @@ async def test_a_queue_on_one_key_never_delays_another_key() -> None:
         await limiter.acquire("idle")  # admitted at once, no wait
         await pipeline.call(noop)  # the unkeyed bucket too
         assert clock.now() == 0.0
-        assert not limiter._inline  # unkeyed calls take the slow path while anyone queues
+        assert limiter.snapshot("busy").waiting == 1  # still queued while the others pass
         await clock.run_until(lambda: limiter.snapshot("busy").waiting == 0, step=0.5)
-    assert limiter._inline  # and the fast path is back once the queue is gone
 
 
 async def test_one_grant_wakes_one_waiter() -> None:
@@ -726,7 +725,7 @@ def test_defaults_and_read_only_options() -> None:
     assert (limiter.rate, limiter.burst, limiter.max_wait) == (100.0, 20, 0.5)
     assert not limiter.per_key
     assert limiter.name == "rate_limiter"
-    assert limiter._deadline_aware
+    assert limiter.deadline_aware
     with pytest.raises(AttributeError):
         limiter.rate = 5.0  # type: ignore[misc]
     assert "rate=100" in repr(limiter)
@@ -753,3 +752,78 @@ async def test_deadline_ends_a_wait_in_progress_with_the_deadlines_timeout(
         await pipeline.call(noop)
     assert info.value.policy == "total"
     assert clock.now() <= 1.0
+
+
+def test_try_acquire_nowait_decides_synchronously_with_header_numbers() -> None:
+    """One synchronous decision: allowed, retry_after and remaining, for a key."""
+    clock = FakeClock(start=100.0)
+    limiter = RateLimiter(rate=2.0, burst=2, max_wait=0, clock=clock)
+    first = limiter.try_acquire_nowait("client")
+    assert first is not None
+    assert first.allowed
+    assert first.remaining == 1.0
+    second = limiter.try_acquire_nowait("client")
+    assert second is not None
+    assert second.allowed
+    assert second.remaining == 0.0
+    third = limiter.try_acquire_nowait("client")
+    assert third is not None
+    assert not third.allowed
+    assert third.retry_after == pytest.approx(0.5)
+    assert third.remaining == 0.0
+    assert third.reset == pytest.approx(1.0)
+    other = limiter.try_acquire_nowait("other")  # another key has its own bucket
+    assert other is not None
+    assert other.allowed
+    clock.advance(0.5)
+    again = limiter.try_acquire_nowait("client", now=clock.now())
+    assert again is not None
+    assert again.allowed
+
+
+async def test_try_acquire_nowait_and_the_pipeline_share_one_bucket(clock: FakeClock) -> None:
+    limiter = RateLimiter(rate=1.0, burst=2, max_wait=0)
+    pipeline = Pipeline(limiter, clock=clock)
+    await pipeline.call(noop)
+    status = limiter.try_acquire_nowait(now=clock.now())
+    assert status is not None
+    assert status.allowed
+    assert status.remaining == 0.0
+    with pytest.raises(RateLimitedError):
+        await pipeline.call(noop)
+
+
+async def test_try_acquire_nowait_leaves_an_asynchronous_store_to_try_acquire() -> None:
+    class SlowStore:
+        def __init__(self) -> None:
+            self.inner = MemoryBucketStore()
+
+        async def take(
+            self, key: str | None, cost: float, *, rate: float, burst: float, now: float
+        ) -> float:
+            return await self.inner.take(key, cost, rate=rate, burst=burst, now=now)
+
+        async def tokens(self, key: str | None, *, rate: float, burst: float, now: float) -> float:
+            return await self.inner.tokens(key, rate=rate, burst=burst, now=now)
+
+    limiter = RateLimiter(rate=1.0, burst=1, max_wait=0, store=SlowStore(), clock=FakeClock())
+    assert limiter.try_acquire_nowait("k") is None
+    assert (await limiter.try_acquire("k")).allowed
+    refused = await limiter.try_acquire("k")
+    assert not refused.allowed
+    assert refused.retry_after == pytest.approx(1.0)
+
+
+async def test_try_acquire_nowait_refuses_while_callers_queue_for_the_bucket() -> None:
+    clock = ManualClock()
+    limiter = RateLimiter(rate=1.0, burst=1, max_wait=10.0, clock=clock)  # type: ignore[arg-type]
+    await limiter.acquire("busy")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(limiter.acquire, "busy")
+        await until(lambda: limiter.snapshot("busy").waiting == 1)
+        clock.advance(1.0)  # the token is back, but the queued caller owns it
+        status = limiter.try_acquire_nowait("busy")
+        assert status is not None
+        assert not status.allowed
+        assert status.retry_after == pytest.approx(1.0)  # after the queue ahead
+        await clock.run_until(lambda: limiter.snapshot("busy").waiting == 0, step=0.5)

@@ -583,7 +583,7 @@ def test_defaults_are_documented_values() -> None:
     )
     assert retry.max_retry_after == 60.0
     assert retry.name == "retry"
-    assert Retry._deadline_aware is True
+    assert Retry.deadline_aware is True
     assert "attempts=3" in repr(retry)
 
 

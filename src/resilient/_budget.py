@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import final
 
 from . import _validate as check
@@ -98,6 +99,24 @@ class RetryBudget:
         self._calls += 1
         if self._calls >= FOLD_EVERY:
             self._roll(now)
+
+    def record_call(self, clock: Callable[[], float]) -> None:
+        """Record one call (a first attempt), reading ``clock()`` only when it is needed.
+
+        Calls are counted without reading the clock and folded into the balance, with their
+        time, every ``FOLD_EVERY`` calls (``Retry`` uses this on every call).
+        """
+        self._calls += 1
+        if self._calls >= FOLD_EVERY:
+            self._roll(clock())
+
+    @property
+    def refilling(self) -> bool:
+        """Whether the reserve is below its size: a success would collect its refill.
+
+        While false, ``record_success`` does nothing, so callers may skip reading the clock.
+        """
+        return self._tokens < self._reserve
 
     def _roll(self, now: float) -> None:
         calls = self._calls

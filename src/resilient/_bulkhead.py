@@ -9,7 +9,6 @@ is ever lost or counted twice, whatever is cancelled when.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from ._context import Context, default_random
 from ._events import WaitEnded, report_rejection
 from ._exceptions import BulkheadFullError, ConfigurationError
 from ._keyed import BoundedKeyMap
-from ._pipeline import Call, Policy, PolicyDecorator
+from ._pipeline import Call, PolicyDecorator
 
 __all__ = ["Bulkhead", "BulkheadSnapshot"]
 
@@ -131,7 +130,7 @@ class Bulkhead(PolicyDecorator):
         "name",
     )
 
-    _deadline_aware: ClassVar[bool] = True
+    deadline_aware: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -214,11 +213,6 @@ class Bulkhead(PolicyDecorator):
 
     # -- pipeline path ---------------------------------------------------------------------
 
-    def _bind(self, inner: Call, later: tuple[Policy, ...]) -> Call:
-        if self._keys is None:
-            return functools.partial(self._run, inner)
-        return functools.partial(self._run_keyed, inner)
-
     async def execute(self, call: Call, ctx: Context, /) -> Any:
         """Run ``call`` holding a slot; wait for one or refuse as configured.
 
@@ -226,29 +220,10 @@ class Bulkhead(PolicyDecorator):
             BulkheadFullError: no slot, and the waiting room is full or the wait ran out.
             TimeoutExceeded: the call's deadline ended the wait.
         """
-        if self._keys is None:
-            return await self._run(call, ctx)
-        return await self._run_keyed(call, ctx)
-
-    async def _run(self, call: Call, ctx: Context) -> Any:
-        slots = self._slots
-        if slots.running < self._max:
-            slots.running += 1
-        else:
-            await self._wait(slots, ctx)
-        try:
-            return await call(ctx)
-        finally:
-            if slots.waiters:
-                _release(slots)
-            else:
-                slots.running -= 1
-
-    async def _run_keyed(self, call: Call, ctx: Context) -> Any:
+        keys = self._keys
         key = ctx.key
-        keys: BoundedKeyMap[_Slots] = self._keys  # type: ignore[assignment]
-        slots = self._slots if key is None else keys.get(key, ctx.clock.now())
-        if slots.running < self._max:
+        slots = self._slots if keys is None or key is None else keys.get(key, ctx.clock.now())
+        if slots.running < self._max:  # try_acquire(), for a partition already looked up
             slots.running += 1
         else:
             await self._wait(slots, ctx)
@@ -257,7 +232,58 @@ class Bulkhead(PolicyDecorator):
         finally:
             _release(slots)
 
-    # -- direct use ------------------------------------------------------------------------
+    # -- admission for integrations and direct use ----------------------------------------
+
+    def _partition(self, key: str | None) -> _Slots:
+        keys = self._keys
+        if keys is None or key is None:
+            return self._slots
+        return keys.get(key, self._clock.now())
+
+    def try_acquire(self, key: str | None = None) -> bool:
+        """Take a slot now if one is free; never waits, never raises a refusal.
+
+        Callers already waiting keep their turn: while any wait, every slot is taken, so this
+        returns ``False``. A ``True`` must be paired with exactly one ``release(key)``.
+
+        Args:
+            key: the partition when ``per_key`` (``None``: the shared partition).
+        """
+        slots = self._partition(key)
+        if slots.running < self._max:
+            slots.running += 1
+            return True
+        return False
+
+    async def acquire(self, key: str | None = None) -> None:
+        """Take a slot, waiting in FIFO order as configured; pair with ``release(key)``.
+
+        Never yields while a slot is free. The wait is bounded by ``max_wait`` and by the
+        deadline of an enclosing resilient call (``resilient.remaining()``).
+
+        Raises:
+            BulkheadFullError: no slot, and the waiting room is full or the wait ran out.
+            TimeoutExceeded: an enclosing resilient deadline ended the wait.
+        """
+        slots = self._partition(key)
+        if slots.running < self._max:
+            slots.running += 1
+            return
+        await self._wait(slots, self._direct_context(key))
+
+    def release(self, key: str | None = None) -> None:
+        """Give back a slot taken by ``try_acquire(key)`` or ``acquire(key)``.
+
+        The slot goes straight to the first waiter, if any, so nobody can overtake the queue.
+
+        Raises:
+            RuntimeError: no slot of this partition is held.
+        """
+        keys = self._keys
+        slots = self._slots if keys is None or key is None else keys.peek(key)
+        if slots is None or (slots.running <= 0 and not slots.waiters):
+            raise RuntimeError(f"bulkhead {self.name!r}: release() without a held slot")
+        _release(slots)
 
     async def __aenter__(self) -> None:
         """Take a slot (waiting as configured) for the body of ``async with bulkhead:``.
@@ -266,11 +292,7 @@ class Bulkhead(PolicyDecorator):
             BulkheadFullError: no slot, and the waiting room is full or the wait ran out.
             TimeoutExceeded: an enclosing resilient deadline ended the wait.
         """
-        slots = self._slots
-        if slots.running < self._max:
-            slots.running += 1
-            return
-        await self._wait(slots, self._direct_context())
+        await self.acquire()
 
     async def __aexit__(
         self,
@@ -280,7 +302,7 @@ class Bulkhead(PolicyDecorator):
     ) -> None:
         _release(self._slots)
 
-    def _direct_context(self) -> Context:
+    def _direct_context(self, key: str | None = None) -> Context:
         # Only on the contended path: gives direct use the deadline of an enclosing pipeline
         # call (when it runs on the same clock) and the same rejection code as a pipeline.
         return Context(
@@ -289,6 +311,7 @@ class Bulkhead(PolicyDecorator):
             clock=self._clock,
             random=default_random,
             classifier=DEFAULT_CLASSIFIER,
+            key=key,
         )
 
     # -- contended path --------------------------------------------------------------------

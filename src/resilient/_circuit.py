@@ -22,12 +22,11 @@ from typing import Any, ClassVar, Final, Literal, final
 from . import _validate as check
 from ._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
 from ._classify import Classification as _Classification
-from ._clock import Clock
 from ._context import Context
 from ._events import CallRejected, CircuitStateChanged, Event, Listener, report_listener_error
 from ._exceptions import CircuitOpenError, ConfigurationError, TimeoutExceeded
 from ._keyed import BoundedKeyMap
-from ._pipeline import Call, DirectHooks, Policy, PolicyDecorator
+from ._pipeline import Call, Policy, PolicyDecorator
 
 __all__ = ["CircuitBreaker", "CircuitSnapshot"]
 
@@ -162,6 +161,32 @@ class CircuitSnapshot:
     probes: int
 
 
+def _open_schedule(open_for: float, growth: float, max_open_for: float | None) -> tuple[float, int]:
+    """``(max_open_for, growth steps)``: how long the open time may grow, in how many steps.
+
+    Growth stops once the cap is reached; counting steps avoids float overflow on the way.
+
+    Raises:
+        ConfigurationError: the cap cannot be reached in a finite number of steps (an
+            ``open_for`` so small, or a cap so large, that their ratio overflows).
+    """
+    if max_open_for is None:
+        cap = max(60.0, open_for)
+    else:
+        cap = check.number("CircuitBreaker.max_open_for", max_open_for, minimum=open_for)
+    if growth == 1.0:
+        return cap, 0
+    ratio = cap / open_for
+    steps = math.log(ratio) / math.log(growth)
+    if not math.isfinite(steps):
+        raise ConfigurationError(
+            "CircuitBreaker.open_for" if max_open_for is None else "CircuitBreaker.max_open_for",
+            open_for if max_open_for is None else max_open_for,
+            f"open_for={open_for!r} and max_open_for={cap!r} are too far apart to grow between",
+        )
+    return cap, math.ceil(steps)
+
+
 def _evictable(state: _State) -> bool:
     # A key an operator forced open, forced closed or disabled keeps that state past its idle
     # time (the max_keys bound still applies).
@@ -257,7 +282,7 @@ class CircuitBreaker(PolicyDecorator):
         "name",
     )
 
-    _deadline_aware: ClassVar[bool] = True  # it never waits
+    deadline_aware: ClassVar[bool] = True  # it never waits
 
     def __init__(
         self,
@@ -319,17 +344,8 @@ class CircuitBreaker(PolicyDecorator):
         self._slow_rate = check.fraction("CircuitBreaker.slow_call_rate", slow_call_rate)
         self._sp, self._sq = _ratio(self._slow_rate)
         self._growth = check.number("CircuitBreaker.open_for_growth", open_for_growth, minimum=1.0)
-        if max_open_for is None:
-            self._max_open_for = max(60.0, self._open_for)
-        else:
-            self._max_open_for = check.number(
-                "CircuitBreaker.max_open_for", max_open_for, minimum=self._open_for
-            )
-        # Growth stops once the cap is reached; counting steps avoids float overflow.
-        self._growth_steps = (
-            0
-            if self._growth == 1.0
-            else math.ceil(math.log(self._max_open_for / self._open_for) / math.log(self._growth))
+        self._max_open_for, self._growth_steps = _open_schedule(
+            self._open_for, self._growth, max_open_for
         )
         self._jitter = check.number("CircuitBreaker.open_jitter", open_jitter, maximum=1.0)
         if self._jitter >= 1.0:
@@ -425,234 +441,103 @@ class CircuitBreaker(PolicyDecorator):
             Whatever ``call`` raised (recorded first), including the error of the call that
                 trips the breaker.
 
-        A pipeline composes the breaker's step once (``_bind``); calling ``execute`` directly
-        works the same but builds that step on every call.
+        A pipeline composes the breaker's step once (``compose``); calling ``execute``
+        directly works the same but builds that step on every call.
         """
         return await self._runner(call)(ctx)
 
-    def _bind(self, inner: Call, later: tuple[Policy, ...]) -> Call:
-        # Composed once per pipeline: a closure over the configuration is the cheapest step.
+    def compose(self, inner: Call, after: tuple[Policy, ...], /) -> Call:
+        """The chain step around ``inner``, built once per pipeline."""
         return self._runner(inner)
 
     def _runner(self, inner: Call) -> Call:
-        """The chain step running ``inner`` through this breaker (fast path specialised)."""
-        guarded = self._guarded
-        if self._slow_after is not None:
-            # Slowness tracking needs the start time: every call takes the general path.
-            default_state = self._state
-            per_key_ = self._per_key
-            keyed_ = self._keyed
+        """The chain step running ``inner`` through this breaker.
 
-            async def run_general(ctx: Context) -> Any:
-                key = ctx.key
-                st = default_state if key is None or not per_key_ else keyed_(key, ctx)
-                return await guarded(inner, ctx, st)
-
-            return run_general
-
+        One path for every state: ``_admit`` decides (and may refuse) outside the plain
+        closed state, and ``_finish`` records every outcome.
+        """
         default = self._state
         per_key = self._per_key
         keyed = self._keyed
         own = self._classifier
+        admit = self._admit
+        probe = self._probe
         finish = self._finish
-        tripped = self._tripped
-        move = self._move
-        roll = self._roll
-        size = self._size
-        # Module constants as closure variables: cheaper to read than globals.
         closed = CLOSED
+        success = _SUCCESS
         default_classifier = DEFAULT_CLASSIFIER
-        success = _SUCCESS
-        one_call = _CALL
-        exception_verdict = _exception_verdict
+        tracked = self._slow_after is not None  # slowness needs each call's start time
 
-        async def run_timed(ctx: Context) -> Any:
+        async def run(ctx: Context) -> Any:
             key = ctx.key
             st = default if key is None or not per_key else keyed(key, ctx)
-            if st.kind is not closed:
-                return await guarded(inner, ctx, st)
+            kind = st.kind
+            start = 0.0
+            if kind is not closed or tracked:
+                kind, start = admit(st, ctx)
+                if kind is DISABLED:
+                    return await inner(ctx)
+                if kind is HALF_OPEN:
+                    return await probe(inner, ctx, st, start)
             gen = st.gen
             try:
                 result = await inner(ctx)
             except Exception as exc:
-                finish(
-                    st, gen, closed, exception_verdict(own or ctx.classifier, exc, ctx), 0.0, ctx
-                )
+                verdict = _exception_verdict(own or ctx.classifier, exc, ctx)
+                finish(st, gen, kind, verdict, start, ctx)
                 raise
             classifier = own or ctx.classifier
-            if classifier is not default_classifier:
-                verdict = classifier.classify_result(result).verdict
-                if verdict is not success:
-                    finish(st, gen, closed, verdict, 0.0, ctx)
-                    return result
-            if st.gen != gen:
-                finish(st, gen, closed, success, 0.0, ctx)
-                return result
-            # The closed-state success path, inlined: one success in the newest bucket.
-            now = ctx.clock.now()
-            if now >= st.edge:
-                roll(st, now)
-            st.ring[st.pos] += 1
-            st.calls += 1
-            # A success can complete minimum_calls while the failure rate is at its threshold:
-            # that opens the breaker too (this call still returns its result).
-            if st.failures and tripped(st):
-                move(st, OPEN, ctx, now)
+            # The default classifier has no result rules: every returned value is a success.
+            if classifier is default_classifier:
+                finish(st, gen, kind, success, start, ctx)
+            else:
+                finish(st, gen, kind, classifier.classify_result(result).verdict, start, ctx)
             return result
 
-        async def run_counted(ctx: Context) -> Any:
-            key = ctx.key
-            st = default if key is None or not per_key else keyed(key, ctx)
-            if st.kind is not closed:
-                return await guarded(inner, ctx, st)
-            gen = st.gen
-            try:
-                result = await inner(ctx)
-            except Exception as exc:
-                finish(
-                    st, gen, closed, exception_verdict(own or ctx.classifier, exc, ctx), 0.0, ctx
-                )
-                raise
-            classifier = own or ctx.classifier
-            if classifier is not default_classifier:
-                verdict = classifier.classify_result(result).verdict
-                if verdict is not success:
-                    finish(st, gen, closed, verdict, 0.0, ctx)
-                    return result
-            if st.gen != gen:
-                finish(st, gen, closed, success, 0.0, ctx)
-                return result
-            # The closed-state success path, inlined: overwrite the oldest outcome. No clock.
-            ring = st.ring
-            pos = st.pos
-            old = ring[pos]
-            ring[pos] = one_call
-            pos += 1
-            st.pos = 0 if pos == size else pos
-            if old == 0:
-                st.calls += 1
-            elif old != one_call:
-                if old & _FAILED:
-                    st.failures -= 1
-                if old & _SLOW:
-                    st.slow -= 1
-            if st.failures and tripped(st):
-                move(st, OPEN, ctx, ctx.clock.now())
-            return result
+        return run
 
-        return run_timed if self._timed else run_counted
+    def _admit(self, st: _State, ctx: Context) -> tuple[str, float]:
+        """Admit a call outside the plain closed state: ``(state admitted in, start time)``.
 
-    def _direct(self, clock: Clock, classifier: ClassifierLike) -> DirectHooks | None:
-        """Synchronous hooks for a pipeline whose only policy is this breaker (see ``Pipeline``).
-
-        The pipeline awaits the function itself, with no chain step and no ``Context`` unless an
-        outcome needs one. ``enter`` admits a call in the plain closed state (anything else takes
-        the full chain); ``leave`` records a success that cannot change the state (no failure in
-        the window, generation unchanged, a success for the classifier) and otherwise asks for
-        ``complete``, which records it through the general path with a context.
+        Raises:
+            CircuitOpenError: open, forced open, or half-open with every probe slot taken.
         """
-        if self._slow_after is not None:
-            return None  # slowness needs each call's start time: the full chain
-        st = self._state
-        classifier = self._classifier or classifier
-        custom = classifier is not DEFAULT_CLASSIFIER
-        classify_result = classifier.classify_result
-        finish = self._finish
-        roll = self._roll
-        size = self._size
-        closed = CLOSED
-        success = _SUCCESS
-        one_call = _CALL
-        now = clock.now
-
-        def enter() -> int | None:
-            return st.gen if st.kind is closed else None
-
-        def leave_timed(gen: int, result: Any) -> bool:
-            # No failure in the window: one more success cannot open the breaker.
-            if st.failures or st.gen != gen:
-                return False
-            if custom and classify_result(result).verdict is not success:
-                return False
-            t = now()
-            if t >= st.edge:
-                roll(st, t)
-            st.ring[st.pos] += 1
-            st.calls += 1
-            return True
-
-        def leave_counted(gen: int, result: Any) -> bool:
-            if st.failures or st.gen != gen:
-                return False
-            if custom and classify_result(result).verdict is not success:
-                return False
-            # With no failure recorded and slowness not tracked, the overwritten slot is empty
-            # or a plain success.
-            ring = st.ring
-            pos = st.pos
-            if ring[pos] == 0:
-                st.calls += 1
-            ring[pos] = one_call
-            pos += 1
-            st.pos = 0 if pos == size else pos
-            return True
-
-        def complete(gen: int, result: Any, ctx: Context) -> None:
-            verdict = classify_result(result).verdict if custom else success
-            finish(st, gen, closed, verdict, 0.0, ctx)
-
-        def fail(gen: int, exc: Exception, ctx: Context) -> None:
-            finish(st, gen, closed, _exception_verdict(classifier, exc, ctx), 0.0, ctx)
-
-        return enter, leave_timed if self._timed else leave_counted, complete, fail
-
-    async def _guarded(self, call: Call, ctx: Context, st: _State) -> Any:
-        # Every state but a plain closed one, and the closed state when slowness is tracked.
         kind = st.kind
-        start = 0.0
         if kind is OPEN:
             now = ctx.clock.now()
             if now < st.until:
                 raise self._reject(st, ctx, OPEN, st.until - now, now)
             self._move(st, HALF_OPEN, ctx, now)
-            kind = HALF_OPEN
-            start = now
-        elif kind is HALF_OPEN:
+            return HALF_OPEN, now
+        if kind is HALF_OPEN:
             if st.probes + st.calls >= self._half_open_calls:
                 now = ctx.clock.now()
                 if now >= st.until:  # max_half_open passed with probes still out: reopen
                     self._move(st, OPEN, ctx, now)
                     raise self._reject(st, ctx, OPEN, st.until - now, now)
                 raise self._reject(st, ctx, HALF_OPEN, self._open_for, now)
-            if self._slow_after is not None:
-                start = ctx.clock.now()
         elif kind is FORCED_OPEN:
             raise self._reject(st, ctx, FORCED_OPEN, None, None)
         elif kind is DISABLED:
-            return await call(ctx)
-        elif self._slow_after is not None:
-            start = ctx.clock.now()
+            return kind, 0.0
+        # closed with slowness tracked, forced closed, or a probe: the start time if needed
+        return kind, ctx.clock.now() if self._slow_after is not None else 0.0
+
+    async def _probe(self, call: Call, ctx: Context, st: _State, start: float) -> Any:
+        # A half-open probe. Its slot is given back however it ends: the finally runs for a
+        # success, a failure, a neutral outcome, a cancellation or any other BaseException. A
+        # recorded outcome uses the slot up (st.calls); a neutral one frees it for another.
         classifier = self._classifier or ctx.classifier
         gen = st.gen
-        if kind is not HALF_OPEN:  # closed (slowness tracked) or forced closed
-            try:
-                result = await call(ctx)
-            except Exception as exc:
-                self._finish(st, gen, kind, _exception_verdict(classifier, exc, ctx), start, ctx)
-                raise
-            self._finish(st, gen, kind, classifier.classify_result(result).verdict, start, ctx)
-            return result
-        # A probe. Its slot is given back however it ends: the finally runs for a success, a
-        # failure, a neutral outcome, a cancellation or any other BaseException. A recorded
-        # outcome uses the slot up (st.calls); a neutral one frees it for another probe.
         st.probes += 1
         try:
             try:
                 result = await call(ctx)
             except Exception as exc:
-                self._finish(st, gen, kind, _exception_verdict(classifier, exc, ctx), start, ctx)
+                verdict = _exception_verdict(classifier, exc, ctx)
+                self._finish(st, gen, HALF_OPEN, verdict, start, ctx)
                 raise
-            self._finish(st, gen, kind, classifier.classify_result(result).verdict, start, ctx)
+            self._finish(st, gen, HALF_OPEN, classifier.classify_result(result).verdict, start, ctx)
             return result
         finally:
             if st.gen == gen:  # after a transition the slots were renewed: not ours to free
@@ -680,22 +565,29 @@ class CircuitBreaker(PolicyDecorator):
         if slow_after is not None and now - start > slow_after:
             code |= _SLOW
         if kind is HALF_OPEN:
-            st.calls += 1
-            if code & _FAILED:
-                st.failures += 1
-            if code & _SLOW:
-                st.slow += 1
-            if self._probes_failed(st):
-                self._move(st, OPEN, ctx, now)
-            elif st.calls >= self._half_open_calls:
-                self._move(st, CLOSED, ctx, now)
+            self._judge_probe(st, code, ctx, now)
             return
         if self._timed:
             self._record_timed(st, code, now)
         else:
             self._record_count(st, code)
-        if current and kind is CLOSED and self._tripped(st):
+        # Only a window holding failures (or slow calls) can trip: a success that completes
+        # minimum_calls at the threshold opens the breaker too (that call keeps its result).
+        if current and kind is CLOSED and (st.failures or st.slow) and self._tripped(st):
             self._move(st, OPEN, ctx, now if timed else ctx.clock.now())
+
+    def _judge_probe(self, st: _State, code: int, ctx: Context, now: float) -> None:
+        # A half-open probe's outcome: reopen as soon as the probes' verdict is a failure,
+        # close once every planned probe succeeded.
+        st.calls += 1
+        if code & _FAILED:
+            st.failures += 1
+        if code & _SLOW:
+            st.slow += 1
+        if self._probes_failed(st):
+            self._move(st, OPEN, ctx, now)
+        elif st.calls >= self._half_open_calls:
+            self._move(st, CLOSED, ctx, now)
 
     def _tripped(self, st: _State) -> bool:
         calls = st.calls

@@ -89,7 +89,7 @@ class Fallback(PolicyDecorator):
 
     # It waits for nothing of its own (the handler is the user's code): an outer Timeout may
     # leave the timing to an inner one.
-    _deadline_aware: ClassVar[bool] = True
+    deadline_aware: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import inspect
 import logging
@@ -24,7 +25,7 @@ from ._classify import (
     as_classifier,
     default_exception_verdict,
 )
-from ._clock import SystemClock
+from ._clock import SystemClock, Timer, call_at, current_loop
 from ._context import Context
 from ._events import AttemptEnded, AttemptStarted, BudgetRefused, Event, error_type
 from ._exceptions import ConfigurationError
@@ -40,12 +41,6 @@ _TRANSIENT: Final = Verdict.TRANSIENT
 _REJECTED: Final = Verdict.REJECTED
 _INF: Final = math.inf
 _ADAPTIVE: Final = "adaptive"
-
-_sniffio: Any
-try:  # trio names itself in sniffio's thread-local while it runs (anyio depends on sniffio)
-    from sniffio import thread_local as _sniffio
-except ImportError:  # pragma: no cover - without sniffio there is no trio either
-    _sniffio = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -196,18 +191,18 @@ class LatencyHistogram:
         return self._cap
 
 
-def race_verdict(hedge: Hedge, ctx: Context, error: Exception) -> Verdict:
-    """The verdict of an exception under the hedge's classifier (else the call's)."""
+def race_verdict(
+    hedge: Hedge, ctx: Context, error: Exception | None, result: object = None
+) -> Verdict:
+    """The verdict of an outcome under the hedge's classifier (else the call's)."""
     classifier = hedge._classifier or ctx.classifier
+    if error is None:
+        if classifier is DEFAULT_CLASSIFIER:
+            return _SUCCESS  # it has no result rules: every returned value is a success
+        return classifier.classify_result(result).verdict
     if classifier is DEFAULT_CLASSIFIER:
         return default_exception_verdict(error).verdict
     return classifier.classify_exception(error).verdict
-
-
-def result_verdict(hedge: Hedge, ctx: Context, result: object) -> Verdict:
-    """The verdict of a returned value under the hedge's classifier (else the call's)."""
-    classifier = hedge._classifier or ctx.classifier
-    return classifier.classify_result(result).verdict
 
 
 class _Default:
@@ -226,9 +221,10 @@ class _Round:
 
     Two ways to run a round share this state. The general one (any clock, asyncio or trio)
     runs every attempt in a task group and waits on ``done``. The inline one (asyncio with the
-    system clock, the common case) runs the original in the caller's own task and arms a loop
-    timer that starts hedges as tasks only if the delay passes: a call answered within the
-    delay costs a timer, not a task and a trip through the event loop.
+    system clock, the common case) runs the original in the caller's own task and arms a timer
+    of ``resilient.timers`` that starts hedges as tasks only if the delay passes: a call
+    answered within the delay costs a timer (a dict insert and delete), not a task and a trip
+    through the event loop. Until the delay passes, only the first group of fields is set.
     """
 
     __slots__ = (
@@ -238,6 +234,7 @@ class _Round:
         "cancelling",
         "classify_exception",
         "classify_result",
+        "context",
         "ctx",
         "deadline",
         "deadline_source",
@@ -247,18 +244,18 @@ class _Round:
         "error",
         "failed",
         "finished",
-        "handle",
         "hedge",
         "hedges",
         "host",
         "host_cancelled",
         "kind",
-        "loop",
+        "launched",
         "original_running",
         "pending",
         "result",
         "started",
         "tasks",
+        "timer",
         "verdict",
         "waiter",
     )
@@ -268,15 +265,6 @@ class _Round:
         self.call = call
         self.ctx = ctx
         self.delay = delay
-        classifier = hedge._classifier
-        if classifier is None:
-            classifier = ctx.classifier
-        self.classify_result = classifier.classify_result
-        self.classify_exception = (
-            default_exception_verdict
-            if classifier is DEFAULT_CLASSIFIER
-            else classifier.classify_exception
-        )
         # The original runs on `ctx` itself and inner policies change it while it runs (an
         # attempt Timeout tightens the deadline): hedges start from the call's state as it is
         # now, not as the original's attempt left it.
@@ -284,6 +272,24 @@ class _Round:
         self.deadline_source = ctx.deadline_source
         self.deadline_timeout = ctx.deadline_timeout
         self.attempt_number = ctx.attempt
+        self.launched = False  # the delay passed (prepare() ran)
+        self.original_running = False  # inline: the original runs in the caller's task
+        self.host_cancelled = False  # inline: a hedge won and cut the original
+        self.timer: Timer | None = None
+        self.done: anyio.Event | None = None  # the general way's signal
+
+    def prepare(self) -> None:
+        """The rest of the state, once the round may have more than one attempt."""
+        self.launched = True
+        classifier = self.hedge._classifier
+        if classifier is None:
+            classifier = self.ctx.classifier
+        self.classify_result = classifier.classify_result
+        self.classify_exception = (
+            default_exception_verdict
+            if classifier is DEFAULT_CLASSIFIER
+            else classifier.classify_exception
+        )
         self.started = 1  # attempts started, the original included
         self.pending = 1  # attempts still running
         self.hedges = 0
@@ -294,14 +300,8 @@ class _Round:
         self.error: Exception | None = None
         self.verdict: Verdict = _TRANSIENT
         self.kind = "none"
-        self.done: anyio.Event | None = None  # general way
-        self.loop: asyncio.AbstractEventLoop | None = None  # inline way, from here on
-        self.host: asyncio.Task[Any] | None = None
         self.waiter: asyncio.Future[None] | None = None
-        self.handle: asyncio.TimerHandle | None = None
         self.tasks: list[asyncio.Task[None]] = []
-        self.original_running = False
-        self.host_cancelled = False
         self.cancelling = 0
 
     # -- shared ------------------------------------------------------------------------------
@@ -393,32 +393,33 @@ class _Round:
             self.cut(ctx, started)
             raise
         try:
-            await self.settle(ctx, number, kind, started, result, error)
+            await self.settle(ctx, (number, kind, started), result, error)
         finally:
             error = None  # no reference cycle through this frame's traceback
 
-    async def settle(  # noqa: PLR0917 - internal, called twice
+    def classify(self, result: Any, error: Exception | None) -> tuple[Any, Any, Verdict]:
+        """(result, error, verdict) of an outcome; a broken classifier's error is the
+        outcome then (raised as is, never wrapped in an exception group)."""
+        try:
+            if error is None:
+                return result, None, self.classify_result(result).verdict
+            return None, error, self.classify_exception(error).verdict
+        except Exception as exc:
+            return None, exc, Verdict.FAILURE
+
+    async def settle(
         self,
         ctx: Context,
-        number: int,
-        kind: str,
-        started: float,
+        attempt: tuple[int, str, float],
         result: Any,
         error: Exception | None,
     ) -> None:
-        """Classify an attempt's outcome; decide the call if it is acceptable."""
+        """Classify an attempt's outcome (number, kind, start); decide the call if it is
+        acceptable."""
+        number, kind, started = attempt
         hedge = self.hedge
         self.pending -= 1
-        try:
-            if error is None:
-                classification = self.classify_result(result)
-            else:
-                classification = self.classify_exception(error)
-            verdict = classification.verdict
-        except Exception as exc:
-            # A broken classifier: its error is the call's outcome, raised as is (never
-            # wrapped in an exception group by a task group).
-            result, error, verdict = None, exc, Verdict.FAILURE
+        result, error, verdict = self.classify(result, error)
         now = ctx.clock.now()
         latency = hedge._latency
         if latency is not None and verdict is not _REJECTED:
@@ -441,29 +442,34 @@ class _Round:
             # Another attempt already won (both ended in the same instant).
             if error is None:
                 await hedge._discard(result)
-            return
-        if verdict is _TRANSIENT or verdict is _REJECTED:
-            # One attempt failing lets the others go on; the round keeps the most useful
-            # failure to report: a dependency's own answer over a refusal of ours.
-            if self.verdict is _REJECTED or verdict is _TRANSIENT or self.kind == "none":
-                previous = self.result if self.error is None else None
-                self.result, self.error, self.verdict, self.kind = result, error, verdict, kind
-                if previous is not None:
-                    await hedge._discard(previous)
-            elif error is None:
-                await hedge._discard(result)
-            if self.pending == 0:
-                self.failed = True
-                self.decided()
-            return
-        # SUCCESS, CLIENT_ERROR (the caller's fault: another attempt would not help) or
-        # FAILURE (retrying cannot fix it): this outcome is the call's.
-        previous = self.result if self.error is None else None
-        self.finished = True
-        self.result, self.error, self.verdict, self.kind = result, error, verdict, kind
-        if previous is not None:
-            await hedge._discard(previous)
-        self.decided()
+        elif verdict is _TRANSIENT or verdict is _REJECTED:
+            await self.failure(kind, result, error, verdict)
+        else:
+            # SUCCESS, CLIENT_ERROR (the caller's fault: another attempt would not help) or
+            # FAILURE (retrying cannot fix it): this outcome is the call's.
+            previous = self.result if self.error is None else None
+            self.finished = True
+            self.result, self.error, self.verdict, self.kind = result, error, verdict, kind
+            if previous is not None:
+                await hedge._discard(previous)
+            self.decided()
+
+    async def failure(
+        self, kind: str, result: Any, error: Exception | None, verdict: Verdict
+    ) -> None:
+        """One attempt failed: the others go on. The round keeps the most useful failure to
+        report: a dependency's own answer over a refusal of ours."""
+        hedge = self.hedge
+        if self.verdict is _REJECTED or verdict is _TRANSIENT or self.kind == "none":
+            previous = self.result if self.error is None else None
+            self.result, self.error, self.verdict, self.kind = result, error, verdict, kind
+            if previous is not None:
+                await hedge._discard(previous)
+        elif error is None:
+            await hedge._discard(result)
+        if self.pending == 0:
+            self.failed = True
+            self.decided()
 
     def decided(self) -> None:
         """The call's outcome is known: wake whoever waits for it."""
@@ -489,9 +495,8 @@ class _Round:
         if budget is not None and (verdict is _SUCCESS or verdict is _CLIENT_ERROR):
             budget.record_success(ctx.clock.now())
         if self.hedges and ctx.listening:
-            if not self.finished:
-                winner = "none"
-            else:
+            winner = "none"
+            if self.finished:
                 winner = "hedge" if self.kind == "hedge" else "original"
             ctx.emit(
                 HedgeEnded(
@@ -518,20 +523,61 @@ class _Round:
 
     # -- the inline way (asyncio, system clock) ---------------------------------------------
 
+    host: asyncio.Task[Any]
+    context: contextvars.Context
+
     def launch(self) -> None:
-        """Loop timer: the delay passed without an answer; start a hedge if allowed."""
-        self.handle = None
-        if self.finished or self.failed:
+        """Timer: the delay passed without an answer; start a hedge if allowed."""
+        self.timer = None
+        if not self.launched:
+            self.prepare()
+        elif self.finished or self.failed:
             return
         now = self.ctx.clock.now()
         if not self.may_hedge(now):
             return
         twin = self.twin(now)
-        loop = self.loop
-        assert loop is not None
-        self.tasks.append(loop.create_task(self.attempt(twin, self.started)))
+        task = self.host.get_loop().create_task(
+            self.attempt(twin, self.started), context=self.context
+        )
+        self.tasks.append(task)
         if self.hedges < self.hedge._max_hedges:
-            self.handle = loop.call_later(self.delay, self.launch)
+            self.timer = call_at(now + self.delay, self.launch)
+
+    def our_cut(self, ctx: Context, started: float) -> bool:
+        """The original ended in a cancellation: whether it was ours (a hedge won)."""
+        self.original_running = False
+        ours = self.host_cancelled and self.host.uncancel() <= self.cancelling
+        self.cut(ctx, started)
+        return ours
+
+    async def after_original(self, ctx: Context, started: float, result: Any, error: Any) -> Any:
+        """The original ended (without being cut) after the delay passed: settle it and
+        wait, if need be, for the hedges."""
+        self.original_running = False
+        if self.host_cancelled:
+            # A hedge won while the original was ending, and the original swallowed the
+            # cancellation: balance it; the winner's outcome stands.
+            self.host.uncancel()
+            if error is None:
+                await self.hedge._discard(result)
+        elif self.hedges == 0:
+            # The delay passed but no hedge could start (budget, deadline).
+            if error is not None:
+                raise error
+            return result
+        else:
+            await self.settle(ctx, (1, ctx.attempt_kind, started), result, error)
+            result = error = None
+            if not (self.finished or self.failed):
+                self.waiter = self.host.get_loop().create_future()
+                try:
+                    await self.waiter
+                except BaseException:
+                    await self.wind_up()
+                    raise
+        await self.wind_up()
+        return self.outcome()
 
     async def wind_up(self) -> None:
         """Stop the timer, cancel the hedges still running and wait until they have ended.
@@ -539,10 +585,10 @@ class _Round:
         Waits even when the caller is cancelled meanwhile (then re-raises): a hedge's inner
         policies release what they hold before the call returns.
         """
-        handle = self.handle
-        if handle is not None:
-            handle.cancel()
-            self.handle = None
+        timer = self.timer
+        if timer is not None:
+            timer.cancel()
+            self.timer = None
         running = [task for task in self.tasks if not task.done()]
         for task in running:
             task.cancel()
@@ -553,105 +599,11 @@ class _Round:
             except BaseException as exc:
                 interrupted = exc
             running = [task for task in running if not task.done()]
-        for task in self.tasks:
-            if not task.cancelled():
-                task.exception()  # retrieved: a hedge's own bug is logged by its settle
         if interrupted is not None:
             try:
                 raise interrupted
             finally:
                 interrupted = None
-
-
-# A call answered within the delay must not pay for a loop timer of its own (a TimerHandle,
-# a context copy, a heap push, and a cancelled handle left in the heap). A Hedge's calls on one
-# loop share a *lane*: an insertion-ordered dict of the calls waiting for their delay, and one
-# loop timer armed at the earliest. With a fixed delay the calls' fire times never decrease in
-# insertion order, so the timer only looks at the head; an adaptive delay that shrinks breaks
-# the order until the lane empties, and the timer then scans every waiting call.
-_Waiting = tuple[float, "asyncio.Task[Any]", Context, Call, float, float, float, str, float, int]
-"""(fire at, caller's task, ctx, call, started, delay, deadline, deadline source, deadline
-timeout, attempt) of a call whose original runs in the caller's task."""
-
-
-@final
-class _Lane:
-    """The calls of one Hedge on one asyncio loop waiting for their delay to pass."""
-
-    __slots__ = (
-        "armed",
-        "handle",
-        "hedge",
-        "launched",
-        "loop",
-        "next",
-        "ordered",
-        "tail",
-        "waiting",
-    )
-
-    def __init__(self, hedge: Hedge, loop: asyncio.AbstractEventLoop) -> None:
-        self.hedge = hedge
-        self.loop = loop
-        self.waiting: dict[int, _Waiting] = {}
-        self.launched: dict[int, _Round] = {}  # calls whose delay passed, until they end
-        self.next = 0
-        self.tail = -math.inf  # the latest fire time inserted since the lane was empty
-        self.ordered = True
-        self.handle: asyncio.TimerHandle | None = None
-        self.armed = math.inf
-
-    def add(self, entry: _Waiting) -> int:
-        key = self.next
-        self.next = key + 1
-        at = entry[0]
-        if at < self.tail:
-            self.ordered = False
-        else:
-            self.tail = at
-        self.waiting[key] = entry
-        if at < self.armed:
-            self.arm(at, entry[2].clock.now())
-        return key
-
-    def arm(self, at: float, now: float) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-        self.armed = at
-        self.handle = self.loop.call_later(at - now, self.fire)
-
-    def fire(self) -> None:
-        self.handle = None
-        self.armed = math.inf
-        waiting = self.waiting
-        if not waiting:
-            return
-        now = next(iter(waiting.values()))[2].clock.now()
-        due = []
-        for key, entry in waiting.items():
-            if entry[0] <= now:
-                due.append(key)
-            elif self.ordered:
-                break
-        for key in due:
-            _, host, ctx, call, _, delay, deadline, source, timeout, attempt = waiting.pop(key)
-            race = _Round(self.hedge, call, ctx, delay)
-            race.deadline, race.deadline_source, race.deadline_timeout = deadline, source, timeout
-            race.attempt_number = attempt
-            race.loop = self.loop
-            race.host = host
-            race.original_running = True
-            self.launched[key] = race
-            race.launch()
-        if waiting:
-            if self.ordered:
-                head = next(iter(waiting.values()))[0]
-            else:
-                head = min(entry[0] for entry in waiting.values())
-            self.arm(head, now)
-        else:
-            self.tail = -math.inf
-            self.ordered = True
 
 
 @final
@@ -710,7 +662,6 @@ class Hedge(PolicyDecorator):
         "_classifier",
         "_delay",
         "_deposit",
-        "_lane",
         "_latency",
         "_max_hedges",
         "_on_discard",
@@ -719,7 +670,7 @@ class Hedge(PolicyDecorator):
 
     # Its own waits end when its attempts end, and it starts no hedge past ctx.deadline: an
     # outer Timeout may leave the timing to an inner one.
-    _deadline_aware: ClassVar[bool] = True
+    deadline_aware: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -765,7 +716,6 @@ class Hedge(PolicyDecorator):
         self._classifier = as_classifier("Hedge.classify", classify)
         self._on_discard = check.optional(check.callable_, "Hedge.on_discard", on_discard)
         self.name = check.name("Hedge.name", name)
-        self._lane: _Lane | None = None
 
     @property
     def delay(self) -> float:
@@ -796,7 +746,7 @@ class Hedge(PolicyDecorator):
         now = clock.now()
         budget = self._budget
         if budget is not None and self._deposit and ctx.attempt == 1:
-            budget.deposit(now)
+            budget.record_call(clock.now)
         latency = self._latency
         delay = self._delay if latency is None else latency.delay()
         if now + delay >= ctx.deadline:
@@ -805,8 +755,10 @@ class Hedge(PolicyDecorator):
             if latency is None:
                 return await call(ctx)
             return await self._timed(call, ctx, now)
-        if type(clock) is SystemClock and (_sniffio is None or _sniffio.name != "trio"):
-            return await self._inline(call, ctx, delay, now)
+        if type(clock) is SystemClock:
+            loop = current_loop()
+            if loop is not None:
+                return await self._inline(call, ctx, delay, now, loop)
         return await self._grouped(call, ctx, delay)
 
     async def _timed(self, call: Call, ctx: Context, started: float) -> Any:
@@ -821,104 +773,68 @@ class Hedge(PolicyDecorator):
         latency.record(clock.now() - started)
         return result
 
-    async def _inline(self, call: Call, ctx: Context, delay: float, started: float) -> Any:
+    async def _inline(
+        self,
+        call: Call,
+        ctx: Context,
+        delay: float,
+        started: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> Any:
         """asyncio, system clock: the original in this task, hedges as tasks if needed."""
-        loop = asyncio.get_running_loop()
-        lane = self._lane
-        if lane is None or lane.loop is not loop:
-            if lane is not None and (lane.waiting or lane.launched):
-                # Another loop is using this Hedge right now (threads): the general way.
-                return await self._grouped(call, ctx, delay)
-            if lane is not None and lane.handle is not None:
-                lane.handle.cancel()
-            self._lane = lane = _Lane(self, loop)
+        race = _Round(self, call, ctx, delay)
         host = asyncio.current_task(loop)
         assert host is not None
-        key = lane.add(
-            (
-                started + delay,
-                host,
-                ctx,
-                call,
-                started,
-                delay,
-                ctx.deadline,
-                ctx.deadline_source,
-                ctx.deadline_timeout,
-                ctx.attempt,
-            )
-        )
-        waiting = lane.waiting
-        result: Any = None
-        error: Exception | None = None
+        race.host = host
+        # Hedges run in the caller's context variables as they are now (the timer's callback
+        # runs in an empty context).
+        race.context = contextvars.copy_context()
+        race.original_running = True
+        timer = race.timer = call_at(started + delay, race.launch)
         try:
-            try:
-                result = await call(ctx)
-            except Exception as exc:
-                error = exc
-            except BaseException:
-                if waiting.pop(key, None) is not None:
-                    raise  # cancelled before its delay passed: nothing else runs
-                race = lane.launched.pop(key)
-                race.original_running = False
-                if race.host_cancelled and host.uncancel() <= race.cancelling:
-                    # Our own cut: a hedge won. Its outcome is the call's.
-                    race.cut(ctx, started)
-                    await race.wind_up()
-                    return race.outcome()
-                # The caller's cancellation (or an interrupt): every attempt goes.
-                race.cut(ctx, started)
-                await race.wind_up()
-                raise
-            if waiting.pop(key, None) is not None:
-                # The common case: answered before its delay passed.
-                latency = self._latency
-                if latency is not None and (
-                    error is None or race_verdict(self, ctx, error) is not _REJECTED
-                ):
-                    latency.record(ctx.clock.now() - started)
-                if error is not None:
-                    raise error
-                budget = self._budget
-                if budget is not None and (
-                    (self._classifier is None and ctx.classifier is DEFAULT_CLASSIFIER)
-                    or result_verdict(self, ctx, result) is _SUCCESS
-                ):
-                    budget.record_success(ctx.clock.now())
-                return result
-            race = lane.launched.pop(key)
-            race.original_running = False
-            if race.host_cancelled:
-                # A hedge won while the original was ending, and the original swallowed
-                # the cancellation: balance it; the winner's outcome stands.
-                host.uncancel()
-                if error is None:
-                    await self._discard(result)
-                await race.wind_up()
+            result = await call(ctx)
+        except Exception as exc:
+            timer.cancel()
+            if race.launched:
+                return await race.after_original(ctx, started, None, exc)
+            self._answered(ctx, started, None, exc)
+            raise
+        except BaseException:
+            timer.cancel()
+            if not race.launched:
+                raise  # cancelled before its delay passed: nothing else runs
+            if race.our_cut(ctx, started):
+                await race.wind_up()  # a hedge won: its outcome is the call's
                 return race.outcome()
-            if race.hedges == 0:
-                # The delay passed but no hedge could start (budget, deadline).
-                if error is not None:
-                    raise error
-                return result
-            await race.settle(ctx, 1, ctx.attempt_kind, started, result, error)
-            result = error = None
-            if not (race.finished or race.failed):
-                race.waiter = loop.create_future()
-                try:
-                    await race.waiter
-                except BaseException:
-                    await race.wind_up()
-                    raise
-            await race.wind_up()
-            return race.outcome()
-        finally:
-            error = None  # no reference cycle through this frame's traceback
+            await race.wind_up()  # the caller's cancellation: every attempt goes
+            raise
+        timer.cancel()
+        if race.launched:
+            return await race.after_original(ctx, started, result, None)
+        self._answered(ctx, started, result, None)
+        return result
+
+    def _answered(self, ctx: Context, started: float, result: Any, error: Any) -> None:
+        """The common case's bookkeeping: answered before the delay passed."""
+        latency = self._latency
+        if latency is not None and (
+            error is None or race_verdict(self, ctx, error) is not _REJECTED
+        ):
+            latency.record(ctx.clock.now() - started)
+        budget = self._budget
+        if (
+            error is None
+            and budget is not None
+            and budget.refilling
+            and race_verdict(self, ctx, None, result) is _SUCCESS
+        ):
+            budget.record_success(ctx.clock.now())
 
     async def _grouped(self, call: Call, ctx: Context, delay: float) -> Any:
         """Any clock and backend: every attempt in a task group."""
         clock = ctx.clock
         race = _Round(self, call, ctx, delay)
+        race.prepare()
         race.done = anyio.Event()
         async with anyio.create_task_group() as group:
             group.start_soon(race.attempt, ctx, 1)

@@ -4,6 +4,12 @@ Keys often come from outside (a host name, a client address), so the number of e
 bounded: the least recently used entry is evicted when a new key would exceed ``max_keys``,
 and entries unused for ``idle_ttl`` seconds are dropped as new keys arrive. Memory therefore
 stays bounded whatever keys an attacker chooses.
+
+Every operation is O(1) whatever ``max_keys`` is: the entries are an ``OrderedDict`` in least
+recently used order (a hit is ``move_to_end``, the bound is ``popitem(last=False)``), and idle
+eviction looks at no more than ``SWEEP`` of the oldest entries per new key. Each new key adds
+one entry and may drop up to ``SWEEP``, so idle entries still drain faster than keys arrive:
+the work is amortized and never a scan of the whole map on a request.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from . import _validate as check
 __all__ = ["BoundedKeyMap"]
 
 V = TypeVar("V")
+
+SWEEP = 2
+"""The most idle entries examined when a new key arrives (amortized idle eviction)."""
 
 
 @final
@@ -93,12 +102,21 @@ class BoundedKeyMap(Generic[V]):
         entries = self._entries
         ttl = self._idle_ttl
         if ttl is not None:
-            for key in list(entries):  # oldest first
+            evictable = self._evictable
+            for _ in range(SWEEP):
+                if not entries:
+                    break
+                key = next(iter(entries))  # the least recently used: O(1) on an OrderedDict
                 entry = entries[key]
                 if now - entry.last < ttl:
                     break
-                if self._evictable is None or self._evictable(entry.value):
+                if evictable is None or evictable(entry.value):
                     del entries[key]
+                else:
+                    # Idle by the clock but busy (a bulkhead with calls in flight): it counts
+                    # as used now, so the sweep moves on instead of meeting it on every insert.
+                    entry.last = now
+                    entries.move_to_end(key)
         while len(entries) >= self._max_keys:
             entries.popitem(last=False)
 

@@ -15,7 +15,7 @@ from ._context import Context, default_random
 from ._events import CallObserver, Listener, report_listener_error
 from ._exceptions import ConfigurationError
 
-__all__ = ["Call", "Pipeline", "Policy"]
+__all__ = ["Call", "ComposablePolicy", "Pipeline", "Policy", "compose", "deadline_aware"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -31,6 +31,17 @@ class Policy(Protocol):
 
     Implementations catch ``Exception``, never ``BaseException``: cancellation always
     propagates untouched.
+
+    Two optional members let the pipeline specialise a policy when it is built; the built-in
+    policies use nothing else (see docs/pipeline.md, "Writing a policy"):
+
+    - ``compose(inner, after) -> Call`` (``ComposablePolicy``): the step to place in the
+      chain around ``inner``. Called once, when a pipeline is built, with ``after`` the
+      policies that run inside this one (nested pipelines included). Without it the step is
+      ``functools.partial(policy.execute, inner)``.
+    - ``deadline_aware: bool`` (a class attribute): ``True`` promises that every wait the
+      policy does (sleeps, queues) is bounded by ``ctx.deadline``. An outer ``Timeout`` then
+      lets an inner ``Timeout`` arm the only timer of the attempt.
     """
 
     name: str
@@ -38,19 +49,19 @@ class Policy(Protocol):
     async def execute(self, call: Call, ctx: Context, /) -> Any: ...
 
 
-DirectHooks = tuple[
-    Callable[[], Any],
-    Callable[[Any, Any], bool],
-    Callable[[Any, Any, Context], None],
-    Callable[[Any, Exception, Context], None],
-]
-"""What a policy's optional ``_direct(clock, classifier)`` returns: ``(enter, leave, complete,
-fail)``, synchronous hooks that let a pipeline whose only policy it is await the function
-itself. ``enter()`` returns a token, or ``None`` to run the full chain; after the function
-returned, ``leave(token, result)`` returns whether it handled the outcome, and if not the
-pipeline calls ``complete(token, result, ctx)``; when it raised an ``Exception``, the pipeline
-calls ``fail(token, exc, ctx)`` and re-raises. A ``BaseException`` (cancellation) calls nothing:
-a policy offering hooks holds nothing that would need releasing."""
+@runtime_checkable
+class ComposablePolicy(Policy, Protocol):
+    """A ``Policy`` that builds its own chain step once, when a pipeline is composed."""
+
+    def compose(self, inner: Call, after: tuple[Policy, ...], /) -> Call:
+        """The step running ``inner`` under this policy (``after``: the policies inside)."""
+        ...
+
+
+def deadline_aware(policy: object) -> bool:
+    """Whether ``policy`` promises that its waits are bounded by ``ctx.deadline``."""
+    return getattr(policy, "deadline_aware", False) is True
+
 
 ObserverFactory = Callable[["Pipeline"], CallObserver | None]
 _observer_factory: ObserverFactory | None = None
@@ -68,17 +79,20 @@ def _invoke(ctx: Context) -> Awaitable[Any]:
     return ctx.fn(*ctx.args, **ctx.kwargs)  # type: ignore[misc,no-any-return]
 
 
-def _bind(policy: Policy, inner: Call, later: tuple[Policy, ...]) -> Call:
-    bind = getattr(policy, "_bind", None)
-    if bind is not None:
-        return bind(inner, later)  # type: ignore[no-any-return]
-    return functools.partial(policy.execute, inner)
+def compose(policies: tuple[Policy, ...], innermost: Call, after: tuple[Policy, ...] = ()) -> Call:
+    """The chain running ``innermost`` under ``policies`` (outermost first), built once.
 
-
-def _compose(policies: tuple[Policy, ...], innermost: Call) -> Call:
+    Each policy is asked for its step by ``compose(inner, after)`` when it has one, with the
+    policies that run inside it (``after`` extends that list beyond ``policies``).
+    """
     call = innermost
     for index in range(len(policies) - 1, -1, -1):
-        call = _bind(policies[index], call, policies[index + 1 :])
+        policy = policies[index]
+        own = getattr(policy, "compose", None)
+        if own is None:
+            call = functools.partial(policy.execute, call)
+        else:
+            call = own(call, policies[index + 1 :] + after)
     return call
 
 
@@ -128,13 +142,11 @@ class Pipeline:
         "_chain",
         "_classifier",
         "_clock",
-        "_hooks",
         "_listeners",
         "_name",
         "_observer",
         "_policies",
         "_random",
-        "_recording",
         "name",
     )
 
@@ -199,21 +211,8 @@ class Pipeline:
             )
         self._observer = observer
         self._chain: Call | None = (
-            _compose(self._policies, _invoke) if self._policies or observer is not None else None
+            compose(self._policies, _invoke) if self._policies or observer is not None else None
         )
-        # One policy offering synchronous hooks, and nobody observing calls: `call()` and
-        # `wrap()` await the function themselves and build a Context only when an outcome
-        # needs one (about half the cost of a single-policy pipeline). With telemetry on,
-        # that holds while the observer says nothing would be recorded (no OpenTelemetry SDK
-        # configured): its `recording()` probe is checked on every call.
-        self._hooks: DirectHooks | None = None
-        self._recording: Callable[[], bool] | None = None
-        if len(self._policies) == 1 and not listeners:
-            direct = getattr(self._policies[0], "_direct", None)
-            recording = None if observer is None else getattr(observer, "recording", None)
-            if direct is not None and (observer is None or callable(recording)):
-                self._hooks = direct(self._clock, self._classifier)
-                self._recording = recording
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -262,20 +261,6 @@ class Pipeline:
             self._observer,
         )
 
-    def _quiet_context(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: Mapping[str, Any],
-        operation: str | None,
-    ) -> Context:
-        # The context the direct path builds when an outcome needs one: nobody observes the
-        # call (no listener; an observer, if any, records nothing), so no event is built.
-        ctx = self.context(fn, args, kwargs, operation=operation)
-        ctx.observer = None
-        ctx.listening = False
-        return ctx
-
     async def run(self, ctx: Context) -> Any:
         """Run the whole chain for a prepared ``ctx`` (see ``context()``)."""
         chain = self._chain
@@ -316,19 +301,6 @@ class Pipeline:
         chain = self._chain
         if chain is None:
             return await fn(*args, **kwargs)
-        direct = self._hooks
-        if direct is not None and (self._recording is None or not self._recording()):
-            enter, leave, complete, fail = direct
-            token = enter()
-            if token is not None:
-                try:
-                    value: T = await fn(*args, **kwargs)
-                except Exception as exc:
-                    fail(token, exc, self._quiet_context(fn, args, kwargs, None))
-                    raise
-                if not leave(token, value):
-                    complete(token, value, self._quiet_context(fn, args, kwargs, None))
-                return value
         ctx = Context(
             self._name,
             getattr(fn, "__qualname__", None) or "call",
@@ -395,15 +367,30 @@ class Pipeline:
             return staticmethod(self.wrap(fn.__func__))
         return _wrap(self, fn, f"Pipeline({self._name!r}).wrap")
 
+    @property
+    def deadline_aware(self) -> bool:
+        """A pipeline keeps the promise when every one of its policies does."""
+        return all(deadline_aware(policy) for policy in self._policies)
+
+    def compose(self, inner: Call, after: tuple[Policy, ...], /) -> Call:
+        """This pipeline's policies around ``inner``, composed once into the outer chain.
+
+        A pipeline nested in a pipeline adds no step of its own: its policies join the outer
+        chain as if they were listed there (its name, clock, telemetry and listeners are the
+        outer pipeline's for those calls).
+        """
+        return compose(self._policies, inner, after)
+
     async def execute(self, call: Call, ctx: Context, /) -> Any:
-        """Run this pipeline's policies around ``call`` inside another pipeline's call."""
-        if not self._policies:
-            return await call(ctx)
-        return await _compose(self._policies, call)(ctx)
+        """Run this pipeline's policies around ``call`` (composing them on every use).
+
+        Inside another pipeline ``compose`` is used instead, once.
+        """
+        return await compose(self._policies, call)(ctx)
 
     def __repr__(self) -> str:
-        inner = ", ".join(type(p).__name__ for p in self._policies)
-        return f"Pipeline({inner}, name={self._name!r})"
+        inner = "".join(f"{p!r}, " for p in self._policies)
+        return f"Pipeline({inner}name={self._name!r})"
 
 
 class PolicyDecorator:
@@ -481,27 +468,4 @@ def _wrap(pipeline: Pipeline, fn: Callable[P, Awaitable[T]], where: str) -> Any:
             result = await observed(chain, ctx)
         return result
 
-    direct = pipeline._hooks
-    if direct is None:
-        return wrapper
-    enter, leave, complete, fail = direct
-    recording = pipeline._recording
-    quiet_context = pipeline._quiet_context
-
-    @functools.wraps(fn)
-    async def direct_wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        if recording is None or not recording():
-            token = enter()
-            if token is not None:
-                try:
-                    result: T = await fn(*args, **kwargs)
-                except Exception as exc:
-                    fail(token, exc, quiet_context(fn, args, kwargs, operation))
-                    raise
-                if not leave(token, result):
-                    complete(token, result, quiet_context(fn, args, kwargs, operation))
-                return result
-        # Not admitted by the hooks, or telemetry records: the general path.
-        return await wrapper(*args, **kwargs)
-
-    return direct_wrapper
+    return wrapper

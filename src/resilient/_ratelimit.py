@@ -2,22 +2,18 @@
 
 Three layers, kept apart so that a shared store (Redis, for a fleet) can reuse the rest:
 
-- the bucket arithmetic: pure functions on one number per bucket (``bucket_take``,
-  ``bucket_tokens``);
+- the bucket arithmetic (``resilient._bucket``: ``bucket_take``, ``bucket_tokens``), pure
+  functions on one number per bucket;
 - where that number lives: a ``BucketStore`` (``MemoryBucketStore`` by default, one
   bounded map of buckets per limiter);
 - the local policy: the FIFO queue of waiting callers, deadlines, events, errors.
 
-The state of a bucket is the time at which it will be full again (``full_at``, the
-"theoretical arrival time" of GCRA). Tokens at ``now`` are ``burst - (full_at - now) * rate``,
-clipped to ``[0, burst]``; taking ``cost`` tokens moves ``full_at`` forward by
-``cost / rate``. A bucket idle for any length of time is simply full: idle time never buys
-more than ``burst`` tokens. One float per bucket, no background task, no timer.
+Every admission, whether through a pipeline, ``async with``, ``acquire()`` or an
+integration's synchronous ``try_acquire_nowait()``, steps a bucket with ``bucket_take``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import deque
 from collections.abc import Callable
@@ -28,13 +24,14 @@ from typing import Any, ClassVar, NamedTuple, Protocol, final, runtime_checkable
 import anyio
 
 from . import _validate as check
+from ._bucket import EMPTY, TOLERANCE, bucket_take, bucket_tokens
 from ._classify import DEFAULT_CLASSIFIER
 from ._clock import SYSTEM_CLOCK, Clock
 from ._context import Context, default_random
 from ._events import WaitEnded, report_rejection
 from ._exceptions import ConfigurationError, RateLimitedError
 from ._keyed import BoundedKeyMap
-from ._pipeline import Call, Policy, PolicyDecorator
+from ._pipeline import Call, PolicyDecorator
 
 __all__ = [
     "BucketStore",
@@ -45,46 +42,6 @@ __all__ = [
     "bucket_take",
     "bucket_tokens",
 ]
-
-TOLERANCE = 1e-9
-"""Tokens: a shortfall smaller than this is floating-point noise, not a shortfall."""
-
-
-# -- arithmetic ----------------------------------------------------------------------------
-
-
-def bucket_take(
-    full_at: float, now: float, cost: float, rate: float, burst: float
-) -> tuple[float, float]:
-    """Try to take ``cost`` tokens from a bucket whose state is ``full_at``, at time ``now``.
-
-    Returns ``(state, wait)``: when ``wait == 0.0`` the tokens were taken and ``state`` is
-    the new ``full_at``; otherwise nothing was taken, ``state`` is the state to keep and
-    ``wait`` is exactly how many seconds until ``cost`` tokens are available.
-
-    A grant leaves the state at most one refill (``burst / rate``, plus float noise) ahead
-    of ``now``; a state two refills ahead can only come from a clock whose base changed (a
-    new trio run starts its clock at a random offset). The bucket then counts as empty,
-    never as a free refill.
-    """
-    if full_at < now:
-        full_at = now
-    elif (full_at - now) * rate > 2.0 * burst:
-        full_at = now + burst / rate
-    short = (full_at - now) * rate + cost - burst  # tokens missing (<= 0: enough)
-    if short <= TOLERANCE:
-        return full_at + cost / rate, 0.0
-    return full_at, short / rate
-
-
-def bucket_tokens(full_at: float, now: float, rate: float, burst: float) -> float:
-    """Tokens available at ``now`` in a bucket whose state is ``full_at`` (0 to ``burst``)."""
-    debt = full_at - now
-    if debt <= 0.0:
-        return burst
-    tokens = burst - debt * rate
-    return tokens if tokens > 0.0 else 0.0
-
 
 # -- storage -------------------------------------------------------------------------------
 
@@ -115,15 +72,12 @@ class BucketStore(Protocol):
         ...
 
 
-_EMPTY = -math.inf  # the state of a bucket never used: full at any time
-
-
 @final
 class _Cell:
     __slots__ = ("full_at",)
 
     def __init__(self, _key: str = "") -> None:
-        self.full_at = _EMPTY
+        self.full_at = EMPTY
 
 
 @final
@@ -149,7 +103,7 @@ class MemoryBucketStore:
         self._max_keys = check.integer("MemoryBucketStore.max_keys", max_keys, minimum=1)
         self._idle_ttl = check.positive("MemoryBucketStore.idle_ttl", idle_ttl)
         self._cell = _Cell()
-        self._now = _EMPTY
+        self._now = EMPTY
         self._keys: BoundedKeyMap[_Cell] | None = None  # built on the first keyed call
 
     def _is_full(self, cell: _Cell) -> bool:
@@ -289,8 +243,9 @@ class RateLimiter(PolicyDecorator):
     With ``per_key=True`` the limiter keeps one bucket per ``ctx.key`` (integrations set it:
     the httpx transport to the host, the ASGI middleware to the client address), bounded in
     number with idle eviction. Outside a pipeline use ``await limiter.acquire(key)``,
-    ``await limiter.try_acquire(key)`` (never waits; returns the numbers for RateLimit
-    headers) or ``async with limiter:``; these always use the bucket of the key passed.
+    ``limiter.try_acquire_nowait(key)`` (one synchronous decision; returns the numbers for
+    RateLimit headers), its awaitable twin ``try_acquire(key)`` (for shared stores) or
+    ``async with limiter:``; these always use the bucket of the key passed.
 
     The same instance may be created at import time and shared by tasks, pipelines,
     successive ``asyncio.run()`` calls and trio: it captures no event loop.
@@ -326,7 +281,6 @@ class RateLimiter(PolicyDecorator):
         "_cost_fn",
         "_full_at",
         "_idle_ttl",
-        "_inline",
         "_max_keys",
         "_max_wait",
         "_memory",
@@ -337,7 +291,7 @@ class RateLimiter(PolicyDecorator):
         "name",
     )
 
-    _deadline_aware: ClassVar[bool] = True
+    deadline_aware: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -378,15 +332,11 @@ class RateLimiter(PolicyDecorator):
         # Buckets read synchronously: the caller's MemoryBucketStore, or ours (made lazily).
         self._memory = store if isinstance(store, MemoryBucketStore) else None
         # The default store's unkeyed bucket lives here, read and stepped inline.
-        self._full_at = _EMPTY
+        self._full_at = EMPTY
         if clock is not None and not callable(getattr(clock, "now", None)):
             raise ConfigurationError("RateLimiter.clock", clock, "expected a Clock")
         self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
         self._queues: dict[str | None, _Queue] | None = None
-        # True while the fast paths may step the unkeyed bucket inline: the default store
-        # and nobody queued (a queue for any key sends unkeyed calls down the slow path,
-        # which is correct, only slower).
-        self._inline = store is None
 
     def _check_cost(self, cost: object) -> float:
         value = check.positive("RateLimiter.cost", cost)
@@ -434,28 +384,6 @@ class RateLimiter(PolicyDecorator):
 
     # -- pipeline path ---------------------------------------------------------------------
 
-    def _bind(self, inner: Call, later: tuple[Policy, ...]) -> Call:
-        if self._store is None and not self._per_key and self._cost_fn is None:
-            return functools.partial(self._run_simple, inner)
-        return functools.partial(self.execute, inner)
-
-    async def _run_simple(self, call: Call, ctx: Context) -> Any:
-        # Unkeyed, in-memory, constant cost: the common case. One clock read, no call; the
-        # same arithmetic as bucket_take, expression for expression (a test checks it).
-        if self._inline:
-            now = ctx.clock.now()
-            full_at = self._full_at
-            if full_at <= now:  # full: cost <= burst always fits
-                self._full_at = now + self._cost / self._rate
-                return await call(ctx)
-            rate = self._rate
-            cost = self._cost
-            if (full_at - now) * rate + cost - self._burst <= 1e-9:  # TOLERANCE, inlined
-                self._full_at = full_at + cost / rate
-                return await call(ctx)
-        await self._acquire_slow(None, self._cost, ctx, None, 0.0)
-        return await call(ctx)
-
     async def execute(self, call: Call, ctx: Context, /) -> Any:
         """Run ``call`` once its tokens are taken; wait for them or refuse as configured.
 
@@ -465,30 +393,15 @@ class RateLimiter(PolicyDecorator):
             TimeoutExceeded: the call's deadline ended a wait already started.
             ConfigurationError: a ``cost`` function returned a cost outside (0, burst].
         """
-        cost = self._cost
-        if self._cost_fn is not None:
-            cost = self._cost_arg(self._cost_fn(ctx))
+        cost = self._cost if self._cost_fn is None else self._cost_arg(self._cost_fn(ctx))
         key = ctx.key if self._per_key else None
-        await self._acquire(key, cost, ctx.clock, ctx)
+        now = ctx.clock.now()
+        wait = self._take_now(key, cost, now)
+        if wait != 0.0:  # refused, or only the queue or an asynchronous store can tell
+            await self._acquire_slow(key, cost, ctx, wait, now)
         return await call(ctx)
 
-    async def _acquire(
-        self, key: str | None, cost: float, clock: Clock, ctx: Context | None
-    ) -> None:
-        queues = self._queues
-        if queues and key in queues:
-            wait = None
-            now = 0.0
-        else:
-            now = clock.now()
-            wait = await self._take(key, cost, now)
-            if not wait:
-                return
-        await self._acquire_slow(
-            key, cost, ctx if ctx is not None else self._direct_context(), wait, now
-        )
-
-    # -- direct use ------------------------------------------------------------------------
+    # -- admission for integrations and direct use ----------------------------------------
 
     async def acquire(self, key: str | None = None, *, cost: float = 1.0) -> None:
         """Take ``cost`` tokens from ``key``'s bucket, waiting as configured.
@@ -502,12 +415,52 @@ class RateLimiter(PolicyDecorator):
             TimeoutExceeded: an enclosing resilient deadline ended the wait.
             ConfigurationError: ``cost`` is outside (0, burst].
         """
-        await self._acquire(key, self._cost_arg(cost), self._clock, None)
+        cost = self._cost_arg(cost)
+        now = self._clock.now()
+        wait = self._take_now(key, cost, now)
+        if wait != 0.0:
+            await self._acquire_slow(key, cost, self._direct_context(key), wait, now)
+
+    def try_acquire_nowait(
+        self, key: str | None = None, *, cost: float = 1.0, now: float | None = None
+    ) -> RateLimitStatus | None:
+        """One synchronous admission decision: take ``cost`` tokens now if they are there.
+
+        Never waits and never raises a refusal. Callers already queued for the bucket keep
+        their turn: while any wait, this refuses. For integrations on their hot path (the ASGI
+        middleware decides every request with it).
+
+        Args:
+            key: the bucket (``None``: the unkeyed bucket).
+            cost: tokens to take, in (0, burst].
+            now: the time on the limiter's clock, when the caller has read it already.
+
+        Returns:
+            A ``RateLimitStatus`` (``allowed``, ``retry_after``, ``remaining`` and the rest
+            of the RateLimit header numbers), or ``None`` when the limiter's store answers
+            only asynchronously (a shared store such as Redis): use ``try_acquire`` then.
+
+        Raises:
+            ConfigurationError: ``cost`` is outside (0, burst].
+        """
+        cost = self._cost_arg(cost)
+        if self._store is not None and self._memory is None:
+            return None
+        if now is None:
+            now = self._clock.now()
+        queue = self._queues.get(key) if self._queues else None
+        if queue is not None:
+            tokens = self._tokens_now(key, now)
+            return self._status(
+                False, tokens, max(0.0, (queue.pending + cost - tokens) / self._rate)
+            )
+        wait = self._take_now(key, cost, now)
+        return self._status(not wait, self._tokens_now(key, now), wait or 0.0)
 
     async def try_acquire(self, key: str | None = None, *, cost: float = 1.0) -> RateLimitStatus:
         """Take ``cost`` tokens now if possible; never waits, never raises a refusal.
 
-        Callers already queued for the bucket keep their turn: while any wait, this refuses.
+        ``try_acquire_nowait`` without the ``None``: a shared store is asked asynchronously.
 
         Returns:
             A ``RateLimitStatus``: ``allowed``, the exact ``retry_after`` on refusal, and
@@ -516,68 +469,26 @@ class RateLimiter(PolicyDecorator):
         Raises:
             ConfigurationError: ``cost`` is outside (0, burst].
         """
+        status = self.try_acquire_nowait(key, cost=cost)
+        if status is not None:
+            return status
+        store = self._store
+        assert store is not None  # only a store without a synchronous side returns None
         cost = self._cost_arg(cost)
         now = self._clock.now()
+        rate, burst = self._rate, self._burst
         queue = self._queues.get(key) if self._queues else None
         if queue is not None:
-            tokens = await self._tokens(key, now)
-            wait = max(0.0, (queue.pending + cost - tokens) / self._rate)
-            return self._status(False, tokens, wait)
-        store = self._store
-        if store is None or self._memory is not None:
-            wait = self._take_now(key, cost, now)
-            tokens = self._tokens_now(key, now)
-        else:
-            wait = await store.take(key, cost, rate=self._rate, burst=self._burst, now=now)
-            tokens = await store.tokens(key, rate=self._rate, burst=self._burst, now=now)
+            tokens = await store.tokens(key, rate=rate, burst=burst, now=now)
+            return self._status(False, tokens, max(0.0, (queue.pending + cost - tokens) / rate))
+        wait = await store.take(key, cost, rate=rate, burst=burst, now=now)
+        tokens = await store.tokens(key, rate=rate, burst=burst, now=now)
         return self._status(not wait, tokens, wait)
 
     def _try_take_one_now(self, key: str | None, now: float) -> tuple[float, float] | None:
-        """``try_acquire(key)`` of one token, synchronously: ``(wait, tokens left)``.
-
-        ``None`` when only the asynchronous path can answer (an external store, or callers
-        queued for ``key``). For integrations on their hot path (the ASGI middleware).
-        """
-        queues = self._queues
-        if (queues and key in queues) or self._burst < 1.0:
-            return None
-        rate = self._rate
-        burst = self._burst
-        memory = self._memory
-        if memory is None:
-            if self._store is not None:
-                return None
-            if key is None:
-                self._full_at, wait = bucket_take(self._full_at, now, 1.0, rate, burst)
-                return wait, bucket_tokens(self._full_at, now, rate, burst)
-            memory = self._keyed()
-        # bucket_take() then bucket_tokens() for one token, and a hit of the keyed map
-        # (BoundedKeyMap.get), inlined: this runs per request.
-        keys = memory._keys
-        entry = keys._entries.get(key) if keys is not None and key is not None else None
-        if entry is None:
-            cell = memory._get(key, now)  # a new key (eviction first) or the unkeyed bucket
-        else:
-            entry.last = now
-            keys._entries.move_to_end(key)  # type: ignore[union-attr,arg-type]  # both set
-            cell = entry.value
-        full_at = cell.full_at
-        if full_at < now:
-            full_at = now
-        elif (full_at - now) * rate > 2.0 * burst:
-            full_at = now + burst / rate
-        short = (full_at - now) * rate + 1.0 - burst
-        if short <= TOLERANCE:
-            full_at += 1.0 / rate
-            wait = 0.0
-        else:
-            wait = short / rate
-        cell.full_at = full_at
-        debt = full_at - now
-        if debt <= 0.0:
-            return wait, burst
-        tokens = burst - debt * rate
-        return wait, (tokens if tokens > 0.0 else 0.0)
+        # TODO(asgi): the middleware moves to try_acquire_nowait(); then this goes.
+        status = self.try_acquire_nowait(key, now=now)
+        return None if status is None else (status.retry_after, status.remaining)
 
     async def status(self, key: str | None = None, *, cost: float = 1.0) -> RateLimitStatus:
         """The bucket's numbers now, taking nothing (``allowed``: ``cost`` tokens are there).
@@ -605,17 +516,10 @@ class RateLimiter(PolicyDecorator):
             RateLimitedError: the token will not come within ``max_wait``.
             TimeoutExceeded: an enclosing resilient deadline ended the wait.
         """
-        if self._inline:
-            now = self._clock.now()
-            full_at = self._full_at
-            if full_at <= now:  # full: one token always fits
-                self._full_at = now + 1.0 / self._rate
-                return
-            rate = self._rate
-            if (full_at - now) * rate + 1.0 - self._burst <= 1e-9:  # TOLERANCE, inlined
-                self._full_at = full_at + 1.0 / rate
-                return
-        await self._acquire(None, 1.0, self._clock, None)
+        now = self._clock.now()
+        wait = self._take_now(None, 1.0, now)
+        if wait != 0.0:
+            await self._acquire_slow(None, 1.0, self._direct_context(), wait, now)
 
     async def __aexit__(
         self,
@@ -651,13 +555,14 @@ class RateLimiter(PolicyDecorator):
             keys=len(self._memory) if self._memory is not None else 0,
         )
 
-    def _direct_context(self) -> Context:
+    def _direct_context(self, key: str | None = None) -> Context:
         return Context(
             pipeline=self.name,
             operation=self.name,
             clock=self._clock,
             random=default_random,
             classifier=DEFAULT_CLASSIFIER,
+            key=key,
         )
 
     # -- where the buckets are ---------------------------------------------------------------
@@ -671,7 +576,24 @@ class RateLimiter(PolicyDecorator):
             )
         return memory
 
-    def _take_now(self, key: str | None, cost: float, now: float) -> float:
+    def _take_now(self, key: str | None, cost: float, now: float) -> float | None:
+        # The one synchronous step of a bucket: the seconds to wait (0.0: taken), or None
+        # when callers are queued for this bucket (they keep their turn) or only an
+        # asynchronous store can answer.
+        queues = self._queues
+        if queues and key in queues:
+            return None
+        store = self._store
+        if key is None and store is None:  # _step(), for the limiter's own bucket
+            self._full_at, wait = bucket_take(self._full_at, now, cost, self._rate, self._burst)
+            return wait
+        if store is not None and self._memory is None:
+            return None
+        return self._keyed().take_now(key, cost, self._rate, self._burst, now)
+
+    def _step(self, key: str | None, cost: float, now: float) -> float:
+        # bucket_take on the bucket in this process: the limiter's own unkeyed one, or the
+        # in-memory store's.
         if key is None and self._store is None:
             self._full_at, wait = bucket_take(self._full_at, now, cost, self._rate, self._burst)
             return wait
@@ -685,9 +607,10 @@ class RateLimiter(PolicyDecorator):
         return self._memory.tokens_now(key, self._rate, self._burst, now)
 
     async def _take(self, key: str | None, cost: float, now: float) -> float:
+        # Takes for the caller at the head of the queue (so never refused for the queue).
         store = self._store
         if store is None or self._memory is not None:
-            return self._take_now(key, cost, now)
+            return self._step(key, cost, now)
         return await store.take(key, cost, rate=self._rate, burst=self._burst, now=now)
 
     async def _tokens(self, key: str | None, now: float) -> float:
@@ -707,8 +630,7 @@ class RateLimiter(PolicyDecorator):
         when callers are queued for this bucket (then measure the queue ahead).
         """
         clock = ctx.clock
-        queues = self._queues
-        queue = queues.get(key) if queues is not None else None
+        queue = self._queues.get(key) if self._queues else None
         if queue is not None:
             now = clock.now()
             tokens = await self._tokens(key, now)
@@ -725,64 +647,23 @@ class RateLimiter(PolicyDecorator):
             raise self._refuse(ctx, "deadline", wait, None)
         limit = now + self._max_wait
         by_deadline = deadline < limit
-        until = deadline if by_deadline else limit
-        if queues is None:
-            queues = self._queues = {}
-        if queue is None:
-            queue = queues[key] = _Queue()
-            self._inline = False
-        waiters = queue.waiters
-        waiter = _Waiter(cost, anyio.Event() if waiters else None)
-        waiters.append(waiter)
-        queue.pending += cost
-        start = now
-        admitted = False
-        shortfall = wait
+        queue, waiter = self._join(key, cost)
         try:
-            while True:
-                if waiters[0] is waiter:
-                    now = clock.now()
-                    shortfall = await self._take(key, cost, now)
-                    if not shortfall:
-                        admitted = True
-                        break
-                    if now + shortfall > until:
-                        break  # the tokens cannot come in time any more (shared store)
-                    await clock.sleep(shortfall)
-                else:
-                    event = waiter.event
-                    if event is None:
-                        event = waiter.event = anyio.Event()
-                    if until == math.inf:
-                        await event.wait()
-                    else:
-                        try:
-                            async with clock.timeout_at(until):
-                                await event.wait()
-                        except TimeoutError:
-                            if not event.is_set():
-                                break
+            shortfall = await self._wait_turn(
+                key,
+                waiter,
+                queue,
+                clock=clock,
+                until=deadline if by_deadline else limit,
+                shortfall=wait,
+            )
         finally:
-            if waiters and waiters[0] is waiter:
-                waiters.popleft()
-                if waiters:
-                    # The bucket's next caller in line: one grant (or departure) wakes one.
-                    event = waiters[0].event
-                    if event is not None:
-                        event.set()
-            else:
-                waiters.remove(waiter)
-            queue.pending -= cost
-            if not waiters:
-                queue.pending = 0.0
-                if queues.get(key) is queue:
-                    del queues[key]
-                    self._inline = self._store is None and not queues
-        waited = clock.now() - start
-        if not admitted:
-            if by_deadline:
-                raise self._refuse(ctx, "deadline_cut", shortfall, waited)
-            raise self._refuse(ctx, "wait_timeout", shortfall, waited)
+            self._leave(key, waiter, queue)
+        waited = clock.now() - now
+        if shortfall is not None:
+            raise self._refuse(
+                ctx, "deadline_cut" if by_deadline else "wait_timeout", shortfall, waited
+            )
         if ctx.listening:
             ctx.emit(
                 WaitEnded(
@@ -794,6 +675,73 @@ class RateLimiter(PolicyDecorator):
                     admitted=True,
                 )
             )
+
+    def _join(self, key: str | None, cost: float) -> tuple[_Queue, _Waiter]:
+        # The end of the bucket's queue (made on first use).
+        queues = self._queues
+        if queues is None:
+            queues = self._queues = {}
+        queue = queues.get(key)
+        if queue is None:
+            queue = queues[key] = _Queue()
+        waiters = queue.waiters
+        waiter = _Waiter(cost, anyio.Event() if waiters else None)
+        waiters.append(waiter)
+        queue.pending += cost
+        return queue, waiter
+
+    async def _wait_turn(
+        self,
+        key: str | None,
+        waiter: _Waiter,
+        queue: _Queue,
+        *,
+        clock: Clock,
+        until: float,
+        shortfall: float,
+    ) -> float | None:
+        """Wait in line, then for the tokens: ``None`` once taken, else the shortfall left."""
+        waiters = queue.waiters
+        while True:
+            if waiters[0] is waiter:
+                now = clock.now()
+                shortfall = await self._take(key, waiter.cost, now)
+                if not shortfall:
+                    return None
+                if now + shortfall > until:
+                    return shortfall  # the tokens cannot come in time any more (shared store)
+                await clock.sleep(shortfall)
+                continue
+            event = waiter.event
+            if event is None:
+                event = waiter.event = anyio.Event()
+            if until == math.inf:
+                await event.wait()
+                continue
+            try:
+                async with clock.timeout_at(until):
+                    await event.wait()
+            except TimeoutError:
+                if not event.is_set():
+                    return shortfall
+
+    def _leave(self, key: str | None, waiter: _Waiter, queue: _Queue) -> None:
+        # Out of the queue however the wait ended; the head's departure wakes the next one.
+        waiters = queue.waiters
+        if waiters and waiters[0] is waiter:
+            waiters.popleft()
+            if waiters:
+                event = waiters[0].event
+                if event is not None:
+                    event.set()
+        else:
+            waiters.remove(waiter)
+        queue.pending -= waiter.cost
+        if not waiters:
+            queue.pending = 0.0
+            queues = self._queues
+            if queues is not None and queues.get(key) is queue:
+                del queues[key]
 
     def _refuse(self, ctx: Context, reason: str, wait: float, waited: float | None) -> Exception:
         exc: Exception

@@ -6,25 +6,30 @@ import functools
 from typing import Any, ClassVar, final
 
 from . import _validate as check
-from ._clock import _AsyncioTimer
 from ._context import Context, pop_deadline, push_deadline
 from ._events import TimeoutFired
 from ._exceptions import TimeoutExceeded
-from ._pipeline import Call, Policy, PolicyDecorator
+from ._pipeline import Call, Pipeline, Policy, PolicyDecorator, deadline_aware
 
 __all__ = ["Timeout"]
 
 
-def _delegates(later: tuple[Policy, ...]) -> bool:
+def _delegates(after: tuple[Policy, ...]) -> bool | None:
     # An outer Timeout need not arm a timer of its own when an inner Timeout comes later and
     # every policy in between honours ctx.deadline in its own waits: the inner timer is then
     # armed at the tighter of the two deadlines. One armed timer per attempt is the floor.
-    for policy in later:
+    # None: no Timeout inside and no policy that breaks the promise (nested pipelines are
+    # looked into, since their policies join the chain).
+    for policy in after:
         if isinstance(policy, Timeout):
             return True
-        if not getattr(type(policy), "_deadline_aware", False):
+        if isinstance(policy, Pipeline):
+            inside = _delegates(policy.policies)
+            if inside is not None:
+                return inside
+        elif not deadline_aware(policy):
             return False
-    return False
+    return None
 
 
 @final
@@ -50,7 +55,7 @@ class Timeout(PolicyDecorator):
 
     __slots__ = ("_seconds", "name")
 
-    _deadline_aware: ClassVar[bool] = True
+    deadline_aware: ClassVar[bool] = True
 
     def __init__(self, seconds: float, /, *, name: str = "timeout") -> None:
         self._seconds = check.positive("Timeout.seconds", seconds, allow_inf=True)
@@ -61,8 +66,10 @@ class Timeout(PolicyDecorator):
         """The configured time limit."""
         return self._seconds
 
-    def _bind(self, inner: Call, later: tuple[Policy, ...]) -> Call:
-        if _delegates(later):
+    def compose(self, inner: Call, after: tuple[Policy, ...], /) -> Call:
+        """The chain step: with an inner ``Timeout`` and only deadline-aware policies in
+        between, record the deadline and let the inner timer enforce it; else arm a timer."""
+        if _delegates(after):
             return functools.partial(self._record, inner)
         return functools.partial(self.execute, inner)
 
@@ -105,17 +112,19 @@ class Timeout(PolicyDecorator):
         token = push_deadline(ctx)
         timer = clock.timeout_at(deadline)
         try:
-            if type(timer) is _AsyncioTimer:
-                # The default clock on asyncio: the scope's synchronous halves, without the
-                # two coroutines an `async with` would create on every call.
-                timer.arm()
+            arm = getattr(timer, "arm", None)
+            if arm is not None:
+                # A scope with synchronous halves (the default clock's): no coroutine for the
+                # `async with` on every call.
+                disarm = timer.disarm  # type: ignore[attr-defined]
+                arm()
                 try:
                     result = await call(ctx)
                 except BaseException as exc:
-                    if timer.disarm(type(exc)):
+                    if disarm(type(exc)):
                         raise TimeoutError from exc  # renamed below, as `async with` would
                     raise
-                timer.disarm(None)
+                disarm(None)
                 return result
             async with timer:
                 return await call(ctx)

@@ -551,7 +551,7 @@ class ChaosPolicy(PolicyDecorator):
 
     __slots__ = ("_chaos", "_exception", "_outcome", "name")
 
-    _deadline_aware: ClassVar[bool] = True
+    deadline_aware: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -123,6 +123,7 @@ class _Exchange:
     __slots__ = (
         "ctx",
         "error",
+        "inflight",
         "last",
         "left",
         "owner",
@@ -152,6 +153,7 @@ class _Exchange:
         self.last: httpx.Response | None = None
         self.error: Exception | None = None
         self.stray: list[httpx.Response] | None = None
+        self.inflight = 0
         self.ctx: Any = None
 
     def _replay(self) -> httpx.Response:
@@ -191,16 +193,14 @@ class _Exchange:
         tracer = None if tracing is None else tracing.tracer()
         span = None
         if tracer is not None:
-            span = start_span(tracer, request, self.route, resends, ctx.span, ctx.attempt_kind)
+            # An attempt starting while another runs is a hedge (retries never overlap).
+            kind = "hedge" if self.inflight else ctx.attempt_kind
+            span = start_span(tracer, request, self.route, resends, ctx.span, kind)
         settled: httpx.Response | None = None
+        self.inflight += 1
         try:
             response = await owner._transport.handle_async_request(request)
-            if self.last is not None:
-                # Concurrent (hedged) attempts: every response not returned gets closed.
-                if self.stray is None:
-                    self.stray = []
-                self.stray.append(self.last)
-            self.last = response
+            self._keep(response)
             if owner._buffer_limit and owner._worth_buffering(response, ctx, request):
                 await owner._buffer(response)
             settled = response
@@ -210,9 +210,18 @@ class _Exchange:
                 self.left = False
             raise
         finally:
+            self.inflight -= 1
             if span is not None:
                 end_span(span, settled, self.error)
         return response
+
+    def _keep(self, response: httpx.Response) -> None:
+        # Concurrent (hedged) attempts: every response not returned gets closed at the end.
+        if self.last is not None:
+            if self.stray is None:
+                self.stray = []
+            self.stray.append(self.last)
+        self.last = response
 
 
 @final

@@ -1,0 +1,45 @@
+"""What a policy author needs: the policy protocol and the types around it.
+
+An application composes policies with ``resilient.Pipeline``; a library or an application
+that writes a policy of its own imports from here. A policy is any object with a ``name``
+and ``async execute(call, ctx)``; two optional members make it a first-class citizen of a
+pipeline, exactly as the built-in policies are (docs/pipeline.md, "Writing a policy"):
+
+- ``compose(inner, after) -> Call``: build the chain step once, when the pipeline is built;
+- ``deadline_aware = True``: every wait of the policy is bounded by ``ctx.deadline``, so an
+  outer ``Timeout`` lets the inner one arm the only timer of an attempt.
+
+``PolicyBase`` gives a policy the decorator form (``@MyPolicy(...)``) for free.
+"""
+
+from __future__ import annotations
+
+from ._bucket import bucket_take, bucket_tokens
+from ._classify import ClassifierLike, Outcome
+from ._clock import Clock, SystemClock, TimerScope
+from ._context import Context
+from ._events import CallObserver, Listener
+from ._pipeline import Call, ComposablePolicy, Policy, compose, deadline_aware
+from ._pipeline import PolicyDecorator as PolicyBase
+from ._ratelimit import BucketStore, MemoryBucketStore
+
+__all__ = [
+    "BucketStore",
+    "Call",
+    "CallObserver",
+    "ClassifierLike",
+    "Clock",
+    "ComposablePolicy",
+    "Context",
+    "Listener",
+    "MemoryBucketStore",
+    "Outcome",
+    "Policy",
+    "PolicyBase",
+    "SystemClock",
+    "TimerScope",
+    "bucket_take",
+    "bucket_tokens",
+    "compose",
+    "deadline_aware",
+]
