@@ -273,7 +273,7 @@ class _Round:
         self.deadline_timeout = ctx.deadline_timeout
         self.attempt_number = ctx.attempt
         self.launched = False  # the delay passed (prepare() ran)
-        self.original_running = False  # inline: the original runs in the caller's task
+        self.original_running = True  # inline: the original runs in the caller's task
         self.host_cancelled = False  # inline: a hedge won and cut the original
         self.timer: Timer | None = None
         self.done: anyio.Event | None = None  # the general way's signal
@@ -789,7 +789,6 @@ class Hedge(PolicyDecorator):
         # Hedges run in the caller's context variables as they are now (the timer's callback
         # runs in an empty context).
         race.context = contextvars.copy_context()
-        race.original_running = True
         timer = race.timer = call_at(started + delay, race.launch)
         try:
             result = await call(ctx)
@@ -811,7 +810,9 @@ class Hedge(PolicyDecorator):
         timer.cancel()
         if race.launched:
             return await race.after_original(ctx, started, result, None)
-        self._answered(ctx, started, result, None)
+        budget = self._budget
+        if self._latency is not None or (budget is not None and budget.refilling):
+            self._answered(ctx, started, result, None)
         return result
 
     def _answered(self, ctx: Context, started: float, result: Any, error: Any) -> None:
@@ -834,6 +835,7 @@ class Hedge(PolicyDecorator):
         """Any clock and backend: every attempt in a task group."""
         clock = ctx.clock
         race = _Round(self, call, ctx, delay)
+        race.original_running = False  # it runs in a task of the group
         race.prepare()
         race.done = anyio.Event()
         async with anyio.create_task_group() as group:
