@@ -9,6 +9,9 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from trio.testing import MockClock
 
 from resilient import Hedge, HedgeStarted, Pipeline
@@ -136,3 +139,26 @@ def test_a_failed_response_replaced_by_the_hedges_answer_is_closed() -> None:
     assert (response.status_code, hedges) == (200, 1)
     assert elapsed == pytest.approx(0.1)
     assert upstream.bodies[0].closed
+
+
+def test_client_spans_label_the_original_and_the_hedge() -> None:
+    """With the OTel SDK: one client span per attempt, ``resilient.attempt.kind`` original
+    then hedge; the cancelled original's span ends too."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    upstream = Upstream()
+
+    async def main() -> int:
+        pipeline = Pipeline(Hedge(delay=0.05, budget=None), telemetry=False)
+        transport = ResilientTransport(
+            pipeline, httpx.MockTransport(upstream), telemetry=True, tracer_provider=provider
+        )
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.get("http://upstream/items")
+        return response.status_code
+
+    assert run(main) == 200
+    spans = sorted(exporter.get_finished_spans(), key=lambda s: s.start_time or 0)
+    kinds = [(s.attributes or {}).get("resilient.attempt.kind") for s in spans]
+    assert kinds == ["original", "hedge"]
