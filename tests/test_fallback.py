@@ -257,3 +257,17 @@ def test_options_are_readable() -> None:
     assert fallback.verdicts == frozenset({Verdict.FAILURE})
     assert fallback.exceptions == (KeyError,)
     assert repr(fallback) == "Fallback(value=0, verdicts={FAILURE}, name='fallback')"
+
+
+async def test_an_enclosing_timeout_still_bounds_a_slow_handler(clock: FakeClock) -> None:
+    """Timeout > Fallback > Timeout: the outer timeout keeps its own timer, so a handler that
+    waits too long is cut by it."""
+
+    async def slow_cache(outcome: Outcome) -> str:
+        await clock.sleep(10.0)
+        return "cached"
+
+    pipeline = Pipeline(Timeout(2.0), Fallback(handler=slow_cache), Timeout(1.0), clock=clock)
+    with pytest.raises(TimeoutExceeded):
+        await pipeline.call(fails, ConnectionError("reset"))
+    assert clock.now() == pytest.approx(2.0)

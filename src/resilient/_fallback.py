@@ -87,9 +87,9 @@ class Fallback(PolicyDecorator):
         "name",
     )
 
-    # It waits for nothing of its own (the handler is the user's code): an outer Timeout may
-    # leave the timing to an inner one.
-    deadline_aware: ClassVar[bool] = True
+    # Not deadline-aware: the handler is the user's code and may wait (a cache lookup), so an
+    # enclosing Timeout keeps its own timer instead of leaving the timing to an inner one.
+    deadline_aware: ClassVar[bool] = False
 
     def __init__(
         self,
