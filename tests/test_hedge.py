@@ -241,8 +241,7 @@ async def test_an_answer_before_the_delay_sends_no_hedge(clock: FakeClock) -> No
     pipeline = Pipeline(Hedge(delay=0.05), clock=clock, listeners=[events])
     assert await pipeline.call(gate) == "fast"
     assert gate.started == [1]
-    assert events.of_type(HedgeStarted) == []
-    assert events.of_type(HedgeEnded) == []
+    assert events.events == []  # attempts are reported for hedged calls only
 
 
 async def test_a_client_error_ends_the_call_at_once(clock: FakeClock) -> None:

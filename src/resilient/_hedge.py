@@ -229,6 +229,7 @@ class _Round:
 
     __slots__ = (
         "attempt_number",
+        "begun",
         "call",
         "cancelled",
         "cancelling",
@@ -272,6 +273,7 @@ class _Round:
         self.deadline_source = ctx.deadline_source
         self.deadline_timeout = ctx.deadline_timeout
         self.attempt_number = ctx.attempt
+        self.begun = 0.0  # when the original started
         self.launched = False  # the delay passed (prepare() ran)
         self.original_running = True  # inline: the original runs in the caller's task
         self.host_cancelled = False  # inline: a hedge won and cut the original
@@ -330,6 +332,18 @@ class _Round:
     def twin(self, now: float) -> Context:
         """Count a new hedge (its event included) and the Context it runs on."""
         ctx = self.ctx
+        if ctx.listening and not self.hedges:
+            # Attempts are reported for hedged calls only: the original's start, now.
+            ctx.emit(
+                AttemptStarted(
+                    pipeline=ctx.pipeline,
+                    operation=ctx.operation,
+                    policy=self.hedge.name,
+                    at=self.begun,
+                    attempt=1,
+                    kind=ctx.attempt_kind,
+                )
+            )
         self.hedges += 1
         self.started += 1
         self.pending += 1
@@ -357,7 +371,7 @@ class _Round:
         """An attempt starts: its kind and start time (and its event)."""
         kind = ctx.attempt_kind if number == 1 else "hedge"
         started = ctx.clock.now()
-        if ctx.listening:
+        if ctx.listening and number > 1:  # the original's start is reported by twin()
             ctx.emit(
                 AttemptStarted(
                     pipeline=ctx.pipeline,
@@ -424,7 +438,7 @@ class _Round:
         latency = hedge._latency
         if latency is not None and verdict is not _REJECTED:
             latency.record(now - started)
-        if ctx.listening:
+        if ctx.listening and self.hedges:
             ctx.emit(
                 AttemptEnded(
                     pipeline=ctx.pipeline,
@@ -563,6 +577,7 @@ class _Round:
                 await self.hedge._discard(result)
         elif self.hedges == 0:
             # The delay passed but no hedge could start (budget, deadline).
+            self.hedge._answered(ctx, started, result, error)
             if error is not None:
                 raise error
             return result
@@ -789,6 +804,7 @@ class Hedge(PolicyDecorator):
         # Hedges run in the caller's context variables as they are now (the timer's callback
         # runs in an empty context).
         race.context = contextvars.copy_context()
+        race.begun = started
         timer = race.timer = call_at(started + delay, race.launch)
         try:
             result = await call(ctx)
@@ -836,6 +852,7 @@ class Hedge(PolicyDecorator):
         clock = ctx.clock
         race = _Round(self, call, ctx, delay)
         race.original_running = False  # it runs in a task of the group
+        race.begun = clock.now()
         race.prepare()
         race.done = anyio.Event()
         async with anyio.create_task_group() as group:
