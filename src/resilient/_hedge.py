@@ -621,6 +621,103 @@ class _Round:
                 interrupted = None
 
 
+# The calls of one Hedge waiting for their delay, on one asyncio loop: an insertion-ordered
+# dict and one timer of the timer service armed at the earliest. Entering and leaving cost a
+# dict insert and delete (no timer object, no round object per call): most calls answer within
+# the delay. With a fixed delay the calls' fire times never decrease in insertion order, so
+# the timer looks at the head only; an adaptive delay that shrinks breaks the order until the
+# queue empties, and the timer then scans every waiting call.
+_Waiting = tuple[
+    float,  # fire at
+    "asyncio.Task[Any]",  # the caller's task, running the original
+    Context,
+    Call,
+    float,  # the original's start
+    float,  # the delay
+    contextvars.Context,  # the caller's context variables, as they were
+    tuple[float, str, float, int],  # the call's deadline, its source and timeout, attempt
+]
+
+
+@final
+class _Queue:
+    """The calls of one Hedge on one asyncio loop whose delay has not passed yet."""
+
+    __slots__ = (
+        "armed",
+        "hedge",
+        "launched",
+        "loop",
+        "next",
+        "ordered",
+        "tail",
+        "timer",
+        "waiting",
+    )
+
+    def __init__(self, hedge: Hedge, loop: asyncio.AbstractEventLoop) -> None:
+        self.hedge = hedge
+        self.loop = loop
+        self.waiting: dict[int, _Waiting] = {}
+        self.launched: dict[int, _Round] = {}  # calls whose delay passed, until they end
+        self.next = 0
+        self.tail = -math.inf  # the latest fire time queued since the queue was last empty
+        self.ordered = True
+        self.timer: Timer | None = None
+        self.armed = math.inf
+
+    def add(self, entry: _Waiting) -> int:
+        key = self.next
+        self.next = key + 1
+        at = entry[0]
+        if at < self.tail:
+            self.ordered = False
+        else:
+            self.tail = at
+        self.waiting[key] = entry
+        if at < self.armed:
+            self.arm(at)
+        return key
+
+    def arm(self, at: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.armed = at
+        self.timer = call_at(at, self.fire)
+
+    def fire(self) -> None:
+        self.timer = None
+        self.armed = math.inf
+        waiting = self.waiting
+        if not waiting:
+            return
+        now = next(iter(waiting.values()))[2].clock.now()
+        due = []
+        for key, entry in waiting.items():
+            if entry[0] <= now:
+                due.append(key)
+            elif self.ordered:
+                break
+        for key in due:
+            _, host, ctx, call, started, delay, context, state = waiting.pop(key)
+            race = self.launched[key] = _Round(self.hedge, call, ctx, delay)
+            # The call's state when it reached the hedge, not the original attempt's.
+            race.deadline, race.deadline_source, race.deadline_timeout = state[:3]
+            race.attempt_number = state[3]
+            race.host = host
+            race.context = context
+            race.begun = started
+            race.launch()
+        if waiting:
+            if self.ordered:
+                self.arm(next(iter(waiting.values()))[0])
+            else:
+                self.arm(min(entry[0] for entry in waiting.values()))
+        else:
+            self.tail = -math.inf
+            self.ordered = True
+
+
 @final
 class Hedge(PolicyDecorator):
     """Start another attempt beside a slow one; the first acceptable answer wins.
@@ -680,6 +777,7 @@ class Hedge(PolicyDecorator):
         "_latency",
         "_max_hedges",
         "_on_discard",
+        "_queue",
         "name",
     )
 
@@ -731,6 +829,7 @@ class Hedge(PolicyDecorator):
         self._classifier = as_classifier("Hedge.classify", classify)
         self._on_discard = check.optional(check.callable_, "Hedge.on_discard", on_discard)
         self.name = check.name("Hedge.name", name)
+        self._queue: _Queue | None = None
 
     @property
     def delay(self) -> float:
@@ -797,35 +896,47 @@ class Hedge(PolicyDecorator):
         loop: asyncio.AbstractEventLoop,
     ) -> Any:
         """asyncio, system clock: the original in this task, hedges as tasks if needed."""
-        race = _Round(self, call, ctx, delay)
+        queue = self._queue
+        if queue is None or queue.loop is not loop:
+            if queue is not None and (queue.waiting or queue.launched):
+                # Another loop is using this Hedge right now (threads): the general way.
+                return await self._grouped(call, ctx, delay)
+            self._queue = queue = _Queue(self, loop)
         host = asyncio.current_task(loop)
         assert host is not None
-        race.host = host
-        # Hedges run in the caller's context variables as they are now (the timer's callback
-        # runs in an empty context).
-        race.context = contextvars.copy_context()
-        race.begun = started
-        timer = race.timer = call_at(started + delay, race.launch)
+        waiting = queue.waiting
+        key = queue.add(
+            (
+                started + delay,
+                host,
+                ctx,
+                call,
+                started,
+                delay,
+                # Hedges run in the caller's context variables as they are now (the timer's
+                # callback runs in an empty context).
+                contextvars.copy_context(),
+                (ctx.deadline, ctx.deadline_source, ctx.deadline_timeout, ctx.attempt),
+            )
+        )
         try:
             result = await call(ctx)
         except Exception as exc:
-            timer.cancel()
-            if race.launched:
-                return await race.after_original(ctx, started, None, exc)
+            if waiting.pop(key, None) is None:
+                return await queue.launched.pop(key).after_original(ctx, started, None, exc)
             self._answered(ctx, started, None, exc)
             raise
         except BaseException:
-            timer.cancel()
-            if not race.launched:
+            if waiting.pop(key, None) is not None:
                 raise  # cancelled before its delay passed: nothing else runs
+            race = queue.launched.pop(key)
             if race.our_cut(ctx, started):
                 await race.wind_up()  # a hedge won: its outcome is the call's
                 return race.outcome()
             await race.wind_up()  # the caller's cancellation: every attempt goes
             raise
-        timer.cancel()
-        if race.launched:
-            return await race.after_original(ctx, started, result, None)
+        if waiting.pop(key, None) is None:
+            return await queue.launched.pop(key).after_original(ctx, started, result, None)
         budget = self._budget
         if self._latency is not None or (budget is not None and budget.refilling):
             self._answered(ctx, started, result, None)
