@@ -1061,3 +1061,35 @@ async def test_hedges_see_the_callers_context_variables() -> None:
         gate.answer(2, "hedge")
     assert out == ["hedge"]
     assert seen == ["req-42", "req-42"]
+
+
+@asyncio_only
+async def test_inline_calls_answered_in_time_refill_the_reserve_hedges_spent(
+    anyio_backend: str,
+) -> None:
+    """A one-token reserve: a failed hedged call spends it; a quick success (answered before
+    any hedge) collects the refill, so the next slow call may hedge again."""
+    budget = RetryBudget(ratio=0.0, reserve=1, window=1e-9)
+    events = EventRecorder()
+    pipeline = Pipeline(Hedge(delay=0.0, budget=budget), listeners=[events])
+
+    async def hedged_and_failed() -> None:
+        gate = Gate()
+        out: list[Any] = []
+        async with anyio.create_task_group() as tg:
+            await start_inline(tg, pipeline, gate, out)
+            gate.answer(1, ConnectionError("one"))
+            for _ in range(10):
+                await anyio.lowlevel.checkpoint()
+            gate.answer(2, ConnectionError("two"))
+        assert [type(e) for e in out] == [ConnectionError]
+
+    async def quick() -> str:
+        return "quick"  # answers before the loop runs the hedge timer
+
+    await hedged_and_failed()
+    assert budget.available(0.0) < 1.0  # spent, and failures collect no refill
+    assert await pipeline.call(quick) == "quick"
+    assert budget.available(0.0) >= 1.0
+    await hedged_and_failed()
+    assert len(events.of_type(HedgeStarted)) == 2

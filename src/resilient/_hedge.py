@@ -40,6 +40,7 @@ _CLIENT_ERROR: Final = Verdict.CLIENT_ERROR
 _TRANSIENT: Final = Verdict.TRANSIENT
 _REJECTED: Final = Verdict.REJECTED
 _INF: Final = math.inf
+_NOT_FAILED: Final = frozenset({_SUCCESS, _CLIENT_ERROR})
 _ADAPTIVE: Final = "adaptive"
 
 
@@ -954,7 +955,7 @@ class Hedge(PolicyDecorator):
             error is None
             and budget is not None
             and budget.refilling
-            and race_verdict(self, ctx, None, result) is _SUCCESS
+            and race_verdict(self, ctx, None, result) in _NOT_FAILED
         ):
             budget.record_success(ctx.clock.now())
 
