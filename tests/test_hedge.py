@@ -1093,3 +1093,38 @@ async def test_inline_calls_answered_in_time_refill_the_reserve_hedges_spent(
     assert budget.available(0.0) >= 1.0
     await hedged_and_failed()
     assert len(events.of_type(HedgeStarted)) == 2
+
+
+@asyncio_only
+async def test_inline_an_original_swallowing_its_cut_still_loses(anyio_backend: str) -> None:
+    """An original that catches the cancellation and returns anyway: the hedge's answer
+    stands, the original's value is discarded, and the caller's task carries no leftover
+    cancellation into its next await."""
+    discarded: list[Any] = []
+    started: list[int] = []
+    hedge_answer = anyio.Event()
+
+    async def stubborn() -> str:
+        started.append(len(started) + 1)
+        if len(started) == 1:
+            try:
+                await anyio.sleep_forever()
+            except BaseException:
+                return "swallowed"  # the misbehaviour under test
+        await hedge_answer.wait()
+        return "hedge"
+
+    pipeline = Pipeline(Hedge(delay=0.0, on_discard=discarded.append))
+    out: list[Any] = []
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            out.append(await pipeline.call(stubborn))
+            await anyio.lowlevel.checkpoint()  # would raise a leftover cancellation
+            out.append("next await fine")
+
+        tg.start_soon(run)
+        await until(lambda: len(started) == 2)
+        hedge_answer.set()
+    assert out == ["hedge", "next await fine"]
+    assert discarded == ["swallowed"]
