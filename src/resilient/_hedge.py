@@ -222,10 +222,9 @@ class _Round:
 
     Two ways to run a round share this state. The general one (any clock, asyncio or trio)
     runs every attempt in a task group and waits on ``done``. The inline one (asyncio with the
-    system clock, the common case) runs the original in the caller's own task and arms a timer
-    of ``resilient.timers`` that starts hedges as tasks only if the delay passes: a call
-    answered within the delay costs a timer (a dict insert and delete), not a task and a trip
-    through the event loop. Until the delay passes, only the first group of fields is set.
+    system clock, the common case) runs the original in the caller's own task; the call waits
+    for its delay in the Hedge's queue (``_Queue``), and a round is built, and hedges started
+    as tasks, only if the delay passes. ``timer`` then arms the next hedge, if any.
     """
 
     __slots__ = (
