@@ -1128,3 +1128,56 @@ async def test_inline_an_original_swallowing_its_cut_still_loses(anyio_backend: 
         hedge_answer.set()
     assert out == ["hedge", "next await fine"]
     assert discarded == ["swallowed"]
+
+
+def test_an_outer_deadline_cuts_the_original_and_its_hedge_together() -> None:
+    """Timeout(0.1) > Hedge(0.05) > Timeout(1.0): the outer timeout arms no timer of its own
+    (the hedge is deadline-aware); each attempt's timer is armed at the call's deadline, the
+    hedge's too, so the call ends at 0.1 s with a timeout naming the outer policy."""
+
+    async def main() -> tuple[float, str, int]:
+        attempts = 0
+
+        async def slow() -> None:
+            nonlocal attempts
+            attempts += 1
+            await trio.sleep(5.0)
+
+        pipeline = Pipeline(
+            Timeout(0.1, name="total"),
+            Hedge(delay=0.05, budget=None),
+            Timeout(1.0, name="attempt"),
+            telemetry=False,
+        )
+        started = trio.current_time()
+        with pytest.raises(resilient.TimeoutExceeded) as info:
+            await pipeline.call(slow)
+        return trio.current_time() - started, info.value.policy, attempts
+
+    elapsed, policy, attempts = run_virtual(main)
+    assert elapsed == pytest.approx(0.1)
+    assert policy == "total"
+    assert attempts == 2
+
+
+@asyncio_only
+async def test_inline_two_hedges_start_and_the_third_attempt_wins(anyio_backend: str) -> None:
+    """max_hedges=2 on the caller's-task way: two hedge tasks, the last one's answer wins,
+    the original and the first hedge are cancelled."""
+    events = EventRecorder()
+    gate = Gate()
+    pipeline = Pipeline(Hedge(delay=0.0, max_hedges=2, budget=None), listeners=[events])
+    out: list[Any] = []
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            out.append(await pipeline.call(gate))
+
+        tg.start_soon(run)
+        await until(lambda: len(gate.started) == 3)
+        gate.answer(3, "third")
+    assert out == ["third"]
+    assert sorted(gate.cancelled) == [1, 2]
+    assert [e.hedge for e in events.of_type(HedgeStarted)] == [1, 2]
+    (ended,) = events.of_type(HedgeEnded)
+    assert (ended.winner, ended.attempts, ended.cancelled) == ("hedge", 3, 2)
