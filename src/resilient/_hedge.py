@@ -8,6 +8,7 @@ import copy
 import inspect
 import logging
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, final
@@ -42,6 +43,7 @@ _REJECTED: Final = Verdict.REJECTED
 _INF: Final = math.inf
 _NOT_FAILED: Final = frozenset({_SUCCESS, _CLIENT_ERROR})
 _ADAPTIVE: Final = "adaptive"
+_REFRESH: Final = 16
 
 
 @dataclass(slots=True, kw_only=True)
@@ -82,7 +84,7 @@ class LatencyHistogram:
     of ``Hedge``, 64 buckets from 5 ms to 1 s, about 9 % apart). Latencies at or below
     ``floor`` land in the first bucket, latencies above ``cap`` in the last. Every ``decay``
     recordings all counts are halved, so the histogram follows the last one or two thousand
-    attempts and forgets older ones.
+    attempts and forgets older ones. The percentile is recomputed every 16 recordings.
 
     Args:
         percentile: the quantile ``delay()`` reports, in (0, 1).
@@ -104,10 +106,10 @@ class LatencyHistogram:
         "_decay",
         "_edges",
         "_floor",
-        "_log_floor",
+        "_last",
         "_min_samples",
         "_percentile",
-        "_scale",
+        "_refresh",
         "_since_decay",
         "_stale",
         "_total",
@@ -135,16 +137,16 @@ class LatencyHistogram:
         self._min_samples = check.integer("Hedge.min_samples", min_samples, minimum=1)
         count = check.integer("LatencyHistogram.buckets", buckets, minimum=2)
         self._decay = check.integer("LatencyHistogram.decay", decay, minimum=2)
-        self._log_floor = math.log(self._floor)
-        self._scale = (count - 1) / (math.log(self._cap) - self._log_floor)
         ratio = (self._cap / self._floor) ** (1.0 / (count - 1))
         # The last edge is the cap itself, whatever the rounding of the powers.
         self._edges = (*(self._floor * ratio**i for i in range(count - 1)), self._cap)
         self._counts = [0] * count
+        self._last = count - 1
         self._total = 0
         self._since_decay = 0
         self._cached = self._cap
         self._stale = False
+        self._refresh = _REFRESH
 
     @property
     def samples(self) -> int:
@@ -153,16 +155,18 @@ class LatencyHistogram:
 
     def record(self, seconds: float) -> None:
         """Count one attempt that took ``seconds`` (or at least that long, if cut short)."""
-        if seconds <= self._floor:
-            index = 0
-        else:
-            # The bucket whose upper edge is the first at or above `seconds`.
-            index = math.ceil((math.log(seconds) - self._log_floor) * self._scale - 1e-9)
-            last = len(self._counts) - 1
-            index = min(index, last)
+        # The bucket whose upper edge is the first at or above `seconds` (the last one for
+        # anything above the cap).
+        index = bisect_left(self._edges, seconds)
+        index = min(self._last, index)
         self._counts[index] += 1
         self._total += 1
-        self._stale = True
+        self._refresh -= 1
+        if self._refresh <= 0 or self._total <= self._min_samples:
+            # The percentile is a walk over every bucket: redone every REFRESH recordings
+            # (and at each one while warming up), not on every call.
+            self._stale = True
+            self._refresh = _REFRESH
         self._since_decay += 1
         if self._since_decay >= self._decay:
             self._since_decay = 0
