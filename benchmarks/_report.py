@@ -89,7 +89,8 @@ def render(report: dict[str, Any], *, chart: bool) -> str:
         BEGIN,
         "",
         f"Measured {env['date']} on {env['machine']}, {env['implementation']} {env['python']}, "
-        f"asyncio event loop; the full run took {report['seconds']:.0f} s. Every ratio compares "
+        f"asyncio event loop; the {report.get('mode', 'full')} run took "
+        f"{report['seconds']:.0f} s. Every ratio compares "
         "two cases measured in the same run on the same machine: absolute numbers move with "
         "the machine and its load, ratios much less. How to run and read these: "
         "[benchmarks.md](benchmarks.md).",

@@ -33,8 +33,8 @@ from typing import Any
 
 import resilient
 from benchmarks._harness import Case, run_cases
-from resilient import Context
 from resilient._pipeline import _invoke
+from resilient.extend import Context
 
 
 async def _f() -> int:
@@ -70,7 +70,7 @@ def cases() -> dict[str, Case]:
     )
     step_timed = resilient.CircuitBreaker().compose(_invoke, ())
     step_counted = resilient.CircuitBreaker(window_type="count", window=100).compose(_invoke, ())
-    clock = resilient.SystemClock()
+    clock = resilient.extend.SystemClock()
     step_pass = _pass_step(_invoke)
     ctx = resilient.Pipeline(telemetry=False).context(_f)
     cb_peer = circuitbreaker.CircuitBreaker()(_f)

@@ -16,7 +16,7 @@ def cases() -> dict[str, Case]:
     empty = resilient.Pipeline(telemetry=False)
     timed = resilient.Pipeline(resilient.Timeout(30.0), telemetry=False)
 
-    def policies() -> list[resilient.Policy]:
+    def policies() -> list[resilient.extend.Policy]:
         return [
             resilient.Timeout(30.0),
             resilient.Retry(attempts=3),

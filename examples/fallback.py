@@ -12,14 +12,16 @@ import anyio
 
 from resilient import (
     CircuitBreaker,
-    Event,
     Fallback,
-    FallbackUsed,
     Outcome,
     Pipeline,
     Retry,
     Verdict,
     on_exception,
+)
+from resilient.events import (
+    Event,
+    FallbackUsed,
 )
 
 

@@ -16,13 +16,15 @@ import anyio
 
 from resilient import (
     CircuitBreaker,
-    Event,
     Hedge,
-    HedgeEnded,
-    HedgeStarted,
     Pipeline,
     RetryBudget,
     Timeout,
+)
+from resilient.events import (
+    Event,
+    HedgeEnded,
+    HedgeStarted,
 )
 
 

@@ -16,7 +16,8 @@ import weakref
 
 import pytest
 
-from resilient import Pipeline, SystemClock, Timeout, TimeoutExceeded
+from resilient import Pipeline, Timeout, TimeoutExceeded
+from resilient.extend import SystemClock
 
 clock = SystemClock()
 

@@ -14,7 +14,6 @@ from resilient import (
     CircuitOpenError,
     ConfigurationError,
     Fallback,
-    FallbackUsed,
     Outcome,
     Pipeline,
     Retry,
@@ -23,6 +22,9 @@ from resilient import (
     Verdict,
     on_exception,
     on_result,
+)
+from resilient.events import (
+    FallbackUsed,
 )
 from resilient.testing import EventRecorder, FakeClock
 

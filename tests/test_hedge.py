@@ -21,17 +21,11 @@ from trio.testing import MockClock
 
 import resilient
 from resilient import (
-    AttemptEnded,
-    AttemptStarted,
-    BudgetRefused,
     Bulkhead,
     BulkheadFullError,
     CircuitBreaker,
     ConfigurationError,
-    Context,
     Hedge,
-    HedgeEnded,
-    HedgeStarted,
     Pipeline,
     RateLimiter,
     Retry,
@@ -42,6 +36,14 @@ from resilient import (
     on_result,
 )
 from resilient._hedge import LatencyHistogram
+from resilient.events import (
+    AttemptEnded,
+    AttemptStarted,
+    BudgetRefused,
+    HedgeEnded,
+    HedgeStarted,
+)
+from resilient.extend import CircuitSnapshot, Context
 from resilient.testing import EventRecorder, FakeClock
 from test_telemetry_support import Otel, attrs, event_dicts
 
@@ -376,7 +378,7 @@ def test_a_breaker_inside_never_counts_a_cancelled_loser() -> None:
     """200 calls, every 4th slow and won by its hedge: the breaker inside sees only
     successes (the cancelled originals are neutral), and stays closed."""
 
-    async def main() -> tuple[resilient.CircuitSnapshot, int]:
+    async def main() -> tuple[CircuitSnapshot, int]:
         breaker = CircuitBreaker(failure_rate=0.1, minimum_calls=5, window=1000.0)
         pipeline = Pipeline(Hedge(delay=0.05, budget=None), breaker, telemetry=False)
         cancelled = 0

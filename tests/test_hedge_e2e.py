@@ -12,7 +12,12 @@ import httpx
 import pytest
 
 import resilient
-from resilient import Hedge, HedgeEnded
+from resilient import (
+    Hedge,
+)
+from resilient.events import (
+    HedgeEnded,
+)
 from resilient.httpx import ResilientTransport
 from resilient.testing import EventRecorder
 from test_httpx_e2e import POOL_TIMEOUT, Server, _gather, live_server, pool, server

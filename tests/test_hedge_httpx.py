@@ -14,7 +14,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from trio.testing import MockClock
 
-from resilient import Hedge, HedgeStarted, Pipeline
+from resilient import (
+    Hedge,
+    Pipeline,
+)
+from resilient.events import (
+    HedgeStarted,
+)
 from resilient.httpx import ResilientTransport
 from resilient.testing import EventRecorder
 

@@ -18,9 +18,8 @@ from typing import Any, ClassVar, final
 import anyio
 
 from . import _validate as check
-from ._classify import DEFAULT_CLASSIFIER
 from ._clock import SYSTEM_CLOCK, Clock
-from ._context import Context, default_random
+from ._context import Context
 from ._events import WaitEnded, report_rejection
 from ._exceptions import BulkheadFullError, ConfigurationError
 from ._keyed import BoundedKeyMap
@@ -305,14 +304,7 @@ class Bulkhead(PolicyDecorator):
     def _direct_context(self, key: str | None = None) -> Context:
         # Only on the contended path: gives direct use the deadline of an enclosing pipeline
         # call (when it runs on the same clock) and the same rejection code as a pipeline.
-        return Context(
-            pipeline=self.name,
-            operation=self.name,
-            clock=self._clock,
-            random=default_random,
-            classifier=DEFAULT_CLASSIFIER,
-            key=key,
-        )
+        return Context.detached(self.name, self._clock, key)
 
     # -- contended path --------------------------------------------------------------------
 

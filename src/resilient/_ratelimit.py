@@ -25,9 +25,8 @@ import anyio
 
 from . import _validate as check
 from ._bucket import EMPTY, TOLERANCE, bucket_take, bucket_tokens
-from ._classify import DEFAULT_CLASSIFIER
 from ._clock import SYSTEM_CLOCK, Clock
-from ._context import Context, default_random
+from ._context import Context
 from ._events import WaitEnded, report_rejection
 from ._exceptions import ConfigurationError, RateLimitedError
 from ._keyed import BoundedKeyMap
@@ -556,14 +555,9 @@ class RateLimiter(PolicyDecorator):
         )
 
     def _direct_context(self, key: str | None = None) -> Context:
-        return Context(
-            pipeline=self.name,
-            operation=self.name,
-            clock=self._clock,
-            random=default_random,
-            classifier=DEFAULT_CLASSIFIER,
-            key=key,
-        )
+        # Only on the contended path: gives direct use the deadline of an enclosing pipeline
+        # call (when it runs on the same clock) and the same rejection code as a pipeline.
+        return Context.detached(self.name, self._clock, key)
 
     # -- where the buckets are ---------------------------------------------------------------
 
