@@ -941,25 +941,29 @@ class Hedge(PolicyDecorator):
             raise
         if waiting.pop(key, None) is None:
             return await queue.launched.pop(key).after_original(ctx, started, result, None)
+        latency = self._latency
+        if latency is not None:
+            latency.record(ctx.clock.now() - started)
         budget = self._budget
-        if self._latency is not None or (budget is not None and budget.refilling):
-            self._answered(ctx, started, result, None)
+        if budget is not None and budget.refilling:
+            self._refill(ctx, result)
         return result
 
     def _answered(self, ctx: Context, started: float, result: Any, error: Any) -> None:
-        """The common case's bookkeeping: answered before the delay passed."""
+        """The bookkeeping of an original answered before any hedge started."""
         latency = self._latency
         if latency is not None and (
             error is None or race_verdict(self, ctx, error) is not _REJECTED
         ):
             latency.record(ctx.clock.now() - started)
         budget = self._budget
-        if (
-            error is None
-            and budget is not None
-            and budget.refilling
-            and race_verdict(self, ctx, None, result) in _NOT_FAILED
-        ):
+        if error is None and budget is not None and budget.refilling:
+            self._refill(ctx, result)
+
+    def _refill(self, ctx: Context, result: Any) -> None:
+        """A call ended without a dependency failure: collect the budget reserve's refill."""
+        budget = self._budget
+        if budget is not None and race_verdict(self, ctx, None, result) in _NOT_FAILED:
             budget.record_success(ctx.clock.now())
 
     async def _grouped(self, call: Call, ctx: Context, delay: float) -> Any:
