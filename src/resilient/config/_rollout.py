@@ -685,7 +685,7 @@ class VersionSwitch:
         """``serializer.dumps(obj)`` in the version ``key``'s group writes.
 
         Raises:
-            Whatever ``dumps`` raises.
+            SerdeError: whatever the serializer's ``dumps`` raises (``EncodeError``, ...).
         """
         return self._serializer.dumps(obj, version=self.version_for(key))
 
