@@ -26,7 +26,7 @@ tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
 trace.set_tracer_provider(tracer_provider)
 
 # 2. Prometheus: install the exporter as the global meter provider and serve /metrics.
-#    (In a Starlette/FastAPI app: app.mount("/metrics", prometheus.asgi_app()).)
+#    (In a Starlette/FastAPI app: prometheus.add_route(app), which serves /metrics.)
 server = prometheus.start_http_server(0, "127.0.0.1")  # port 0: any free port
 
 # 3. Pipelines, built as usual: no telemetry code at all.

@@ -38,11 +38,25 @@ __all__ = [
     "RateLimitStatus",
     "RateLimiter",
     "RateLimiterSnapshot",
+    "TakeResult",
     "bucket_take",
     "bucket_tokens",
 ]
 
 # -- storage -------------------------------------------------------------------------------
+
+
+class TakeResult(NamedTuple):
+    """A store's answer to ``take``: the decision and the tokens left, in one reply.
+
+    Attributes:
+        wait: ``0.0`` when the tokens were taken; otherwise nothing was taken and this is
+            the seconds until ``cost`` tokens will be available.
+        tokens: the tokens left in the bucket after this decision (``0`` to ``burst``).
+    """
+
+    wait: float
+    tokens: float
 
 
 @runtime_checkable
@@ -54,15 +68,19 @@ class BucketStore(Protocol):
     store shared by several processes must use one time base for all of them instead (for
     example the Redis server's ``TIME``) and may ignore it. Waits are returned in seconds.
     The arithmetic to apply is ``bucket_take`` / ``bucket_tokens`` (one number per key).
+
+    ``take`` answers the decision and the tokens left together, so a remote store decides
+    in one round trip (``RateLimiter.try_acquire`` needs both for RateLimit headers).
     """
 
     async def take(
         self, key: str | None, cost: float, *, rate: float, burst: float, now: float
-    ) -> float:
+    ) -> TakeResult:
         """Take ``cost`` tokens if the bucket holds them.
 
-        Returns ``0.0`` when taken; otherwise takes nothing and returns the seconds until
-        ``cost`` tokens will be available.
+        Returns ``TakeResult(wait, tokens)``: ``wait`` is ``0.0`` when taken; otherwise
+        nothing was taken and ``wait`` is the seconds until ``cost`` tokens will be
+        available. ``tokens`` is what the bucket holds after the decision.
         """
         ...
 
@@ -139,9 +157,10 @@ class MemoryBucketStore:
 
     async def take(
         self, key: str | None, cost: float, *, rate: float, burst: float, now: float
-    ) -> float:
+    ) -> TakeResult:
         """See ``BucketStore.take``."""
-        return self.take_now(key, cost, rate, burst, now)
+        wait = self.take_now(key, cost, rate, burst, now)
+        return TakeResult(wait, self.tokens_now(key, rate, burst, now))
 
     async def tokens(self, key: str | None, *, rate: float, burst: float, now: float) -> float:
         """See ``BucketStore.tokens``."""
@@ -480,8 +499,8 @@ class RateLimiter(PolicyDecorator):
         if queue is not None:
             tokens = await store.tokens(key, rate=rate, burst=burst, now=now)
             return self._status(False, tokens, max(0.0, (queue.pending + cost - tokens) / rate))
-        wait = await store.take(key, cost, rate=rate, burst=burst, now=now)
-        tokens = await store.tokens(key, rate=rate, burst=burst, now=now)
+        # One call answers both (one round trip for a remote store).
+        wait, tokens = await store.take(key, cost, rate=rate, burst=burst, now=now)
         return self._status(not wait, tokens, wait)
 
     def _try_take_one_now(self, key: str | None, now: float) -> tuple[float, float] | None:
@@ -605,7 +624,7 @@ class RateLimiter(PolicyDecorator):
         store = self._store
         if store is None or self._memory is not None:
             return self._step(key, cost, now)
-        return await store.take(key, cost, rate=self._rate, burst=self._burst, now=now)
+        return (await store.take(key, cost, rate=self._rate, burst=self._burst, now=now)).wait
 
     async def _tokens(self, key: str | None, now: float) -> float:
         store = self._store
