@@ -44,6 +44,7 @@ from ._exceptions import (
     ResilientError,
     TimeoutExceeded,
 )
+from ._limits import AdaptiveLimit
 from ._pipeline import Call, Pipeline, Policy
 from ._presets import standard
 from ._ratelimit import (
@@ -54,12 +55,14 @@ from ._ratelimit import (
     RateLimitStatus,
 )
 from ._retry import Retry
+from ._throttle import Throttle
 from ._timeout import Timeout
 from .telemetry import Telemetry
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AdaptiveLimit",
     "AsyncDecorator",
     "AttemptEnded",
     "AttemptStarted",
@@ -99,6 +102,7 @@ __all__ = [
     "RetryScheduled",
     "SystemClock",
     "Telemetry",
+    "Throttle",
     "Timeout",
     "TimeoutExceeded",
     "TimeoutFired",

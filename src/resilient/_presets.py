@@ -10,9 +10,12 @@ from ._circuit import CircuitBreaker
 from ._classify import ClassifierLike
 from ._clock import Clock
 from ._events import CallObserver, Listener
+from ._exceptions import ConfigurationError
+from ._limits import AdaptiveLimit
 from ._pipeline import ObserverFactory, Pipeline, Policy
 from ._ratelimit import RateLimiter
 from ._retry import Retry
+from ._throttle import Throttle
 from ._timeout import Timeout
 
 __all__ = ["standard"]
@@ -37,10 +40,11 @@ def standard(
     rate: float | None = None,
     burst: int | None = None,
     rate_max_wait: float = 0.0,
-    max_concurrent: int | None = 100,
+    max_concurrent: int | AdaptiveLimit | None = 100,
     max_waiting: int = 100,
     max_wait: float = 1.0,
     per_key: bool = False,
+    throttle: bool | Throttle = False,
     classify: ClassifierLike | Callable[..., Any] | Iterable[Any] | None = None,
     clock: Clock | None = None,
     random: Callable[[], float] | None = None,
@@ -51,7 +55,7 @@ def standard(
 
     Order, outermost first (each step is left out when its option is ``None``/``False``)::
 
-        Timeout(total_timeout) -> Retry(attempts, budget) -> CircuitBreaker
+        Timeout(total_timeout) -> Retry(attempts, budget) -> [Throttle] -> CircuitBreaker
             -> RateLimiter(rate) -> Bulkhead(max_concurrent) -> Timeout(attempt_timeout)
 
     Retry sits outside the breaker so an open circuit is not hammered; the breaker outside the
@@ -82,11 +86,15 @@ def standard(
         rate: tokens per second for a ``RateLimiter``, or ``None`` for no limiter.
         burst: ``RateLimiter.burst`` (default: ``max(1, int(rate))``).
         rate_max_wait: ``RateLimiter.max_wait``.
-        max_concurrent: ``Bulkhead.max_concurrent``, or ``None`` for no bulkhead.
+        max_concurrent: ``Bulkhead.max_concurrent`` (a number or an ``AdaptiveLimit``), or
+            ``None`` for no bulkhead.
         max_waiting: ``Bulkhead.max_waiting``.
         max_wait: ``Bulkhead.max_wait``.
         per_key: give the rate limiter and the bulkhead one state per ``ctx.key`` (the httpx
             transport sets the host) instead of one shared by all calls.
+        throttle: ``True`` or a ``Throttle`` adds client-side adaptive throttling right
+            inside the retry (each attempt counts); off by default because the breaker
+            already refuses calls at the same 50 % shed rate (docs/overload.md).
         classify: the pipeline's classifier.
         clock: the pipeline's clock.
         random: the pipeline's random source.
@@ -106,6 +114,12 @@ def standard(
         policies.append(
             Retry(attempts=attempts, base_delay=base_delay, max_delay=max_delay, **retry_options)
         )
+    if throttle is not False:
+        if throttle is True:
+            throttle = Throttle()
+        elif not isinstance(throttle, Throttle):
+            raise ConfigurationError("standard.throttle", throttle, "expected a bool or a Throttle")
+        policies.append(throttle)
     if circuit_breaker:
         policies.append(
             CircuitBreaker(

@@ -25,6 +25,7 @@ from resilient._exceptions import (
 )
 from resilient._pipeline import Pipeline
 from resilient._ratelimit import RateLimiter
+from resilient.overload import AdaptiveLimit, QueueDiscipline
 
 from ._client import NO_PEER_KEY, ClientKeyResolver
 from ._guard import (
@@ -43,6 +44,7 @@ from ._guard import (
     new_scope_exchange,
     new_wheel_exchange,
 )
+from ._shedding import Shedding, concurrency_limit
 
 __all__ = ["DEFAULT_EXCLUDE", "ASGIApp", "ResilienceMiddleware"]
 
@@ -135,7 +137,8 @@ class ResilienceMiddleware:
 
     Args:
         app: the ASGI application to protect.
-        max_concurrent: requests allowed to run at once (``None``: no limit).
+        max_concurrent: requests allowed to run at once (``None``: no limit), or an
+            ``AdaptiveLimit`` that learns it from the requests' latency.
         max_waiting: requests allowed to wait for a slot (default: ``max_concurrent``).
         max_wait: the longest a request waits for a slot, in seconds (default 0.25).
         shed_retry_after: the ``Retry-After`` seconds sent with a ``503`` (default 1).
@@ -159,6 +162,13 @@ class ResilienceMiddleware:
         exclude: paths never shed, limited or timed out (exact, or a prefix ending in
             ``*``); default: common health-check paths.
         limit_websockets: apply rate limiting and shedding to websocket handshakes.
+        queue: the waiting room's discipline (``Bulkhead.queue``): ``"fifo"`` (default),
+            ``"codel"``, ``"lifo"`` or a discipline object (docs/overload.md).
+        criticality: a request header name (values ``critical``, ``default``,
+            ``sheddable``) or a function ``scope -> str | None`` giving each request's
+            class; lower classes are shed first (docs/overload.md). ``None``: one class.
+        critical_reserve: with ``criticality``, the share of ``max_concurrent`` only
+            critical requests may use (sheddable ones leave twice that free), in [0, 0.5].
         name: the pipeline name in telemetry (default ``"asgi"``).
         clock: time source (default: the event loop's clock).
         listeners: event listeners (``CallRejected`` for every refusal).
@@ -200,6 +210,7 @@ class ResilienceMiddleware:
         "_rate",
         "_recording",
         "_shed_retry_after",
+        "_shedding",
         "_slot_limit",
         "_slots",
         "_timed",
@@ -212,7 +223,7 @@ class ResilienceMiddleware:
         self,
         app: ASGIApp,
         *,
-        max_concurrent: int | None = None,
+        max_concurrent: int | AdaptiveLimit | None = None,
         max_waiting: int | None = None,
         max_wait: float = 0.25,
         shed_retry_after: float = 1.0,
@@ -233,6 +244,9 @@ class ResilienceMiddleware:
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
         telemetry: Any = True,
+        queue: str | QueueDiscipline = "fifo",
+        criticality: str | Callable[[Scope], str | None] | None = None,
+        critical_reserve: float = 0.2,
     ) -> None:
         if not callable(app):
             raise ConfigurationError("ResilienceMiddleware.app", app, "expected an ASGI app")
@@ -243,10 +257,14 @@ class ResilienceMiddleware:
         self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
         self._bulkhead: Bulkhead | None = None
         if max_concurrent is not None:
-            limit = check.integer(p + "max_concurrent", max_concurrent, minimum=1)
-            waiting = limit if max_waiting is None else max_waiting
+            limit = concurrency_limit(p + "max_concurrent", max_concurrent)
+            if max_waiting is not None:
+                waiting = max_waiting
+            else:
+                waiting = limit if isinstance(limit, int) else limit.max_limit
             self._bulkhead = Bulkhead(
                 max_concurrent=limit,
+                queue=queue,
                 max_waiting=check.integer(p + "max_waiting", waiting, minimum=0),
                 max_wait=self._max_wait,
                 retry_after=self._shed_retry_after,
@@ -359,6 +377,15 @@ class ResilienceMiddleware:
             # The uncontended path takes and returns the bulkhead's slot inline.
             self._slots = self._bulkhead._slots
             self._slot_limit = self._bulkhead.max_concurrent
+        # Adaptive limit or criticality: every request goes through the overload helper.
+        self._shedding = Shedding.create(
+            self._bulkhead,
+            criticality=criticality,
+            critical_reserve=critical_reserve,
+            clock=self._clock,
+        )
+        if self._shedding is not None:
+            self._slot_limit = 0
         # The wheel runtime needs asyncio's own clock; other clocks use the anyio runtime.
         self._fast = self._clock is SYSTEM_CLOCK
         self._wheel: Wheel | None = None
@@ -585,6 +612,10 @@ class ResilienceMiddleware:
         # No free slot: queue in the bulkhead (bounded by max_wait and the deadline).
         bulkhead = self._bulkhead
         assert bulkhead is not None
+        if self._shedding is not None:
+            return await self._shedding.run(
+                self._app, exchange.scope, exchange.receive, exchange.send
+            )
         try:
             await bulkhead.__aenter__()
         except (BulkheadFullError, TimeoutExceeded) as exc:
@@ -694,6 +725,10 @@ class ResilienceMiddleware:
         if bulkhead is None:
             await self._app(exchange.scope, exchange.receive, exchange.send)
             return None
+        if self._shedding is not None:
+            return await self._shedding.run(
+                self._app, exchange.scope, exchange.receive, exchange.send
+            )
         try:
             await bulkhead.__aenter__()  # no yield while a slot is free
         except (BulkheadFullError, TimeoutExceeded) as exc:
