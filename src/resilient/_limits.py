@@ -22,7 +22,7 @@ from ._exceptions import ConfigurationError
 
 __all__ = ["AIMD", "AdaptiveLimit", "Gradient2", "LimitAlgorithm", "Vegas"]
 
-ALGORITHMS: Final = ("gradient2", "vegas", "aimd")
+ALGORITHMS: Final = ("vegas", "gradient2", "aimd")
 
 
 @runtime_checkable
@@ -84,6 +84,11 @@ class Gradient2:
     decays toward the short one when it is more than twice as high, so a recovered service is
     not judged against the slow past forever.
 
+    It reacts to latency *changes*: under a sustained overload the long-term average catches
+    up with the queueing latency and the limit drifts up (in a simulation of a service running
+    16 at once it settles far above 16). Prefer ``Vegas`` for a dependency with a fixed
+    capacity; Gradient2 suits one whose latency baseline moves with its traffic mix.
+
     Args:
         smoothing: weight of each new estimate, in (0, 1] (Netflix: 0.2).
         tolerance: how much slower than the long-term average calls may get before the limit
@@ -139,10 +144,15 @@ class Gradient2:
 class Vegas:
     """TCP Vegas applied to calls: estimate the queue from the lowest RTT seen.
 
-    ``queue = limit * (1 - rtt_noload / rtt)``, where ``rtt_noload`` is the lowest RTT seen
-    (re-measured every ``probe_multiplier * limit`` samples). Fewer than ``alpha`` queued:
-    the limit grows; more than ``beta``: it shrinks; a drop shrinks it too. Netflix's
-    ``alpha = 3 log10(limit)`` and ``beta = 6 log10(limit)`` are used (at least 1 and 2).
+    ``queue = limit * (1 - rtt_noload / rtt)``, where ``rtt_noload`` is the lowest RTT seen.
+    Fewer than ``alpha`` queued: the limit grows; more than ``beta``: it shrinks; a drop
+    shrinks it too. Netflix's ``alpha = 3 log10(limit)`` and ``beta = 6 log10(limit)`` are
+    used (at least 1 and 2).
+
+    Every ``probe_multiplier * limit`` samples the no-load RTT is measured again, in case the
+    dependency became slower: unlike Netflix (which takes the next sample, inflated by the
+    very queue Vegas keeps), the limit is halved for ``limit`` samples so the queue drains,
+    and the lowest RTT seen meanwhile becomes the new floor (as BBR's PROBE_RTT does).
 
     Args:
         smoothing: weight of each new estimate, in (0, 1] (Netflix: 1.0).
@@ -153,7 +163,16 @@ class Vegas:
         ConfigurationError: an option is out of range.
     """
 
-    __slots__ = ("_noload", "_probe_at", "_samples", "probe_multiplier", "smoothing")
+    __slots__ = (
+        "_noload",
+        "_probe_at",
+        "_probe_left",
+        "_probe_min",
+        "_resume",
+        "_samples",
+        "probe_multiplier",
+        "smoothing",
+    )
 
     def __init__(self, *, smoothing: float = 1.0, probe_multiplier: int = 30) -> None:
         self.smoothing = check.fraction("AdaptiveLimit.smoothing", smoothing)
@@ -163,6 +182,9 @@ class Vegas:
         self._noload = math.inf
         self._samples = 0
         self._probe_at = 0.0
+        self._probe_left = 0
+        self._probe_min = math.inf
+        self._resume = 0.0
 
     @property
     def rtt_noload(self) -> float:
@@ -174,11 +196,23 @@ class Vegas:
         if not rtt > 0.0 or not math.isfinite(rtt):
             return limit
         self._samples += 1
+        if self._probe_left:
+            self._probe_min = min(self._probe_min, rtt)
+            self._probe_left -= 1
+            if self._probe_left:
+                return limit
+            self._noload = self._probe_min
+            return max(limit, self._resume)
         if self._samples >= self._probe_at:
-            # Forget the old floor now and then: the dependency may have become slower.
             self._probe_at = self._samples + self.probe_multiplier * max(limit, 1.0)
-            self._noload = rtt
-            return limit
+            if self._noload == math.inf:
+                self._noload = rtt
+                return limit
+            # Drain the queue for a while to see the dependency's latency without it.
+            self._probe_left = max(int(limit), 1)
+            self._probe_min = rtt
+            self._resume = limit
+            return limit * 0.5
         if rtt < self._noload:
             self._noload = rtt
             return limit
@@ -218,7 +252,8 @@ class AdaptiveLimit:
     one already in use, and a keyed bulkhead refuses one altogether).
 
     Args:
-        algorithm: ``"gradient2"`` (default), ``"vegas"``, ``"aimd"``, or an object with
+        algorithm: ``"vegas"`` (default: it settles a few calls above what the dependency
+            runs at once), ``"gradient2"``, ``"aimd"``, or an object with
             ``update(limit, rtt, inflight, dropped) -> float`` (``LimitAlgorithm``).
         initial_limit: the limit before anything was learned (Netflix: 20).
         min_limit: the limit never goes below this (>= 1; Netflix: 20 for Gradient2/AIMD).
@@ -248,7 +283,7 @@ class AdaptiveLimit:
 
     def __init__(
         self,
-        algorithm: str | LimitAlgorithm = "gradient2",
+        algorithm: str | LimitAlgorithm = "vegas",
         *,
         initial_limit: int = 20,
         min_limit: int = 1,
