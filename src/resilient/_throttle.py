@@ -29,6 +29,7 @@ from ._pipeline import Call, PolicyDecorator
 __all__ = ["Throttle", "ThrottleSnapshot", "is_overload"]
 
 OVERLOAD_STATUSES: Final = frozenset({429, 503})
+_RECENT_MINIMUM: Final = 10  # requests a bucket needs before its own ratio is trusted
 
 
 def _status(value: object) -> object:
@@ -178,9 +179,20 @@ class Throttle(PolicyDecorator):
 
     def _probability(self) -> float:
         requests = self._total_requests
-        p = (requests - self._k * self._total_accepts) / (requests + 1)
+        k = self._k
+        p = (requests - k * self._total_accepts) / (requests + 1)
         if p <= 0.0:
             return 0.0
+        # The same ratio over the last full bucket alone, once it saw enough requests: when the
+        # upstream recovers, the window still remembers a minute of refusals, but the last
+        # bucket already shows the accepts; taking the lower of the two, the share sent about
+        # doubles each bucket, so the client is back to sending everything within a window.
+        i = (self._slot - 1) % len(self._requests)
+        recent = self._requests[i]
+        if recent >= _RECENT_MINIMUM:
+            p = min(p, (recent - k * self._accepts[i]) / (recent + 1))
+            if p <= 0.0:
+                return 0.0
         return min(p, self._max_rejection)
 
     def record(self, accepted: bool, now: float | None = None) -> None:
