@@ -33,6 +33,7 @@ SUITES = [
     "suite_telemetry",
     "suite_asgi",
     "suite_httpx",
+    "suite_overload",
 ]
 # The cross-cutting comparisons (issue 10): five policies together, each policy vs its peers,
 # the failure path, memory, chaos switched off. Feature suites go in the list above.

@@ -109,6 +109,21 @@ def test_vegas_settles_near_the_capacity_of_a_queueing_dependency() -> None:
     assert max(tail) <= capacity + 12
 
 
+def test_a_dropped_call_lowers_the_limit_but_never_its_latency_floor() -> None:
+    """A call cut short after 20 ms says nothing about a 100 ms dependency: if it became the
+    no-load RTT, every normal call would look queued and the limit would never grow again."""
+    for algorithm in ("vegas", "gradient2"):
+        limit = AdaptiveLimit(algorithm, initial_limit=2, max_limit=50)
+        for _ in range(5):
+            limit.update(0.100, inflight=limit.limit)
+        before = limit.limit
+        limit.update(0.020, inflight=limit.limit, dropped=True)
+        assert limit.limit < before or limit.limit == 1
+        for _ in range(40):
+            limit.update(0.100, inflight=limit.limit)
+        assert limit.limit > before, algorithm
+
+
 def test_algorithm_objects_expose_their_anchored_defaults() -> None:
     g = Gradient2()
     assert (g.smoothing, g.tolerance, g.queue_size) == (0.2, 1.5, 4.0)

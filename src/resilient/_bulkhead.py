@@ -304,7 +304,15 @@ class Bulkhead(PolicyDecorator):
         except BaseException:
             _release(slots)  # an error unrelated to load, or a cancellation: nothing learned
             raise
-        self._sample_and_release(slots, clock.now() - start, False)
+        # _sample_and_release(), inlined for the common case.
+        before = slots.limit
+        limit = slots.limit = self._adaptive.update(clock.now() - start, slots.running)  # type: ignore[union-attr]
+        if slots.waiters:
+            _release(slots)
+            if limit > before:
+                _admit_waiters(slots)
+        else:
+            slots.running -= 1
         return result
 
     def _sample_and_release(self, slots: _Slots, rtt: float, dropped: bool) -> None:

@@ -23,6 +23,7 @@ from ._exceptions import ConfigurationError
 __all__ = ["AIMD", "AdaptiveLimit", "Gradient2", "LimitAlgorithm", "Vegas"]
 
 ALGORITHMS: Final = ("vegas", "gradient2", "aimd")
+_INF: Final = math.inf
 
 
 @runtime_checkable
@@ -124,18 +125,19 @@ class Gradient2:
 
     def update(self, limit: float, rtt: float, inflight: int, dropped: bool) -> float:
         """See ``LimitAlgorithm.update``."""
-        if not rtt > 0.0 or not math.isfinite(rtt):
+        if dropped:
+            # Cut short at any point: no latency to learn from; the smoothed halving.
+            return limit * (1.0 - 0.5 * self.smoothing)
+        if not 0.0 < rtt < _INF:  # NaN too
             return limit
         long = self._long
         long = rtt if long == 0.0 else long + (rtt - long) * self._long_factor
         if long > 2.0 * rtt:
             long *= 0.95  # recovering: let the long view catch up with the better present
         self._long = long
-        if inflight * 2 < limit and not dropped:
+        if inflight * 2 < limit:
             return limit  # application-limited: the latency says nothing about the limit
         gradient = max(0.5, min(1.0, self.tolerance * long / rtt))
-        if dropped:
-            gradient = 0.5
         estimate = limit * gradient + self.queue_size
         return limit * (1.0 - self.smoothing) + estimate * self.smoothing
 
@@ -164,12 +166,16 @@ class Vegas:
     """
 
     __slots__ = (
+        "_alpha",
+        "_beta",
+        "_for_limit",
         "_noload",
         "_probe_at",
         "_probe_left",
         "_probe_min",
         "_resume",
         "_samples",
+        "_step",
         "probe_multiplier",
         "smoothing",
     )
@@ -185,6 +191,8 @@ class Vegas:
         self._probe_left = 0
         self._probe_min = math.inf
         self._resume = 0.0
+        self._for_limit = -1.0
+        self._alpha = self._beta = self._step = 1.0
 
     @property
     def rtt_noload(self) -> float:
@@ -193,7 +201,11 @@ class Vegas:
 
     def update(self, limit: float, rtt: float, inflight: int, dropped: bool) -> float:
         """See ``LimitAlgorithm.update``."""
-        if not rtt > 0.0 or not math.isfinite(rtt):
+        if dropped:
+            # A dropped call's time says nothing about the dependency's latency (it may have
+            # been cut short at any point): it only lowers the limit.
+            return limit - max(1.0, math.log10(max(limit, 1.0))) * self.smoothing
+        if not 0.0 < rtt < _INF:  # NaN too
             return limit
         self._samples += 1
         if self._probe_left:
@@ -216,19 +228,21 @@ class Vegas:
         if rtt < self._noload:
             self._noload = rtt
             return limit
-        log = math.log10(max(limit, 1.0))
-        alpha = max(1.0, 3.0 * log)
-        beta = max(2.0, 6.0 * log)
-        if dropped:
-            estimate = limit - max(1.0, log)
+        if limit != self._for_limit:  # the thresholds move only with the limit: cached
+            log = math.log10(max(limit, 1.0))
+            self._for_limit = limit
+            self._alpha = max(1.0, 3.0 * log)
+            self._beta = max(2.0, 6.0 * log)
+            self._step = max(1.0, log)
+        queue = limit * (1.0 - self._noload / rtt)
+        if queue < self._alpha:
+            if inflight * 2 < limit:
+                return limit  # not using the limit: no reason to raise it
+            estimate = limit + self._step
+        elif queue > self._beta:
+            estimate = limit - self._step
         else:
-            queue = limit * (1.0 - self._noload / rtt)
-            if queue < alpha and inflight * 2 >= limit:
-                estimate = limit + max(1.0, log)
-            elif queue > beta:
-                estimate = limit - max(1.0, log)
-            else:
-                return limit
+            return limit
         return limit * (1.0 - self.smoothing) + estimate * self.smoothing
 
 
@@ -367,6 +381,8 @@ class AdaptiveLimit:
             dropped: the call timed out or was refused downstream.
         """
         new = self._algorithm.update(self._limit, rtt, inflight, dropped)
+        if new == self._limit:
+            return self.limit
         # Clamped here, whatever the algorithm returns (NaN included): the bounds are a
         # promise to the operator, not a property each algorithm must keep.
         if not new >= self.min_limit:
