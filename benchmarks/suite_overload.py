@@ -117,7 +117,7 @@ def _serve(port: int, mode: str, stats_path: str) -> None:  # runs in the server
         app = ResilienceMiddleware(
             service,
             max_concurrent=resilient.AdaptiveLimit("vegas", initial_limit=CAPACITY, max_limit=400),
-            max_waiting=CAPACITY,
+            max_waiting=int(os.environ.get("OVERLOAD_WAITING", "0")),
             queue="lifo",
             **options,
         )

@@ -153,6 +153,8 @@ def test_algorithm_objects_expose_their_anchored_defaults() -> None:
         ({"smoothing": 0.0}, "AdaptiveLimit.smoothing"),
         ({"algorithm": "gradient2", "tolerance": 0.5}, "AdaptiveLimit.tolerance"),
         ({"tolerance": 2.0}, "AdaptiveLimit.tolerance"),
+        ({"beta": 1.5}, "AdaptiveLimit.beta"),
+        ({"alpha": -1.0}, "AdaptiveLimit.alpha"),
         ({"algorithm": "aimd", "backoff": 0.2}, "AdaptiveLimit.backoff"),
     ],
 )

@@ -147,9 +147,10 @@ class Vegas:
     """TCP Vegas applied to calls: estimate the queue from the lowest RTT seen.
 
     ``queue = limit * (1 - rtt_noload / rtt)``, where ``rtt_noload`` is the lowest RTT seen.
-    Fewer than ``alpha`` queued: the limit grows; more than ``beta``: it shrinks; a drop
-    shrinks it too. Netflix's ``alpha = 3 log10(limit)`` and ``beta = 6 log10(limit)`` are
-    used (at least 1 and 2).
+    Fewer than ``alpha * log10(limit)`` queued (at least 1): the limit grows; more than
+    ``beta * log10(limit)`` (at least 2): it shrinks; a drop shrinks it too. Netflix uses
+    3 and 6; the defaults here, 2 and 4, keep the queue in front of a dependency that runs
+    only a few calls at once short enough for its callers' deadlines (docs/overload.md).
 
     Every ``probe_multiplier * limit`` samples the no-load RTT is measured again, in case the
     dependency became slower: unlike Netflix (which takes the next sample, inflated by the
@@ -160,6 +161,8 @@ class Vegas:
         smoothing: weight of each new estimate, in (0, 1] (Netflix: 1.0).
         probe_multiplier: re-measure the no-load RTT after this many limits' worth of
             samples (Netflix: 30).
+        alpha: grow while fewer than ``alpha * log10(limit)`` calls queue (Netflix: 3).
+        beta: shrink while more than ``beta * log10(limit)`` queue, > alpha (Netflix: 6).
 
     Raises:
         ConfigurationError: an option is out of range.
@@ -176,12 +179,25 @@ class Vegas:
         "_resume",
         "_samples",
         "_step",
+        "alpha",
+        "beta",
         "probe_multiplier",
         "smoothing",
     )
 
-    def __init__(self, *, smoothing: float = 1.0, probe_multiplier: int = 30) -> None:
+    def __init__(
+        self,
+        *,
+        smoothing: float = 1.0,
+        probe_multiplier: int = 30,
+        alpha: float = 2.0,
+        beta: float = 4.0,
+    ) -> None:
         self.smoothing = check.fraction("AdaptiveLimit.smoothing", smoothing)
+        self.alpha = check.positive("AdaptiveLimit.alpha", alpha)
+        self.beta = check.positive("AdaptiveLimit.beta", beta)
+        if self.beta <= self.alpha:
+            raise ConfigurationError("AdaptiveLimit.beta", beta, f"must be > alpha ({alpha:g})")
         self.probe_multiplier = check.integer(
             "AdaptiveLimit.probe_multiplier", probe_multiplier, minimum=1
         )
@@ -231,8 +247,8 @@ class Vegas:
         if limit != self._for_limit:  # the thresholds move only with the limit: cached
             log = math.log10(max(limit, 1.0))
             self._for_limit = limit
-            self._alpha = max(1.0, 3.0 * log)
-            self._beta = max(2.0, 6.0 * log)
+            self._alpha = max(1.0, self.alpha * log)
+            self._beta = max(2.0, self.beta * log)
             self._step = max(1.0, log)
         queue = limit * (1.0 - self._noload / rtt)
         if queue < self._alpha:
@@ -248,7 +264,7 @@ class Vegas:
 
 _OPTIONS: Final[dict[str, tuple[str, ...]]] = {
     "gradient2": ("smoothing", "tolerance", "queue_size", "long_window"),
-    "vegas": ("smoothing", "probe_multiplier"),
+    "vegas": ("smoothing", "probe_multiplier", "alpha", "beta"),
     "aimd": ("backoff", "timeout"),
 }
 
@@ -277,6 +293,8 @@ class AdaptiveLimit:
         queue_size: Gradient2 only (4): headroom added to each estimate.
         long_window: Gradient2 only (600): samples in the long-term RTT average.
         probe_multiplier: Vegas only (30): how often the no-load RTT is re-measured.
+        alpha: Vegas only (2; Netflix 3): grow below ``alpha * log10(limit)`` queued.
+        beta: Vegas only (4; Netflix 6): shrink above ``beta * log10(limit)`` queued.
         backoff: AIMD only (0.9): factor applied on a drop.
         timeout: AIMD only (5 s): a call slower than this counts as a drop.
 
@@ -307,6 +325,8 @@ class AdaptiveLimit:
         queue_size: float | None = None,
         long_window: int | None = None,
         probe_multiplier: int | None = None,
+        alpha: float | None = None,
+        beta: float | None = None,
         backoff: float | None = None,
         timeout: float | None = None,
     ) -> None:
@@ -316,6 +336,8 @@ class AdaptiveLimit:
             "queue_size": queue_size,
             "long_window": long_window,
             "probe_multiplier": probe_multiplier,
+            "alpha": alpha,
+            "beta": beta,
             "backoff": backoff,
             "timeout": timeout,
         }
