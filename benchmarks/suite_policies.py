@@ -30,10 +30,13 @@ NOTES = {
 }
 
 # Ours against the fastest peer doing the same job (PERFORMANCE.md per-policy goals), with
-# room for the Pipeline's per-call Context the peers' decorators do not build.
+# room for the Pipeline's per-call Context the peers' decorators do not build. The breaker:
+# its step alone is gated at parity with circuitbreaker in suite_breaker; here, decorated,
+# it also pays the Context (circuitbreaker's decorator counts consecutive failures and
+# builds nothing per call), so the bound is wider.
 GATES = [
     (OURS_RETRY, "retry: hyx @retry", 1.5),
-    (OURS_BREAKER, "breaker: circuitbreaker @circuit", 1.5),
+    (OURS_BREAKER, "breaker: circuitbreaker @circuit", 2.0),
     (OURS_LIMITER, "ratelimit: aiolimiter `async with`", 1.5),
     (OURS_BULKHEAD, "bulkhead: hyx @bulkhead", 1.0),
     (OURS_TIMEOUT, "timeout: asyncio.timeout", 1.3),

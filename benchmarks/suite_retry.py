@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import resilient
-from benchmarks._harness import Case, run_cases
+from benchmarks._harness import Case, run_cases, summary
 
 RETRIES = 10  # retried attempts per call in the "per retried attempt" cases
 
@@ -148,15 +148,14 @@ def cases() -> dict[str, Case]:
 # parity with it (the per-call Context of the pipeline is most of our cost). The gate states
 # parity; docs/performance.md has the numbers.
 GATES = [
-    ("Pipeline(Retry) success", "bare await", 8.0),
     ("Pipeline(Retry) success", "hyx retry success", 1.0),
     ("Retry per retried attempt", "hyx per retried attempt", 1 / 3),
 ]
 
 
 def run(*, quick: bool) -> dict[str, float]:
-    results = run_cases(cases(), calls=5_000 if quick else 50_000, rounds=5 if quick else 9)
-    medians = {name: r.median_ns for name, r in results.items()}
+    results = run_cases(cases(), calls=1_500 if quick else 50_000, rounds=31 if quick else 9)
+    medians = summary(results, quick=quick)
     if not quick:
         slow = run_cases(_slow_peers(), calls=2_000, rounds=5)
         medians.update({name: r.median_ns for name, r in slow.items()})

@@ -68,7 +68,7 @@ def cases() -> dict[str, Case]:
     recorder = EventRecorder()
     probe = resilient.standard(name="bench", telemetry=False, listeners=[recorder])
     asyncio.run(probe.call(_f))
-    attempt_events = len(recorder.of_type(resilient.AttemptEnded))
+    attempt_events = len(recorder.of_type(resilient.events.AttemptEnded))
 
     tracer = tracer_provider.get_tracer("bare")
     meter = meter_provider.get_meter("bare")

@@ -13,11 +13,11 @@ import resilient
 bulkhead = resilient.Bulkhead(max_concurrent=2, max_waiting=2, max_wait=0.25, name="db")
 
 
-def report(event: resilient.Event) -> None:
-    if isinstance(event, resilient.WaitEnded):
+def report(event: resilient.events.Event) -> None:
+    if isinstance(event, resilient.events.WaitEnded):
         verdict = "admitted" if event.admitted else "gave up"
         print(f"    [event] waited {event.waited:.2f}s, {verdict}")
-    elif isinstance(event, resilient.CallRejected):
+    elif isinstance(event, resilient.events.CallRejected):
         print(f"    [event] refused: {event.reason}")
 
 

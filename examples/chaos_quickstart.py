@@ -78,7 +78,7 @@ async def server_side() -> None:
         print(f"  {phase:<9} {status}")
 
 
-def injected_response(injection: Injection, ctx: resilient.Context) -> httpx.Response:
+def injected_response(injection: Injection, ctx: resilient.extend.Context) -> httpx.Response:
     """What an injected fault looks like to an httpx client: a response with its status."""
     headers = {"Retry-After": f"{injection.retry_after:g}"} if injection.retry_after else {}
     return httpx.Response(injection.status, headers=headers, text=f"chaos: {injection.phase}")

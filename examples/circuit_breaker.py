@@ -26,8 +26,8 @@ class Dependency:
         return f"{host}: 200 OK"
 
 
-def show(event: resilient.Event) -> None:
-    if isinstance(event, resilient.CircuitStateChanged):
+def show(event: resilient.events.Event) -> None:
+    if isinstance(event, resilient.events.CircuitStateChanged):
         where = f" [{event.key}]" if event.key else ""
         print(f"  event: {event.previous} -> {event.state}{where}")
 

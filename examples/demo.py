@@ -151,12 +151,12 @@ class Counters:
     budget_refusals: int = 0
     breaker_openings: int = 0
 
-    def __call__(self, event: resilient.Event) -> None:
-        if isinstance(event, resilient.RetryScheduled):
+    def __call__(self, event: resilient.events.Event) -> None:
+        if isinstance(event, resilient.events.RetryScheduled):
             self.retries += 1
-        elif isinstance(event, resilient.BudgetRefused):
+        elif isinstance(event, resilient.events.BudgetRefused):
             self.budget_refusals += 1
-        elif isinstance(event, resilient.CircuitStateChanged) and event.state == "open":
+        elif isinstance(event, resilient.events.CircuitStateChanged) and event.state == "open":
             self.breaker_openings += 1
 
 

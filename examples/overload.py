@@ -7,6 +7,7 @@ Run: python examples/overload.py
 from __future__ import annotations
 
 import anyio
+import anyio.lowlevel
 
 import resilient
 from resilient.testing import FakeClock
@@ -52,11 +53,11 @@ async def adaptive_lifo() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(pipeline.call, hold.wait)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         for i in range(30):
             tg.start_soon(caller, i)
             for _ in range(5):
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
             if i < 29:
                 clock.advance(0.005)
         hold.set()

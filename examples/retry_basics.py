@@ -14,18 +14,8 @@ from dataclasses import dataclass
 
 import anyio
 
-from resilient import (
-    Classifier,
-    Event,
-    Pipeline,
-    Retry,
-    RetryBudget,
-    RetryGaveUp,
-    RetryScheduled,
-    Timeout,
-    Verdict,
-    on_result,
-)
+from resilient import Classifier, Pipeline, Retry, RetryBudget, Timeout, Verdict, on_result
+from resilient.events import Event, RetryGaveUp, RetryScheduled
 
 
 def show(event: Event) -> None:

@@ -5,15 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from resilient import (
-    BulkheadFullError,
-    CircuitBreaker,
-    CircuitStateChanged,
-    Classifier,
-    Pipeline,
-    Verdict,
-    on_exception,
-)
+from resilient import BulkheadFullError, CircuitBreaker, Classifier, Pipeline, Verdict, on_exception
+from resilient.events import CircuitStateChanged
 from resilient.testing import EventRecorder, FakeClock
 
 

@@ -21,8 +21,9 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 import resilient
-from resilient import CallRejected, ConfigurationError
+from resilient import ConfigurationError
 from resilient.asgi import ResilienceMiddleware
+from resilient.events import CallRejected
 from resilient.testing import EventRecorder, FakeClock
 from test_telemetry_support import Otel
 

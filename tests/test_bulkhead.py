@@ -16,14 +16,13 @@ from _limits_helpers import CountingClock, settle, until
 from resilient import (
     Bulkhead,
     BulkheadFullError,
-    BulkheadSnapshot,
-    CallRejected,
     ConfigurationError,
     Pipeline,
     Timeout,
     TimeoutExceeded,
-    WaitEnded,
 )
+from resilient.events import CallRejected, WaitEnded
+from resilient.extend import BulkheadSnapshot
 from resilient.testing import EventRecorder, FakeClock
 
 
@@ -560,7 +559,7 @@ def test_one_instance_serves_successive_event_loops() -> None:
 
     bulkhead = Bulkhead(max_concurrent=1, max_waiting=4, max_wait=5.0)
 
-    async def contended(clock: resilient.Clock | None) -> list[int]:
+    async def contended(clock: resilient.extend.Clock | None) -> list[int]:
         pipeline = Pipeline(bulkhead, clock=clock)
         done: list[int] = []
 

@@ -21,11 +21,8 @@ from _circuit_helpers import (
     transitions,
 )
 from resilient import (
-    CallRejected,
     CircuitBreaker,
     CircuitOpenError,
-    CircuitSnapshot,
-    CircuitStateChanged,
     Classifier,
     ConfigurationError,
     Pipeline,
@@ -35,6 +32,8 @@ from resilient import (
     on_exception,
     on_result,
 )
+from resilient.events import CallRejected, CircuitStateChanged
+from resilient.extend import CircuitSnapshot
 from resilient.testing import EventRecorder, FakeClock
 
 # -- opening: thresholds at their exact boundaries -----------------------------------------
@@ -653,7 +652,7 @@ async def test_execute_runs_outside_a_composed_pipeline(clock: FakeClock) -> Non
 
 def test_breaker_is_adeadline_aware_policy() -> None:
     breaker = CircuitBreaker()
-    assert isinstance(breaker, resilient.Policy)
+    assert isinstance(breaker, resilient.extend.Policy)
     assert CircuitBreaker.deadline_aware is True
     assert "CircuitBreaker(failure_rate=0.5, window=30s" in repr(breaker)
     assert "window=100 calls" in repr(CircuitBreaker(window_type="count"))

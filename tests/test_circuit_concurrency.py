@@ -11,7 +11,8 @@ import anyio
 import pytest
 
 from _circuit_helpers import call, client_error, fail, make, succeed, transitions
-from resilient import CircuitOpenError, CircuitStateChanged
+from resilient import CircuitOpenError
+from resilient.events import CircuitStateChanged
 from resilient.testing import EventRecorder, FakeClock
 
 

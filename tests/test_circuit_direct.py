@@ -11,15 +11,8 @@ from typing import Any
 import anyio
 import pytest
 
-from resilient import (
-    CircuitBreaker,
-    CircuitOpenError,
-    CircuitStateChanged,
-    Pipeline,
-    Verdict,
-    on_exception,
-    on_result,
-)
+from resilient import CircuitBreaker, CircuitOpenError, Pipeline, Verdict, on_exception, on_result
+from resilient.events import CircuitStateChanged
 from resilient.testing import EventRecorder, FakeClock
 from test_telemetry_support import Otel
 

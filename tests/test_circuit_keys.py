@@ -7,7 +7,8 @@ import tracemalloc
 import pytest
 
 from _circuit_helpers import call, calls, fail, make, succeed
-from resilient import CircuitBreaker, CircuitOpenError, CircuitStateChanged
+from resilient import CircuitBreaker, CircuitOpenError
+from resilient.events import CircuitStateChanged
 from resilient.testing import EventRecorder, FakeClock
 
 

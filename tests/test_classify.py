@@ -163,7 +163,8 @@ def test_invalid_rules_name_the_parameter() -> None:
 
 
 async def test_pipeline_classify_option_reaches_the_context() -> None:
-    from resilient import Context, Pipeline
+    from resilient import Pipeline
+    from resilient.extend import Context
 
     seen: list[Classification] = []
 

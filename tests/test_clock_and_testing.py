@@ -5,7 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from resilient import Pipeline, SystemClock, Timeout
+from resilient import Pipeline, Timeout
+from resilient.extend import SystemClock
 from resilient.testing import EventRecorder, FakeClock
 
 
@@ -102,7 +103,7 @@ async def test_one_pipeline_serves_successive_event_loops() -> None:
 
 
 def test_event_recorder_filters_by_type() -> None:
-    from resilient import TimeoutFired, WaitEnded
+    from resilient.events import TimeoutFired, WaitEnded
 
     recorder = EventRecorder()
     fired = TimeoutFired(pipeline="p", operation="o", policy="t", at=0.0, timeout=1.0)

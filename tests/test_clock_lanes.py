@@ -11,11 +11,13 @@ import gc
 import math
 import random
 import threading
+import time
 import weakref
 
 import pytest
 
-from resilient import Pipeline, SystemClock, Timeout, TimeoutExceeded
+from resilient import Pipeline, Timeout, TimeoutExceeded
+from resilient.extend import SystemClock
 
 clock = SystemClock()
 
@@ -132,7 +134,7 @@ def test_an_outer_cancellation_of_a_laned_scope_stays_a_cancellation() -> None:
             assert not task.done()
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        return sum(len(lane.scopes) for lane in _lanes())  # type: ignore[attr-defined]
+        return sum(len(lane.timers) for lane in _lanes())  # type: ignore[attr-defined]
 
     assert asyncio.run(main()) == 0  # every scope left its lane
 
@@ -266,10 +268,114 @@ def test_random_mix_of_lengths_completions_and_cancellations_ends_with_empty_lan
             (plan, "cancelled" if isinstance(out, asyncio.CancelledError) else str(out))
             for (_, plan), out in zip(plans, outcomes, strict=True)
         ]
-        left = sum(len(lane.scopes) for lane in _lanes())  # type: ignore[attr-defined]
+        left = sum(len(lane.timers) for lane in _lanes())  # type: ignore[attr-defined]
         return seen, left
 
     seen, left = asyncio.run(main())
     expected = {"quick": "ok", "hang": "timeout", "cancel": "cancelled"}
     assert [outcome for _, outcome in seen] == [expected[plan] for plan, _ in seen]
     assert left == 0
+
+
+def _early_fires_and_arms(run: object, monkeypatch: pytest.MonkeyPatch) -> tuple[float, int, int]:
+    """Run 40 timed-out scopes; how early the worst fired, how many lane timers were armed."""
+    from resilient import _clock
+
+    arms = 0
+    original = _clock._Lane.arm
+
+    def counting_arm(self: object, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        nonlocal arms
+        arms += 1
+        original(self, loop, deadline)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_clock._Lane, "arm", counting_arm)
+    early: list[float] = []
+
+    async def main() -> None:
+        for i in range(40):
+            deadline = clock.now() + 0.004 + i * 0.0001
+            try:
+                async with clock.timeout_at(deadline):
+                    await asyncio.sleep(1)
+            except TimeoutError:
+                early.append(deadline - time.monotonic())
+
+    run(main())  # type: ignore[operator]
+    return max(early), arms, len(early)
+
+
+def test_timers_never_fire_early_nor_rearm_on_the_default_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worst, arms, fired = _early_fires_and_arms(asyncio.run, monkeypatch)
+    assert fired == 40
+    assert worst <= 0.0  # no scope expired before its deadline
+    assert arms <= 40 + 2  # one loop timer per scope here (each lane empties in between)
+
+
+def test_timers_never_fire_early_nor_rearm_on_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop's cached millisecond clock once made lane timers fire early and re-arm ~20x."""
+    uvloop = pytest.importorskip("uvloop")
+    worst, arms, fired = _early_fires_and_arms(uvloop.run, monkeypatch)
+    assert fired == 40
+    assert worst <= 0.0
+    assert arms <= 40 + 2
+
+
+def test_call_at_runs_callbacks_at_their_deadlines_in_order_and_cancel_stops_one() -> None:
+    from resilient.timers import call_at, current_loop
+
+    async def main() -> tuple[list[str], list[bool], int]:
+        assert current_loop() is asyncio.get_running_loop()
+        fired: list[str] = []
+        now = clock.now()
+        timers = [
+            call_at(now + 0.02, lambda: fired.append("b")),
+            call_at(now + 0.01, lambda: fired.append("a")),  # earlier, entered later
+            call_at(now + 0.03, lambda: fired.append("cancelled")),
+            call_at(now + 0.04, lambda: fired.append("c")),
+            call_at(math.inf, lambda: fired.append("never")),
+        ]
+        timers[2].cancel()
+        timers[2].cancel()  # idempotent
+        await asyncio.sleep(0.08)
+        timers[0].cancel()  # after it fired: nothing happens
+        return fired, [t.fired for t in timers], sum(len(lane.timers) for lane in _lanes())  # type: ignore[attr-defined]
+
+    fired, flags, left = asyncio.run(main())
+    assert fired == ["a", "b", "c"]
+    assert flags == [True, True, False, True, False]
+    assert left == 0
+
+
+def test_call_at_on_uvloop_never_fires_before_the_deadline() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    from resilient.timers import call_at
+
+    async def main() -> list[float]:
+        lateness: list[float] = []
+        done = asyncio.Event()
+        for i in range(30):
+            deadline = time.monotonic() + 0.002 + i * 0.0003
+            call_at(deadline, lambda d=deadline: lateness.append(time.monotonic() - d))  # type: ignore[misc]
+        call_at(time.monotonic() + 0.05, done.set)
+        await done.wait()
+        return lateness
+
+    lateness = uvloop.run(main())
+    assert len(lateness) == 30
+    assert min(lateness) >= 0.0
+
+
+def test_call_at_refuses_to_run_without_an_asyncio_loop() -> None:
+    import trio
+
+    from resilient.timers import call_at, current_loop
+
+    async def main() -> None:
+        assert current_loop() is None
+        with pytest.raises(RuntimeError, match="asyncio event loop"):
+            call_at(1.0, lambda: None)
+
+    trio.run(main)

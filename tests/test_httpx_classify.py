@@ -11,7 +11,8 @@ import pytest
 import respx
 
 import resilient
-from resilient import Classification, Context, Verdict, on_exception, on_result
+from resilient import Classification, Verdict, on_exception, on_result
+from resilient.extend import Context
 from resilient.httpx import (
     IDEMPOTENT_EXTENSION,
     ResilientTransport,

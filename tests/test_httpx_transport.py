@@ -19,7 +19,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import resilient
 import resilient.httpx
-from resilient import ConfigurationError, Context, Timeout, Verdict, on_result
+from resilient import ConfigurationError, Timeout, Verdict, on_result
+from resilient.extend import Context
 from resilient.httpx import (
     DEADLINE_HEADER,
     ROUTE_EXTENSION,

@@ -19,12 +19,12 @@ from resilient import (
     AdaptiveLimit,
     Bulkhead,
     BulkheadFullError,
-    CallRejected,
     ConfigurationError,
     Pipeline,
     Timeout,
     TimeoutExceeded,
 )
+from resilient.events import CallRejected
 from resilient.overload import AIMD, FIFO, AdaptiveLIFO, CoDel, Gradient2, Vegas
 from resilient.testing import EventRecorder, FakeClock
 

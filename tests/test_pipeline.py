@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 import resilient
-from resilient import Context, Pipeline
+from resilient import Pipeline
+from resilient.extend import Context
 from resilient.testing import FakeClock
 
 
@@ -21,11 +22,13 @@ class Recorder:
         self.log = log
         self.binds = 0
 
-    def compose(self, inner: resilient.Call, after: tuple[resilient.Policy, ...]) -> resilient.Call:
+    def compose(
+        self, inner: resilient.extend.Call, after: tuple[resilient.extend.Policy, ...]
+    ) -> resilient.extend.Call:
         self.binds += 1
         return functools.partial(self.execute, inner)
 
-    async def execute(self, call: resilient.Call, ctx: Context, /) -> Any:
+    async def execute(self, call: resilient.extend.Call, ctx: Context, /) -> Any:
         self.log.append(f"enter {self.name}")
         try:
             return await call(ctx)
@@ -72,7 +75,7 @@ async def test_context_carries_operation_pipeline_and_attempt() -> None:
     class Peek:
         name = "peek"
 
-        async def execute(self, call: resilient.Call, ctx: Context, /) -> Any:
+        async def execute(self, call: resilient.extend.Call, ctx: Context, /) -> Any:
             seen.append(ctx)
             return await call(ctx)
 
@@ -95,7 +98,7 @@ async def test_each_call_gets_its_own_context() -> None:
     class Peek:
         name = "peek"
 
-        async def execute(self, call: resilient.Call, ctx: Context, /) -> Any:
+        async def execute(self, call: resilient.extend.Call, ctx: Context, /) -> Any:
             seen.append(ctx)
             return await call(ctx)
 
@@ -163,7 +166,7 @@ def test_bad_clock_and_random_are_refused() -> None:
 async def test_raising_listener_never_changes_the_outcome(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(event: resilient.Event) -> None:
+    def broken(event: resilient.events.Event) -> None:
         raise RuntimeError("listener bug")
 
     async def work() -> None:
@@ -193,7 +196,7 @@ class Observer:
         if self.fail:
             raise RuntimeError("end")
 
-    def event(self, ctx: Context, event: resilient.Event, /) -> None:
+    def event(self, ctx: Context, event: resilient.events.Event, /) -> None:
         self.calls.append(("event", type(event).__name__))
         if self.fail:
             raise RuntimeError("event")

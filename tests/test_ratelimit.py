@@ -20,19 +20,16 @@ from hypothesis import strategies as st
 import resilient
 from _limits_helpers import CountingClock, ManualClock, until
 from resilient import (
-    BucketStore,
-    CallRejected,
     ConfigurationError,
-    MemoryBucketStore,
     Pipeline,
     RateLimitedError,
     RateLimiter,
-    RateLimitStatus,
     Timeout,
     TimeoutExceeded,
-    WaitEnded,
 )
 from resilient._ratelimit import bucket_take, bucket_tokens
+from resilient.events import CallRejected, WaitEnded
+from resilient.extend import BucketStore, MemoryBucketStore, RateLimitStatus
 from resilient.testing import EventRecorder, FakeClock
 
 
@@ -40,7 +37,7 @@ async def noop() -> None:
     pass
 
 
-def drained(clock: resilient.Clock, **options: Any) -> RateLimiter:
+def drained(clock: resilient.extend.Clock, **options: Any) -> RateLimiter:
     """A limiter on ``clock`` whose bucket is empty at ``clock.now()``."""
     limiter = RateLimiter(clock=clock, **options)
     assert limiter._take_now(None, limiter.burst, clock.now()) == 0.0
@@ -607,7 +604,7 @@ def test_one_instance_serves_successive_event_loops() -> None:
 
     limiter = RateLimiter(rate=10.0, burst=2, max_wait=5.0)
 
-    async def contended(clock: resilient.Clock | None) -> int:
+    async def contended(clock: resilient.extend.Clock | None) -> int:
         pipeline = Pipeline(limiter, clock=clock)
         done = 0
 

@@ -10,23 +10,25 @@ import pytest
 
 import resilient
 from resilient import (
-    AttemptEnded,
-    AttemptStarted,
-    BudgetRefused,
     BulkheadFullError,
     Classifier,
     ConfigurationError,
-    Context,
     Pipeline,
     Retry,
     RetryBudget,
-    RetryGaveUp,
-    RetryScheduled,
     Timeout,
     Verdict,
     on_exception,
     on_result,
 )
+from resilient.events import (
+    AttemptEnded,
+    AttemptStarted,
+    BudgetRefused,
+    RetryGaveUp,
+    RetryScheduled,
+)
+from resilient.extend import Context
 from resilient.testing import EventRecorder, FakeClock
 
 

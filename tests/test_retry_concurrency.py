@@ -11,13 +11,9 @@ from typing import Any
 import anyio
 import pytest
 
-from resilient import (
-    AttemptEnded,
-    Context,
-    Pipeline,
-    Retry,
-    RetryScheduled,
-)
+from resilient import Pipeline, Retry
+from resilient.events import AttemptEnded, RetryScheduled
+from resilient.extend import Context
 from resilient.testing import EventRecorder, FakeClock
 
 

@@ -12,13 +12,12 @@ from resilient import (
     Classifier,
     Pipeline,
     Retry,
-    RetryGaveUp,
-    RetryScheduled,
     Timeout,
     TimeoutExceeded,
     Verdict,
     on_result,
 )
+from resilient.events import RetryGaveUp, RetryScheduled
 from resilient.testing import EventRecorder, FakeClock
 
 

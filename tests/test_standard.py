@@ -97,7 +97,7 @@ async def test_transient_failures_are_retried_then_succeed(clock: FakeClock) -> 
         return outcome
 
     assert await pipeline.call(flaky) == "ok"
-    assert len(events.of_type(resilient.RetryScheduled)) == 2
+    assert len(events.of_type(resilient.events.RetryScheduled)) == 2
     assert all(0.0 <= d <= 0.2 for d in clock.sleeps)
 
 

@@ -14,20 +14,18 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from resilient import (
+from resilient import RejectedError, Telemetry
+from resilient.events import (
     AttemptEnded,
     AttemptStarted,
     BudgetRefused,
-    Call,
     CallRejected,
     CircuitStateChanged,
-    Context,
-    RejectedError,
     RetryGaveUp,
     RetryScheduled,
-    Telemetry,
     WaitEnded,
 )
+from resilient.extend import Call, Context
 
 
 @dataclass

@@ -14,13 +14,13 @@ from _limits_helpers import until
 from resilient import (
     Bulkhead,
     BulkheadFullError,
-    CallRejected,
     ConfigurationError,
     Pipeline,
     RateLimitedError,
     Retry,
     Throttle,
 )
+from resilient.events import CallRejected
 from resilient.overload import is_overload
 from resilient.testing import EventRecorder, FakeClock
 
@@ -178,7 +178,9 @@ async def test_a_refusal_is_a_rate_limited_error_reported_as_throttled(clock: Fa
     throttle = Throttle(name="upstream_throttle", max_rejection=1.0)
     for _ in range(50):
         throttle.record(accepted=False, now=0.0)
-    pipeline = Pipeline(throttle, clock=clock, listeners=[recorder], telemetry=False)
+    pipeline = Pipeline(
+        throttle, clock=clock, listeners=[recorder], random=lambda: 0.0, telemetry=False
+    )
     upstream = Upstream(0.0)
     with pytest.raises(RateLimitedError, match="refused locally") as info:
         await pipeline.call(upstream)
@@ -193,7 +195,13 @@ async def test_a_retry_does_not_retry_a_local_refusal(clock: FakeClock) -> None:
     for _ in range(50):
         throttle.record(accepted=False, now=0.0)
     upstream = Upstream(0.0)
-    pipeline = Pipeline(Retry(attempts=3, budget=None), throttle, clock=clock, telemetry=False)
+    pipeline = Pipeline(
+        Retry(attempts=3, budget=None),
+        throttle,
+        clock=clock,
+        random=lambda: 0.0,  # p = 50/51: refused whatever the draw above 0.98
+        telemetry=False,
+    )
     with pytest.raises(RateLimitedError):
         await pipeline.call(upstream)
     assert upstream.received == 0

@@ -133,7 +133,9 @@ async def test_outer_timeout_arms_its_own_timer_behind_an_unknown_policy() -> No
     class Passthrough:
         name = "custom"
 
-        async def execute(self, call: resilient.Call, ctx: resilient.Context, /) -> object:
+        async def execute(
+            self, call: resilient.extend.Call, ctx: resilient.extend.Context, /
+        ) -> object:
             return await call(ctx)
 
     async def work() -> str:
@@ -184,7 +186,7 @@ async def test_timeout_fired_event_names_the_policy(clock: FakeClock) -> None:
     pipeline = Pipeline(Timeout(2.0, name="attempt"), clock=clock, listeners=[events])
     with pytest.raises(TimeoutExceeded):
         await pipeline.call(work)
-    [fired] = events.of_type(resilient.TimeoutFired)
+    [fired] = events.of_type(resilient.events.TimeoutFired)
     assert (fired.policy, fired.timeout, fired.at) == ("attempt", 2.0, 2.0)
 
 

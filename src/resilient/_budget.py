@@ -123,13 +123,13 @@ class RetryBudget:
         self._calls = 0
         last = self._rolled_at
         self._rolled_at = now
-        if last is None or now <= last:
-            self._earned += self._ratio * calls
-            return
         # Exponential fading with time constant `window`. The calls since the last roll are
         # taken as spread evenly over the interval, each fading from its own arrival:
         # integral of e^(-(dt - t)/w) dt/dt over [0, dt] = (1 - e^(-x)) / x, with x = dt/w.
-        x = (now - last) / self._window
+        x = 0.0 if last is None or now <= last else (now - last) / self._window
+        if x == 0.0:  # no time passed (or too little to tell apart on this window): no fading
+            self._earned += self._ratio * calls
+            return
         keep = math.exp(-x)
         spread = -math.expm1(-x) / x
         self._earned = self._earned * keep + self._ratio * calls * spread

@@ -20,9 +20,8 @@ from types import TracebackType
 from typing import Any, ClassVar, Final, final
 
 from . import _validate as check
-from ._classify import DEFAULT_CLASSIFIER
 from ._clock import SYSTEM_CLOCK, Clock
-from ._context import Context, default_random
+from ._context import Context
 from ._events import WaitEnded, report_rejection
 from ._exceptions import BulkheadFullError, ConfigurationError, RejectedError
 from ._keyed import BoundedKeyMap
@@ -83,6 +82,13 @@ def _release(slots: _Slots) -> None:
             waiter.event.set()
             return
     slots.running -= 1
+
+
+def _why(waiter: Waiter, by_discipline: bool, by_deadline: bool) -> str:
+    """The refusal reason of a wait that ended without a slot."""
+    if waiter.dropped or (by_discipline and not by_deadline):
+        return "queue_shed"
+    return "deadline" if by_deadline else "wait_timeout"
 
 
 def _admit_waiters(slots: _Slots) -> None:
@@ -407,14 +413,7 @@ class Bulkhead(PolicyDecorator):
     def _direct_context(self, key: str | None = None) -> Context:
         # Only on the contended path: gives direct use the deadline of an enclosing pipeline
         # call (when it runs on the same clock) and the same rejection code as a pipeline.
-        return Context(
-            pipeline=self.name,
-            operation=self.name,
-            clock=self._clock,
-            random=default_random,
-            classifier=DEFAULT_CLASSIFIER,
-            key=key,
-        )
+        return Context.detached(self.name, self._clock, key)
 
     # -- contended path --------------------------------------------------------------------
 
@@ -457,11 +456,7 @@ class Bulkhead(PolicyDecorator):
                     waiters.remove(waiter)
         waited = clock.now() - start
         if not admitted:
-            if waiter.dropped or (by_discipline and not by_deadline):
-                reason = "queue_shed"
-            else:
-                reason = "deadline" if by_deadline else "wait_timeout"
-            raise self._refuse(ctx, reason, waited)
+            raise self._refuse(ctx, _why(waiter, by_discipline, by_deadline), waited)
         if ctx.listening:
             ctx.emit(
                 WaitEnded(

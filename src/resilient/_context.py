@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, final
 
-from ._classify import ClassifierLike
+from ._classify import DEFAULT_CLASSIFIER, ClassifierLike
 from ._clock import Clock
 from ._events import CallObserver, Event, Listener, report_listener_error
 from ._exceptions import TimeoutExceeded
@@ -148,6 +148,16 @@ class Context:
             self.deadline = math.inf
             self.deadline_source = ""
             self.deadline_timeout = math.inf
+
+    @classmethod
+    def detached(cls, name: str, clock: Clock, key: str | None = None) -> Context:
+        """A context for a policy used on its own (``async with bulkhead:``, ``acquire()``).
+
+        It carries the deadline of an enclosing resilient call on the same clock, the
+        default classifier and no listener, so the policy's waits and refusals work as in a
+        pipeline named after the policy.
+        """
+        return cls(name, name, clock, default_random, DEFAULT_CLASSIFIER, None, (), None, key)
 
     def remaining(self) -> float:
         """Seconds left before this call's deadline (``math.inf`` when unbounded)."""

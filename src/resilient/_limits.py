@@ -224,23 +224,8 @@ class Vegas:
         if not 0.0 < rtt < _INF:  # NaN too
             return limit
         self._samples += 1
-        if self._probe_left:
-            self._probe_min = min(self._probe_min, rtt)
-            self._probe_left -= 1
-            if self._probe_left:
-                return limit
-            self._noload = self._probe_min
-            return max(limit, self._resume)
-        if self._samples >= self._probe_at:
-            self._probe_at = self._samples + self.probe_multiplier * max(limit, 1.0)
-            if self._noload == math.inf:
-                self._noload = rtt
-                return limit
-            # Drain the queue for a while to see the dependency's latency without it.
-            self._probe_left = max(int(limit), 1)
-            self._probe_min = rtt
-            self._resume = limit
-            return limit * 0.5
+        if self._probe_left or self._samples >= self._probe_at:
+            return self._probe(limit, rtt)
         if rtt < self._noload:
             self._noload = rtt
             return limit
@@ -251,15 +236,32 @@ class Vegas:
             self._beta = max(2.0, self.beta * log)
             self._step = max(1.0, log)
         queue = limit * (1.0 - self._noload / rtt)
+        step = 0.0
         if queue < self._alpha:
-            if inflight * 2 < limit:
-                return limit  # not using the limit: no reason to raise it
-            estimate = limit + self._step
+            if inflight * 2 >= limit:  # else not using the limit: no reason to raise it
+                step = self._step
         elif queue > self._beta:
-            estimate = limit - self._step
-        else:
+            step = -self._step
+        return limit + step * self.smoothing
+
+    def _probe(self, limit: float, rtt: float) -> float:
+        """Re-measure the no-load RTT: halve the limit for ``limit`` samples, keep the lowest."""
+        if self._probe_left:
+            self._probe_min = min(self._probe_min, rtt)
+            self._probe_left -= 1
+            if self._probe_left:
+                return limit
+            self._noload = self._probe_min
+            return max(limit, self._resume)
+        self._probe_at = self._samples + self.probe_multiplier * max(limit, 1.0)
+        if self._noload == math.inf:
+            self._noload = rtt
             return limit
-        return limit * (1.0 - self.smoothing) + estimate * self.smoothing
+        # Drain the queue for a while to see the dependency's latency without it.
+        self._probe_left = max(int(limit), 1)
+        self._probe_min = rtt
+        self._resume = limit
+        return limit * 0.5
 
 
 _OPTIONS: Final[dict[str, tuple[str, ...]]] = {

@@ -96,6 +96,55 @@ def compose(policies: tuple[Policy, ...], innermost: Call, after: tuple[Policy, 
     return call
 
 
+def _observer_for(
+    pipeline: Pipeline, telemetry: bool | CallObserver | ObserverFactory
+) -> CallObserver | None:
+    """The observer ``Pipeline(telemetry=...)`` asks for (see ``Pipeline``).
+
+    Raises:
+        ConfigurationError: ``telemetry`` is none of the accepted kinds.
+    """
+    if telemetry is False:
+        return None
+    if telemetry is True:
+        if _observer_factory is None:
+            return None
+        try:
+            return _observer_factory(pipeline)
+        except Exception:
+            report_listener_error(_observer_factory)
+            return None
+    if all(callable(getattr(telemetry, m, None)) for m in ("start", "end", "event")):
+        return telemetry  # type: ignore[return-value]
+    if callable(telemetry):
+        return telemetry(pipeline)
+    raise ConfigurationError(
+        "Pipeline.telemetry", telemetry, "expected True, False, a Telemetry or a CallObserver"
+    )
+
+
+async def _observe(observer: CallObserver, chain: Call, ctx: Context) -> Any:
+    # The observer's step: start, the rest of the chain, end. What the observer raises is
+    # reported and ignored: observation never changes an outcome.
+    try:
+        observer.start(ctx)
+    except Exception:
+        report_listener_error(observer)
+    try:
+        result = await chain(ctx)
+    except BaseException as exc:
+        try:
+            observer.end(ctx, exc, None)
+        except Exception:
+            report_listener_error(observer)
+        raise
+    try:
+        observer.end(ctx, None, result)
+    except Exception:
+        report_listener_error(observer)
+    return result
+
+
 def _check_async_callable(fn: object, where: str) -> None:
     target = fn.__func__ if isinstance(fn, classmethod | staticmethod) else fn
     if inspect.isasyncgenfunction(target):
@@ -189,30 +238,14 @@ class Pipeline:
         for listener in listeners:
             check.callable_("Pipeline.listeners", listener)
         self._listeners = listeners
-        observer: CallObserver | None
-        if telemetry is True:
-            observer = None
-            if _observer_factory is not None:
-                try:
-                    observer = _observer_factory(self)
-                except Exception:
-                    report_listener_error(_observer_factory)
-        elif telemetry is False:
-            observer = None
-        elif all(callable(getattr(telemetry, m, None)) for m in ("start", "end", "event")):
-            observer = telemetry  # type: ignore[assignment]
-        elif callable(telemetry):
-            observer = telemetry(self)
-        else:
-            raise ConfigurationError(
-                "Pipeline.telemetry",
-                telemetry,
-                "expected True, False, a Telemetry or a CallObserver",
-            )
+        observer = _observer_for(self, telemetry)
         self._observer = observer
-        self._chain: Call | None = (
-            compose(self._policies, _invoke) if self._policies or observer is not None else None
-        )
+        # The chain, composed once; an observer is its outermost step (the one place that
+        # starts and ends a call's observation, whichever way the call comes in).
+        chain = compose(self._policies, _invoke)
+        if observer is not None:
+            chain = functools.partial(_observe, observer, chain)
+        self._chain: Call | None = chain if self._policies or observer is not None else None
 
     @property
     def policies(self) -> tuple[Policy, ...]:
@@ -266,30 +299,7 @@ class Pipeline:
         chain = self._chain
         if chain is None:
             return await _invoke(ctx)
-        if self._observer is None:
-            return await chain(ctx)
-        return await self._observed(chain, ctx)
-
-    async def _observed(self, chain: Call, ctx: Context) -> Any:
-        observer = self._observer
-        assert observer is not None
-        try:
-            observer.start(ctx)
-        except Exception:
-            report_listener_error(observer)
-        try:
-            result = await chain(ctx)
-        except BaseException as exc:
-            try:
-                observer.end(ctx, exc, None)
-            except Exception:
-                report_listener_error(observer)
-            raise
-        try:
-            observer.end(ctx, None, result)
-        except Exception:
-            report_listener_error(observer)
-        return result
+        return await chain(ctx)
 
     async def call(self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``await fn(*args, **kwargs)`` through the pipeline and return its result.
@@ -314,28 +324,7 @@ class Pipeline:
             self._listeners,
             self._observer,
         )
-        observer = self._observer
-        if observer is None:
-            result: T = await chain(ctx)
-            return result
-        # The observed path, inlined (not `await self._observed(...)`): telemetry is on by
-        # default, so this is every user's hot path and a coroutine frame is ~0.3 us.
-        try:
-            observer.start(ctx)
-        except Exception:
-            report_listener_error(observer)
-        try:
-            result = await chain(ctx)
-        except BaseException as exc:
-            try:
-                observer.end(ctx, exc, None)
-            except Exception:
-                report_listener_error(observer)
-            raise
-        try:
-            observer.end(ctx, None, result)
-        except Exception:
-            report_listener_error(observer)
+        result: T = await chain(ctx)
         return result
 
     @overload
@@ -454,7 +443,7 @@ def _wrap(pipeline: Pipeline, fn: Callable[P, Awaitable[T]], where: str) -> Any:
         pipeline._random,
         pipeline._classifier,
     )
-    listeners, observer, observed = pipeline._listeners, pipeline._observer, pipeline._observed
+    listeners, observer = pipeline._listeners, pipeline._observer
     chain = pipeline._chain if pipeline._chain is not None else _invoke
 
     @functools.wraps(fn)
@@ -462,10 +451,7 @@ def _wrap(pipeline: Pipeline, fn: Callable[P, Awaitable[T]], where: str) -> Any:
         ctx = Context(
             name, operation, clock, random, classifier, fn, args, kwargs, None, listeners, observer
         )
-        if observer is None:
-            result: T = await chain(ctx)
-        else:
-            result = await observed(chain, ctx)
+        result: T = await chain(ctx)
         return result
 
     return wrapper

@@ -25,9 +25,8 @@ import anyio
 
 from . import _validate as check
 from ._bucket import EMPTY, TOLERANCE, bucket_take, bucket_tokens
-from ._classify import DEFAULT_CLASSIFIER
 from ._clock import SYSTEM_CLOCK, Clock
-from ._context import Context, default_random
+from ._context import Context
 from ._events import WaitEnded, report_rejection
 from ._exceptions import ConfigurationError, RateLimitedError
 from ._keyed import BoundedKeyMap
@@ -556,14 +555,9 @@ class RateLimiter(PolicyDecorator):
         )
 
     def _direct_context(self, key: str | None = None) -> Context:
-        return Context(
-            pipeline=self.name,
-            operation=self.name,
-            clock=self._clock,
-            random=default_random,
-            classifier=DEFAULT_CLASSIFIER,
-            key=key,
-        )
+        # Only on the contended path: gives direct use the deadline of an enclosing pipeline
+        # call (when it runs on the same clock) and the same rejection code as a pipeline.
+        return Context.detached(self.name, self._clock, key)
 
     # -- where the buckets are ---------------------------------------------------------------
 
@@ -583,9 +577,13 @@ class RateLimiter(PolicyDecorator):
         queues = self._queues
         if queues and key in queues:
             return None
-        if self._store is not None and self._memory is None:
+        store = self._store
+        if key is None and store is None:  # _step(), for the limiter's own bucket
+            self._full_at, wait = bucket_take(self._full_at, now, cost, self._rate, self._burst)
+            return wait
+        if store is not None and self._memory is None:
             return None
-        return self._step(key, cost, now)
+        return self._keyed().take_now(key, cost, self._rate, self._burst, now)
 
     def _step(self, key: str | None, cost: float, now: float) -> float:
         # bucket_take on the bucket in this process: the limiter's own unkeyed one, or the
@@ -626,8 +624,7 @@ class RateLimiter(PolicyDecorator):
         when callers are queued for this bucket (then measure the queue ahead).
         """
         clock = ctx.clock
-        queues = self._queues
-        queue = queues.get(key) if queues is not None else None
+        queue = self._queues.get(key) if self._queues else None
         if queue is not None:
             now = clock.now()
             tokens = await self._tokens(key, now)
@@ -644,62 +641,23 @@ class RateLimiter(PolicyDecorator):
             raise self._refuse(ctx, "deadline", wait, None)
         limit = now + self._max_wait
         by_deadline = deadline < limit
-        until = deadline if by_deadline else limit
-        if queues is None:
-            queues = self._queues = {}
-        if queue is None:
-            queue = queues[key] = _Queue()
-        waiters = queue.waiters
-        waiter = _Waiter(cost, anyio.Event() if waiters else None)
-        waiters.append(waiter)
-        queue.pending += cost
-        start = now
-        admitted = False
-        shortfall = wait
+        queue, waiter = self._join(key, cost)
         try:
-            while True:
-                if waiters[0] is waiter:
-                    now = clock.now()
-                    shortfall = await self._take(key, cost, now)
-                    if not shortfall:
-                        admitted = True
-                        break
-                    if now + shortfall > until:
-                        break  # the tokens cannot come in time any more (shared store)
-                    await clock.sleep(shortfall)
-                else:
-                    event = waiter.event
-                    if event is None:
-                        event = waiter.event = anyio.Event()
-                    if until == math.inf:
-                        await event.wait()
-                    else:
-                        try:
-                            async with clock.timeout_at(until):
-                                await event.wait()
-                        except TimeoutError:
-                            if not event.is_set():
-                                break
+            shortfall = await self._wait_turn(
+                key,
+                waiter,
+                queue,
+                clock=clock,
+                until=deadline if by_deadline else limit,
+                shortfall=wait,
+            )
         finally:
-            if waiters and waiters[0] is waiter:
-                waiters.popleft()
-                if waiters:
-                    # The bucket's next caller in line: one grant (or departure) wakes one.
-                    event = waiters[0].event
-                    if event is not None:
-                        event.set()
-            else:
-                waiters.remove(waiter)
-            queue.pending -= cost
-            if not waiters:
-                queue.pending = 0.0
-                if queues.get(key) is queue:
-                    del queues[key]
-        waited = clock.now() - start
-        if not admitted:
-            if by_deadline:
-                raise self._refuse(ctx, "deadline_cut", shortfall, waited)
-            raise self._refuse(ctx, "wait_timeout", shortfall, waited)
+            self._leave(key, waiter, queue)
+        waited = clock.now() - now
+        if shortfall is not None:
+            raise self._refuse(
+                ctx, "deadline_cut" if by_deadline else "wait_timeout", shortfall, waited
+            )
         if ctx.listening:
             ctx.emit(
                 WaitEnded(
@@ -711,6 +669,73 @@ class RateLimiter(PolicyDecorator):
                     admitted=True,
                 )
             )
+
+    def _join(self, key: str | None, cost: float) -> tuple[_Queue, _Waiter]:
+        # The end of the bucket's queue (made on first use).
+        queues = self._queues
+        if queues is None:
+            queues = self._queues = {}
+        queue = queues.get(key)
+        if queue is None:
+            queue = queues[key] = _Queue()
+        waiters = queue.waiters
+        waiter = _Waiter(cost, anyio.Event() if waiters else None)
+        waiters.append(waiter)
+        queue.pending += cost
+        return queue, waiter
+
+    async def _wait_turn(
+        self,
+        key: str | None,
+        waiter: _Waiter,
+        queue: _Queue,
+        *,
+        clock: Clock,
+        until: float,
+        shortfall: float,
+    ) -> float | None:
+        """Wait in line, then for the tokens: ``None`` once taken, else the shortfall left."""
+        waiters = queue.waiters
+        while True:
+            if waiters[0] is waiter:
+                now = clock.now()
+                shortfall = await self._take(key, waiter.cost, now)
+                if not shortfall:
+                    return None
+                if now + shortfall > until:
+                    return shortfall  # the tokens cannot come in time any more (shared store)
+                await clock.sleep(shortfall)
+                continue
+            event = waiter.event
+            if event is None:
+                event = waiter.event = anyio.Event()
+            if until == math.inf:
+                await event.wait()
+                continue
+            try:
+                async with clock.timeout_at(until):
+                    await event.wait()
+            except TimeoutError:
+                if not event.is_set():
+                    return shortfall
+
+    def _leave(self, key: str | None, waiter: _Waiter, queue: _Queue) -> None:
+        # Out of the queue however the wait ended; the head's departure wakes the next one.
+        waiters = queue.waiters
+        if waiters and waiters[0] is waiter:
+            waiters.popleft()
+            if waiters:
+                event = waiters[0].event
+                if event is not None:
+                    event.set()
+        else:
+            waiters.remove(waiter)
+        queue.pending -= waiter.cost
+        if not waiters:
+            queue.pending = 0.0
+            queues = self._queues
+            if queues is not None and queues.get(key) is queue:
+                del queues[key]
 
     def _refuse(self, ctx: Context, reason: str, wait: float, waited: float | None) -> Exception:
         exc: Exception

@@ -20,6 +20,7 @@ from ._classify import (
     as_classifier,
     default_exception_verdict,
 )
+from ._clock import Clock
 from ._context import Context
 from ._events import (
     AttemptEnded,
@@ -51,6 +52,21 @@ class _Default:
 
 
 _DEFAULT_BUDGET: Final = _Default()
+
+
+async def _attempt(call: Call, ctx: Context) -> tuple[Any, Exception | None]:
+    # One attempt: its result, or the Exception it raised (cancellation propagates).
+    try:
+        return await call(ctx), None
+    except Exception as exc:
+        return None, exc
+
+
+def _chain_last_failure(error: Exception | None, last: Exception | None) -> None:
+    # An inner policy refused a retry (an open circuit; ``last`` is None otherwise): keep the
+    # dependency's own last failure reachable from what the caller gets.
+    if error is not None and last is not None and error is not last and error.__context__ is None:
+        error.__context__ = last
 
 
 def _usable_hint(value: object) -> float | None:
@@ -247,154 +263,47 @@ class Retry(PolicyDecorator):
         """
         clock = ctx.clock
         budget = self._budget
-        classifier = self._classifier
-        if classifier is None:
-            classifier = ctx.classifier
-        classify_result = classifier.classify_result
-        classify_exception = (
-            default_exception_verdict  # what the rule-less default classifier ends up calling
-            if classifier is DEFAULT_CLASSIFIER
-            else classifier.classify_exception
-        )
-        attempts = self._attempts
-        jitter, base, cap, draw = self._jitter, self._base, self._cap, ctx.random
-        transient, inf = _TRANSIENT, _INF
+        classify_result, classify_exception = self._classifiers(ctx)
         listening = ctx.listening  # fixed for the call (an observer decides before the chain)
         attempt = 1
         previous = 0.0
         last_error: Exception | None = None
-        started = 0.0
-        timed = False
         reason: str | None
         try:
             if not pending and budget is not None:
                 budget.record_call(clock.now)
             while True:
+                started = None
                 if pending:
                     pending = False
                 else:
                     ctx.attempt = attempt
-                    if listening:
-                        timed = True
-                        started = clock.now()
-                        ctx.emit(
-                            AttemptStarted(
-                                pipeline=ctx.pipeline,
-                                operation=ctx.operation,
-                                policy=self.name,
-                                at=started,
-                                attempt=attempt,
-                            )
-                        )
-                    try:
-                        result = await call(ctx)
-                        error = None
-                    except Exception as exc:
-                        error = exc
-                        result = None
+                    started = self._attempt_started(ctx, attempt) if listening else None
+                    result, error = await _attempt(call, ctx)
                 if classification is None:
-                    if error is None:
-                        classification = classify_result(result)
-                    else:
-                        classification = classify_exception(error)
-                verdict = classification.verdict
-                if timed:
-                    timed = False
-                    now = clock.now()
-                    ctx.emit(
-                        AttemptEnded(
-                            pipeline=ctx.pipeline,
-                            operation=ctx.operation,
-                            policy=self.name,
-                            at=now,
-                            attempt=attempt,
-                            verdict=verdict,
-                            duration=now - started,
-                            error_type=_error_type(error),
-                        )
+                    classification = (
+                        classify_result(result) if error is None else classify_exception(error)
                     )
-                if verdict is not transient:
-                    if verdict is _SUCCESS or verdict is _CLIENT_ERROR:
-                        if budget is not None and budget.refilling:
-                            budget.record_success(clock.now())
-                        reason = None
-                    else:
-                        reason = "verdict"
+                verdict = classification.verdict
+                if started is not None:
+                    self._attempt_ended(ctx, attempt, verdict, started, error)
+                if verdict is not _TRANSIENT:
+                    reason = self._settled(verdict, clock, budget)
                     break
                 # A transient failure: may we retry, and after how long?
-                if attempt >= attempts:
-                    reason = "attempts"
+                delay, previous, reason = self._plan(ctx, attempt, classification, previous, error)
+                if reason is None and error is None and self._on_discard is not None:
+                    result, error, reason = await self._discard_before_retry(result, ctx, delay)
+                if reason is not None:
                     break
-                if cap > 0.0:
-                    delay = previous = jitter(attempt - 1, base, cap, draw(), previous)
-                else:
-                    delay = 0.0  # max_delay=0: immediate retries, no random draw needed
-                hint = classification.retry_after
-                if hint is not None:
-                    seconds = _usable_hint(hint)
-                    if seconds is None:
-                        hint = None
-                    else:
-                        delay = hint = min(seconds, self._max_retry_after)
-                deadline = ctx.deadline
-                if deadline != inf and clock.now() + delay >= deadline:
-                    reason = "deadline"
-                    break
-                if budget is not None and not budget.try_withdraw(clock.now()):
-                    if listening:
-                        ctx.emit(
-                            BudgetRefused(
-                                pipeline=ctx.pipeline,
-                                operation=ctx.operation,
-                                policy=self.name,
-                                at=clock.now(),
-                                attempt=attempt,
-                            )
-                        )
-                    reason = "budget"
-                    break
-                if listening:
-                    ctx.emit(
-                        RetryScheduled(
-                            pipeline=ctx.pipeline,
-                            operation=ctx.operation,
-                            policy=self.name,
-                            at=clock.now(),
-                            attempt=attempt,
-                            delay=delay,
-                            verdict=verdict,
-                            error_type=_error_type(error),
-                            retry_after=hint,
-                        )
-                    )
-                if error is None and self._on_discard is not None:
-                    await self._discard(result, ctx)
-                    deadline = ctx.deadline
-                    if deadline != inf and clock.now() + delay >= deadline:
-                        # Releasing the result took the time the retry needed; the result is
-                        # gone, so the deadline is the failure left to report.
-                        error = ctx.deadline_exceeded()
-                        result = None
-                        reason = "deadline"
-                        break
-                if error is not None:
-                    last_error = error
+                last_error = error or last_error
                 result = error = classification = None
                 if delay > 0.0:
                     await clock.sleep(delay)
                 # A zero delay retries at once: yielding to the event loop here would cost more
                 # than the retry itself, and the number of attempts is bounded.
                 attempt += 1
-            if (
-                verdict is _REJECTED
-                and error is not None
-                and last_error is not None
-                and error is not last_error
-                and error.__context__ is None
-            ):
-                # An inner policy refused a retry (an open circuit): keep the dependency's own
-                # last failure reachable from what the caller gets.
-                error.__context__ = last_error
+            _chain_last_failure(error, last_error if verdict is _REJECTED else None)
             last_error = None
             self._ended(ctx, attempt, error, reason, verdict)
             if error is not None:
@@ -402,6 +311,150 @@ class Retry(PolicyDecorator):
             return result
         finally:
             error = None
+
+    def _classifiers(
+        self, ctx: Context
+    ) -> tuple[Callable[[Any], Classification], Callable[[Exception], Classification]]:
+        classifier = self._classifier
+        if classifier is None:
+            classifier = ctx.classifier
+        if classifier is DEFAULT_CLASSIFIER:
+            # What the rule-less default classifier ends up calling for an exception.
+            return classifier.classify_result, default_exception_verdict
+        return classifier.classify_result, classifier.classify_exception
+
+    @staticmethod
+    def _settled(verdict: Verdict, clock: Clock, budget: RetryBudget | None) -> str | None:
+        # A final verdict: a success or client error collects the budget's reserve refill.
+        if verdict is _SUCCESS or verdict is _CLIENT_ERROR:
+            if budget is not None and budget.refilling:
+                budget.record_success(clock.now())
+            return None
+        return "verdict"
+
+    def _plan(
+        self,
+        ctx: Context,
+        attempt: int,
+        classification: Classification,
+        previous: float,
+        error: Exception | None,
+    ) -> tuple[float, float, str | None]:
+        """``(delay, previous delay, why not)`` for the retry after a transient ``attempt``.
+
+        A ``None`` reason means the retry goes ahead (its budget token is taken, and the
+        ``RetryScheduled`` event reported).
+        """
+        if attempt >= self._attempts:
+            return 0.0, previous, "attempts"
+        if self._cap > 0.0:
+            delay = previous = self._jitter(
+                attempt - 1, self._base, self._cap, ctx.random(), previous
+            )
+        else:
+            delay = 0.0  # max_delay=0: immediate retries, no random draw needed
+        delay, hint = self._honour_hint(classification.retry_after, delay)
+        reason = self._refusal(ctx, attempt, delay, self._budget)
+        if reason is None and ctx.listening:
+            self._scheduled(ctx, attempt, delay, classification.verdict, error, hint)
+        return delay, previous, reason
+
+    def _attempt_started(self, ctx: Context, attempt: int) -> float:
+        started = ctx.clock.now()
+        ctx.emit(
+            AttemptStarted(
+                pipeline=ctx.pipeline,
+                operation=ctx.operation,
+                policy=self.name,
+                at=started,
+                attempt=attempt,
+            )
+        )
+        return started
+
+    def _attempt_ended(
+        self, ctx: Context, attempt: int, verdict: Verdict, started: float, error: Exception | None
+    ) -> None:
+        now = ctx.clock.now()
+        ctx.emit(
+            AttemptEnded(
+                pipeline=ctx.pipeline,
+                operation=ctx.operation,
+                policy=self.name,
+                at=now,
+                attempt=attempt,
+                verdict=verdict,
+                duration=now - started,
+                error_type=_error_type(error),
+            )
+        )
+
+    def _honour_hint(self, hint: float | None, delay: float) -> tuple[float, float | None]:
+        # A server's hint (Retry-After) replaces the computed delay, capped by
+        # max_retry_after; an unusable hint is ignored.
+        if hint is None:
+            return delay, None
+        seconds = _usable_hint(hint)
+        if seconds is None:
+            return delay, None
+        hint = min(seconds, self._max_retry_after)
+        return hint, hint
+
+    def _refusal(
+        self, ctx: Context, attempt: int, delay: float, budget: RetryBudget | None
+    ) -> str | None:
+        """Why the retry after ``delay`` may not happen (``None``: it may; a token is taken)."""
+        clock = ctx.clock
+        deadline = ctx.deadline
+        if deadline != _INF and clock.now() + delay >= deadline:
+            return "deadline"
+        if budget is not None and not budget.try_withdraw(clock.now()):
+            if ctx.listening:
+                ctx.emit(
+                    BudgetRefused(
+                        pipeline=ctx.pipeline,
+                        operation=ctx.operation,
+                        policy=self.name,
+                        at=clock.now(),
+                        attempt=attempt,
+                    )
+                )
+            return "budget"
+        return None
+
+    def _scheduled(  # noqa: PLR0917 - private, one call site, the event's fields in order
+        self,
+        ctx: Context,
+        attempt: int,
+        delay: float,
+        verdict: Verdict,
+        error: Exception | None,
+        hint: float | None,
+    ) -> None:
+        ctx.emit(
+            RetryScheduled(
+                pipeline=ctx.pipeline,
+                operation=ctx.operation,
+                policy=self.name,
+                at=ctx.clock.now(),
+                attempt=attempt,
+                delay=delay,
+                verdict=verdict,
+                error_type=_error_type(error),
+                retry_after=hint,
+            )
+        )
+
+    async def _discard_before_retry(
+        self, result: Any, ctx: Context, delay: float
+    ) -> tuple[Any, Exception | None, str | None]:
+        # A retried result is released first (on_discard: close a response). When that took
+        # the time the retry needed, the result is gone and the deadline is the failure left
+        # to report.
+        await self._discard(result, ctx)
+        if ctx.clock.now() + delay >= ctx.deadline:
+            return None, ctx.deadline_exceeded(), "deadline"
+        return result, None, None
 
     async def _discard(self, result: Any, ctx: Context) -> None:
         on_discard = self._on_discard

@@ -6,7 +6,6 @@ import functools
 from typing import Any, ClassVar, final
 
 from . import _validate as check
-from ._clock import _AsyncioTimer
 from ._context import Context, pop_deadline, push_deadline
 from ._events import TimeoutFired
 from ._exceptions import TimeoutExceeded
@@ -113,17 +112,19 @@ class Timeout(PolicyDecorator):
         token = push_deadline(ctx)
         timer = clock.timeout_at(deadline)
         try:
-            if type(timer) is _AsyncioTimer:
-                # The default clock on asyncio: the scope's synchronous halves, without the
-                # two coroutines an `async with` would create on every call.
-                timer.arm()
+            arm = getattr(timer, "arm", None)
+            if arm is not None:
+                # A scope with synchronous halves (the default clock's): no coroutine for the
+                # `async with` on every call.
+                disarm = timer.disarm  # type: ignore[attr-defined]
+                arm()
                 try:
                     result = await call(ctx)
                 except BaseException as exc:
-                    if timer.disarm(type(exc)):
+                    if disarm(type(exc)):
                         raise TimeoutError from exc  # renamed below, as `async with` would
                     raise
-                timer.disarm(None)
+                disarm(None)
                 return result
             async with timer:
                 return await call(ctx)

@@ -18,6 +18,6 @@ async def use() -> None:
     assert_type(await fetch("a", verbose=True), dict[str, int])
     await fetch(1)  # type: ignore[arg-type]
     snapshot = breaker.snapshot("api.example.org")
-    assert_type(snapshot, resilient.CircuitSnapshot)
+    assert_type(snapshot, resilient.extend.CircuitSnapshot)
     assert_type(snapshot.state, str)
     assert_type(snapshot.open_until, float | None)

@@ -74,7 +74,7 @@ def _installed_tracer_provider() -> _TracerProvider | None:
     return _otel_trace._TRACER_PROVIDER
 
 
-def _installed_meter_provider() -> MeterProvider | None:
+def installed_meter_provider() -> MeterProvider | None:
     return _otel_metrics_internal._METER_PROVIDER
 
 
@@ -206,7 +206,7 @@ class _Instruments:
         for observer in observers:
             telemetry = observer._telemetry
             instruments = telemetry._instruments
-            if instruments is _PENDING and _installed_meter_provider() is self._provider():
+            if instruments is _PENDING and installed_meter_provider() is self._provider():
                 # Built before the global provider was set and not called since: it reports
                 # here from now on.
                 telemetry._instruments = instruments = self
@@ -398,7 +398,7 @@ class Telemetry:
         return tracer
 
     def _poll_instruments(self) -> _Instruments | None:
-        provider = _installed_meter_provider()
+        provider = installed_meter_provider()
         if provider is None:
             return None
         instruments = _instruments_for(provider)

@@ -31,7 +31,7 @@ from prometheus_client import start_http_server as _start_http_server
 from resilient import _validate as check
 from resilient._exceptions import ConfigurationError
 
-from ._otel import _installed_meter_provider
+from ._otel import installed_meter_provider
 
 __all__ = ["MetricsServer", "asgi_app", "install", "meter_provider", "start_http_server"]
 
@@ -80,11 +80,11 @@ def install() -> MeterProvider:
         if _installed is not None:
             return _installed
         _otel_metrics.get_meter_provider()  # loads an OTEL_PYTHON_METER_PROVIDER, if any
-        current = _installed_meter_provider()
+        current = installed_meter_provider()
         if current is None:
             provider = meter_provider()
             _otel_metrics.set_meter_provider(provider)
-            current = _installed_meter_provider()
+            current = installed_meter_provider()
             if current is provider:
                 _installed = provider
                 return provider

@@ -1,4 +1,4 @@
-"""``CircuitBreaker``: failure-rate and slow-call windows, exact half-open probing, per-key state.
+"""``CircuitBreaker``: the policy, its configuration, the state machine and manual control.
 
 The breaker keeps its state on the instance (shared by every task that calls through it) and
 everything about one call in locals, so it needs no lock: the event loop is single-threaded and
@@ -13,158 +13,75 @@ the window when the breaker is still in the kind of state that admitted it.
 from __future__ import annotations
 
 import math
-from array import array
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from fractions import Fraction
-from typing import Any, ClassVar, Final, Literal, final
+from typing import Any, ClassVar, Literal, final
 
-from . import _validate as check
-from ._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
-from ._classify import Classification as _Classification
-from ._context import Context
-from ._events import CallRejected, CircuitStateChanged, Event, Listener, report_listener_error
-from ._exceptions import CircuitOpenError, ConfigurationError, TimeoutExceeded
-from ._keyed import BoundedKeyMap
-from ._pipeline import Call, Policy, PolicyDecorator
+from resilient import _validate as check
+from resilient._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
+from resilient._classify import Classification as _Classification
+from resilient._context import Context
+from resilient._events import (
+    CallRejected,
+    CircuitStateChanged,
+    Event,
+    Listener,
+    report_listener_error,
+)
+from resilient._exceptions import CircuitOpenError, ConfigurationError
+from resilient._keyed import BoundedKeyMap
+from resilient._pipeline import Call, Policy, PolicyDecorator
 
-__all__ = ["CircuitBreaker", "CircuitSnapshot"]
+from ._state import (
+    CALL,
+    CLOSED,
+    DISABLED,
+    FAILED,
+    FAILURE,
+    FORCED_CLOSED,
+    FORCED_OPEN,
+    HALF_OPEN,
+    OPEN,
+    SLOW,
+    SUCCESS,
+    TRANSIENT,
+    CircuitSnapshot,
+    State,
+    evictable,
+    exact_ratio,
+    exception_verdict,
+)
+from ._window import CountWindow, TimeWindow
 
-CLOSED: Final = "closed"
-OPEN: Final = "open"
-HALF_OPEN: Final = "half_open"
-FORCED_OPEN: Final = "forced_open"
-FORCED_CLOSED: Final = "forced_closed"
-DISABLED: Final = "disabled"
+__all__ = ["CircuitBreaker"]
 
-_SUCCESS = Verdict.SUCCESS
-_TRANSIENT = Verdict.TRANSIENT
-_FAILURE = Verdict.FAILURE
-_NEUTRAL = Verdict.REJECTED
-_MANUAL = frozenset((FORCED_OPEN, FORCED_CLOSED, DISABLED))
-_NEVER = -(2**62)  # bucket epoch of an empty time window: the first outcome resets it
-
-# Outcome codes in a count window (one byte per call): recorded, failed, slow.
-_CALL = 1
-_FAILED = 2
-_SLOW = 4
-
-
-def _exception_verdict(classifier: ClassifierLike, exc: Exception, ctx: Context) -> Verdict:
-    """The verdict the breaker records for ``exc`` (the exception path only)."""
-    if (
-        isinstance(exc, TimeoutExceeded)
-        and exc.policy == ctx.deadline_source
-        and exc.timeout == ctx.deadline_timeout
-        and ctx.deadline != math.inf
-    ):
-        # The deadline that fired is the one enclosing the breaker (an outer Timeout whose
-        # timer an inner Timeout armed for it): the caller's limit, neutral like the
-        # cancellation an outer timer of its own would have caused.
-        return _NEUTRAL
-    return classifier.classify_exception(exc).verdict
+MIN_BUCKET = 1e-6
+"""The narrowest bucket of a time window, in seconds: finer is noise (and float trouble)."""
 
 
-_TEMPLATES: dict[tuple[bool, int], array[int] | bytes] = {}
+def open_schedule(open_for: float, growth: float, max_open_for: float | None) -> tuple[float, int]:
+    """``(max_open_for, growth steps)``: how long the open time may grow, in how many steps.
 
+    Growth stops once the cap is reached; counting steps avoids float overflow on the way.
 
-def _zeros(timed: bool, size: int) -> array[int] | bytes:
-    # One shared all-zero template per window shape, copied into rings to clear them.
-    template = _TEMPLATES.get((timed, size))
-    if template is None:
-        template = _TEMPLATES[timed, size] = array("I", bytes(4 * size)) if timed else bytes(size)
-    return template
-
-
-def _ratio(value: float) -> tuple[int, int]:
-    # Rates as exact fractions so that thresholds hold at their exact boundaries:
-    # 3 failures in 30 calls reach failure_rate=0.1 (0.1 * 30 is 3.0000000000000004 in floats).
-    exact = Fraction(value).limit_denominator(1_000_000)
-    return exact.numerator, exact.denominator
-
-
-@final
-class _State:
-    """The state of one breaker (or of one key of a keyed breaker) and its window.
-
-    ``calls``, ``failures`` and ``slow`` are the window's totals while closed and the probe
-    tally while half-open. ``ring`` holds the window: per-bucket counts (time window: calls,
-    then failures, then slow calls, ``buckets`` entries each; ``head`` is the newest bucket's
-    epoch, ``pos`` its index and ``edge`` the time it ends) or one outcome code per call
-    (count window; ``pos`` is the next slot to overwrite).
+    Raises:
+        ConfigurationError: the cap cannot be reached in a finite number of steps (an
+            ``open_for`` so small, or a cap so large, that their ratio overflows).
     """
-
-    __slots__ = (
-        "calls",
-        "edge",
-        "failures",
-        "gen",
-        "head",
-        "key",
-        "kind",
-        "pos",
-        "probes",
-        "ring",
-        "slow",
-        "trips",
-        "until",
-    )
-
-    def __init__(self, key: str | None, kind: str, ring: array[int] | bytearray) -> None:
-        self.key = key
-        self.kind = kind
-        self.gen = 0
-        self.calls = 0
-        self.failures = 0
-        self.slow = 0
-        self.ring = ring
-        self.head = _NEVER
-        self.edge = -math.inf
-        self.pos = 0
-        self.probes = 0
-        self.trips = 0
-        self.until = math.inf
-
-
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CircuitSnapshot:
-    """A point-in-time view of one breaker state (one key of a keyed breaker).
-
-    Attributes:
-        name: the breaker's name.
-        key: the partition key, ``None`` for the breaker's unkeyed state.
-        state: ``"closed"``, ``"open"``, ``"half_open"``, ``"forced_open"``,
-            ``"forced_closed"`` or ``"disabled"``. An open breaker whose open time has passed
-            still reads ``"open"``: it becomes half-open at its next call.
-        calls: outcomes recorded in the window (while half-open: probe outcomes so far).
-        failures: of those, failures (TRANSIENT or FAILURE verdicts).
-        slow_calls: of those, calls slower than ``slow_call_duration``.
-        failure_rate: ``failures / calls`` (0.0 with no calls).
-        slow_call_rate: ``slow_calls / calls`` (0.0 with no calls).
-        open_until: while open, the clock time at which the next call becomes a probe;
-            otherwise ``None``.
-        trips: consecutive openings without a successful close (drives ``open_for`` growth).
-        probes: half-open probes in flight.
-    """
-
-    name: str
-    key: str | None
-    state: str
-    calls: int
-    failures: int
-    slow_calls: int
-    failure_rate: float
-    slow_call_rate: float
-    open_until: float | None
-    trips: int
-    probes: int
-
-
-def _evictable(state: _State) -> bool:
-    # A key an operator forced open, forced closed or disabled keeps that state past its idle
-    # time (the max_keys bound still applies).
-    return state.kind not in _MANUAL
+    if max_open_for is None:
+        cap = max(60.0, open_for)
+    else:
+        cap = check.number("CircuitBreaker.max_open_for", max_open_for, minimum=open_for)
+    if growth == 1.0:
+        return cap, 0
+    ratio = cap / open_for
+    steps = math.log(ratio) / math.log(growth)
+    if not math.isfinite(steps):
+        raise ConfigurationError(
+            "CircuitBreaker.open_for" if max_open_for is None else "CircuitBreaker.max_open_for",
+            open_for if max_open_for is None else max_open_for,
+            f"open_for={open_for!r} and max_open_for={cap!r} are too far apart to grow between",
+        )
+    return cap, math.ceil(steps)
 
 
 @final
@@ -243,7 +160,7 @@ class CircuitBreaker(PolicyDecorator):
         "_now_hint",
         "_open_for",
         "_per_key",
-        "_size",
+        "_ring",
         "_slow_after",
         "_slow_rate",
         "_sp",
@@ -252,7 +169,6 @@ class CircuitBreaker(PolicyDecorator):
         "_timed",
         "_width",
         "_window",
-        "_zeros",
         "name",
     )
 
@@ -286,7 +202,7 @@ class CircuitBreaker(PolicyDecorator):
     ) -> None:
         self.name = check.name("CircuitBreaker.name", name)
         rate = check.fraction("CircuitBreaker.failure_rate", failure_rate)
-        self._fp, self._fq = _ratio(rate)
+        self._fp, self._fq = exact_ratio(rate)
         self._minimum_calls = check.integer("CircuitBreaker.minimum_calls", minimum_calls)
         kind = check.choice("CircuitBreaker.window_type", window_type, ("time", "count"))
         self._timed = kind == "time"
@@ -297,6 +213,12 @@ class CircuitBreaker(PolicyDecorator):
             )
             self._buckets = check.integer("CircuitBreaker.buckets", buckets, maximum=1000)
             self._width = self._window / self._buckets
+            if self._width < MIN_BUCKET:
+                raise ConfigurationError(
+                    "CircuitBreaker.window",
+                    window,
+                    f"too short for {self._buckets} buckets (each under a microsecond)",
+                )
         else:
             size = check.integer(
                 "CircuitBreaker.window", 100 if window is None else window, maximum=1_000_000
@@ -316,19 +238,10 @@ class CircuitBreaker(PolicyDecorator):
             check.positive, "CircuitBreaker.slow_call_duration", slow_call_duration
         )
         self._slow_rate = check.fraction("CircuitBreaker.slow_call_rate", slow_call_rate)
-        self._sp, self._sq = _ratio(self._slow_rate)
+        self._sp, self._sq = exact_ratio(self._slow_rate)
         self._growth = check.number("CircuitBreaker.open_for_growth", open_for_growth, minimum=1.0)
-        if max_open_for is None:
-            self._max_open_for = max(60.0, self._open_for)
-        else:
-            self._max_open_for = check.number(
-                "CircuitBreaker.max_open_for", max_open_for, minimum=self._open_for
-            )
-        # Growth stops once the cap is reached; counting steps avoids float overflow.
-        self._growth_steps = (
-            0
-            if self._growth == 1.0
-            else math.ceil(math.log(self._max_open_for / self._open_for) / math.log(self._growth))
+        self._max_open_for, self._growth_steps = open_schedule(
+            self._open_for, self._growth, max_open_for
         )
         self._jitter = check.number("CircuitBreaker.open_jitter", open_jitter, maximum=1.0)
         if self._jitter >= 1.0:
@@ -346,12 +259,12 @@ class CircuitBreaker(PolicyDecorator):
         for listener in listeners:
             check.callable_("CircuitBreaker.listeners", listener)
         self._listeners = listeners
-        if self._timed:
-            self._size = self._buckets * (3 if self._slow_after is not None else 2)
-        else:
-            self._size = int(self._window)
-        self._zeros = _zeros(self._timed, self._size)
-        self._keys: BoundedKeyMap[_State] | None = None
+        self._ring: TimeWindow | CountWindow = (
+            TimeWindow(self._buckets, self._width, tracks_slow=self._slow_after is not None)
+            if self._timed
+            else CountWindow(int(self._window))
+        )
+        self._keys: BoundedKeyMap[State] | None = None
         self._default_kind = CLOSED
         self._now_hint = 0.0
         self._state = self._new_state(None)
@@ -447,7 +360,7 @@ class CircuitBreaker(PolicyDecorator):
         probe = self._probe
         finish = self._finish
         closed = CLOSED
-        success = _SUCCESS
+        success = SUCCESS
         default_classifier = DEFAULT_CLASSIFIER
         tracked = self._slow_after is not None  # slowness needs each call's start time
 
@@ -466,7 +379,7 @@ class CircuitBreaker(PolicyDecorator):
             try:
                 result = await inner(ctx)
             except Exception as exc:
-                verdict = _exception_verdict(own or ctx.classifier, exc, ctx)
+                verdict = exception_verdict(own or ctx.classifier, exc, ctx)
                 finish(st, gen, kind, verdict, start, ctx)
                 raise
             classifier = own or ctx.classifier
@@ -479,7 +392,7 @@ class CircuitBreaker(PolicyDecorator):
 
         return run
 
-    def _admit(self, st: _State, ctx: Context) -> tuple[str, float]:
+    def _admit(self, st: State, ctx: Context) -> tuple[str, float]:
         """Admit a call outside the plain closed state: ``(state admitted in, start time)``.
 
         Raises:
@@ -506,7 +419,7 @@ class CircuitBreaker(PolicyDecorator):
         # closed with slowness tracked, forced closed, or a probe: the start time if needed
         return kind, ctx.clock.now() if self._slow_after is not None else 0.0
 
-    async def _probe(self, call: Call, ctx: Context, st: _State, start: float) -> Any:
+    async def _probe(self, call: Call, ctx: Context, st: State, start: float) -> Any:
         # A half-open probe. Its slot is given back however it ends: the finally runs for a
         # success, a failure, a neutral outcome, a cancellation or any other BaseException. A
         # recorded outcome uses the slot up (st.calls); a neutral one frees it for another.
@@ -517,7 +430,7 @@ class CircuitBreaker(PolicyDecorator):
             try:
                 result = await call(ctx)
             except Exception as exc:
-                verdict = _exception_verdict(classifier, exc, ctx)
+                verdict = exception_verdict(classifier, exc, ctx)
                 self._finish(st, gen, HALF_OPEN, verdict, start, ctx)
                 raise
             self._finish(st, gen, HALF_OPEN, classifier.classify_result(result).verdict, start, ctx)
@@ -527,13 +440,13 @@ class CircuitBreaker(PolicyDecorator):
                 st.probes -= 1
 
     def _finish(  # noqa: PLR0917 - internal, positional for speed
-        self, st: _State, gen: int, admitted: str, verdict: Verdict, start: float, ctx: Context
+        self, st: State, gen: int, admitted: str, verdict: Verdict, start: float, ctx: Context
     ) -> None:
         """Record the outcome of a call admitted in state ``admitted`` at generation ``gen``."""
-        if verdict is _SUCCESS:
-            code = _CALL
-        elif verdict is _TRANSIENT or verdict is _FAILURE:
-            code = _CALL | _FAILED
+        if verdict is SUCCESS:
+            code = CALL
+        elif verdict is TRANSIENT or verdict is FAILURE:
+            code = CALL | FAILED
         else:
             return  # CLIENT_ERROR, REJECTED: neutral
         kind = st.kind
@@ -546,28 +459,32 @@ class CircuitBreaker(PolicyDecorator):
         timed = self._timed or slow_after is not None or kind is HALF_OPEN
         now = ctx.clock.now() if timed else 0.0
         if slow_after is not None and now - start > slow_after:
-            code |= _SLOW
+            code |= SLOW
         if kind is HALF_OPEN:
-            st.calls += 1
-            if code & _FAILED:
-                st.failures += 1
-            if code & _SLOW:
-                st.slow += 1
-            if self._probes_failed(st):
-                self._move(st, OPEN, ctx, now)
-            elif st.calls >= self._half_open_calls:
-                self._move(st, CLOSED, ctx, now)
+            self._judge_probe(st, code, ctx, now)
             return
-        if self._timed:
-            self._record_timed(st, code, now)
-        else:
-            self._record_count(st, code)
+        if timed:
+            self._now_hint = now  # the latest time known (manual control has no clock)
+        self._ring.record(st, code, now)
         # Only a window holding failures (or slow calls) can trip: a success that completes
         # minimum_calls at the threshold opens the breaker too (that call keeps its result).
         if current and kind is CLOSED and (st.failures or st.slow) and self._tripped(st):
             self._move(st, OPEN, ctx, now if timed else ctx.clock.now())
 
-    def _tripped(self, st: _State) -> bool:
+    def _judge_probe(self, st: State, code: int, ctx: Context, now: float) -> None:
+        # A half-open probe's outcome: reopen as soon as the probes' verdict is a failure,
+        # close once every planned probe succeeded.
+        st.calls += 1
+        if code & FAILED:
+            st.failures += 1
+        if code & SLOW:
+            st.slow += 1
+        if self._probes_failed(st):
+            self._move(st, OPEN, ctx, now)
+        elif st.calls >= self._half_open_calls:
+            self._move(st, CLOSED, ctx, now)
+
+    def _tripped(self, st: State) -> bool:
         calls = st.calls
         if calls < self._minimum_calls:
             return False
@@ -575,7 +492,7 @@ class CircuitBreaker(PolicyDecorator):
             return True
         return self._slow_after is not None and st.slow * self._sq >= self._sp * calls
 
-    def _probes_failed(self, st: _State) -> bool:
+    def _probes_failed(self, st: State) -> bool:
         # Judged against the full probe count, so a verdict that later probes cannot change
         # reopens the breaker at once.
         planned = self._half_open_calls
@@ -583,112 +500,9 @@ class CircuitBreaker(PolicyDecorator):
             return True
         return self._slow_after is not None and st.slow * self._sq >= self._sp * planned
 
-    # -- the window -------------------------------------------------------------------------
-
-    def _record_timed(self, st: _State, code: int, now: float) -> None:
-        if now >= st.edge:
-            self._roll(st, now)
-        ring = st.ring
-        pos = st.pos
-        buckets = self._buckets
-        ring[pos] += 1
-        st.calls += 1
-        if code & _FAILED:
-            ring[buckets + pos] += 1
-            st.failures += 1
-        if code & _SLOW:
-            ring[2 * buckets + pos] += 1
-            st.slow += 1
-
-    def _roll(self, st: _State, now: float) -> None:
-        """Make the bucket holding ``now`` a time window's newest, dropping buckets that left."""
-        width = self._width
-        epoch = int(now // width)
-        if (epoch + 1) * width <= now:  # float rounding: the bucket must end after now
-            epoch += 1
-        st.edge = (epoch + 1) * width
-        steps = epoch - st.head
-        if steps <= 0:
-            return
-        self._now_hint = now
-        buckets = self._buckets
-        st.head = epoch
-        ring = st.ring
-        if steps >= buckets:
-            ring[:] = self._zeros  # type: ignore[assignment]
-            st.calls = st.failures = st.slow = 0
-            st.pos = epoch % buckets
-            return
-        pos = st.pos
-        slow = self._slow_after is not None
-        for _ in range(steps):
-            pos += 1
-            if pos == buckets:
-                pos = 0
-            calls = ring[pos]
-            if calls:
-                ring[pos] = 0
-                st.calls -= calls
-                failures = ring[buckets + pos]
-                if failures:
-                    ring[buckets + pos] = 0
-                    st.failures -= failures
-                if slow:
-                    slowed = ring[2 * buckets + pos]
-                    if slowed:
-                        ring[2 * buckets + pos] = 0
-                        st.slow -= slowed
-        st.pos = pos
-
-    def _record_count(self, st: _State, code: int) -> None:
-        ring = st.ring
-        pos = st.pos
-        old = ring[pos]
-        ring[pos] = code
-        st.pos = 0 if pos + 1 == self._size else pos + 1
-        if old == 0:
-            st.calls += 1
-        else:
-            if old & _FAILED:
-                st.failures -= 1
-            if old & _SLOW:
-                st.slow -= 1
-        if code & _FAILED:
-            st.failures += 1
-        if code & _SLOW:
-            st.slow += 1
-
-    def _clear(self, st: _State) -> None:
-        st.ring[:] = self._zeros  # type: ignore[assignment]
-        st.head = _NEVER
-        st.edge = -math.inf
-        st.pos = 0
-        st.calls = st.failures = st.slow = 0
-
-    def _totals(self, st: _State, now: float | None) -> tuple[int, int, int]:
-        """Window totals, leaving out buckets that expired by ``now`` (without changing them)."""
-        calls, failures, slow = st.calls, st.failures, st.slow
-        if now is None or not self._timed or st.kind not in (CLOSED, FORCED_CLOSED):
-            return calls, failures, slow
-        steps = int(now // self._width) - st.head
-        buckets = self._buckets
-        if steps <= 0:
-            return calls, failures, slow
-        if steps >= buckets:
-            return 0, 0, 0
-        ring = st.ring
-        pos = st.pos
-        for _ in range(steps):
-            pos = (pos + 1) % buckets
-            calls -= ring[pos]
-            failures -= ring[buckets + pos]
-            if self._slow_after is not None:
-                slow -= ring[2 * buckets + pos]
-        return calls, failures, slow
-
     # -- transitions and events -------------------------------------------------------------
 
-    def _move(self, st: _State, kind: str, ctx: Context | None, now: float) -> None:
+    def _move(self, st: State, kind: str, ctx: Context | None, now: float) -> None:
         previous = st.kind
         st.kind = kind
         st.gen += 1
@@ -701,16 +515,16 @@ class CircuitBreaker(PolicyDecorator):
             jitter = self._jitter * ctx.random() if ctx is not None and self._jitter else 0.0
             st.until = now + base * (1.0 - jitter)
         elif kind is HALF_OPEN:
-            self._clear(st)
+            self._ring.clear(st)
             if self._max_half_open is not None:
                 st.until = now + self._max_half_open
         elif kind is CLOSED or kind is FORCED_CLOSED:
-            self._clear(st)
+            self._ring.clear(st)
             st.trips = 0
         if previous != kind:
             self._emit_change(st, previous, ctx, now)
 
-    def _emit_change(self, st: _State, previous: str, ctx: Context | None, now: float) -> None:
+    def _emit_change(self, st: State, previous: str, ctx: Context | None, now: float) -> None:
         listening = ctx is not None and ctx.listening
         if not (listening or self._listeners):
             return
@@ -736,7 +550,7 @@ class CircuitBreaker(PolicyDecorator):
 
     def _reject(
         self,
-        st: _State,
+        st: State,
         ctx: Context,
         reason: str,
         retry_after: float | None,
@@ -769,28 +583,27 @@ class CircuitBreaker(PolicyDecorator):
 
     # -- keys -------------------------------------------------------------------------------
 
-    def _new_state(self, key: str | None) -> _State:
-        ring = array("I", self._zeros) if self._timed else bytearray(self._size)
-        return _State(key, self._default_kind, ring)
+    def _new_state(self, key: str | None) -> State:
+        return State(key, self._default_kind, self._ring.new_ring())
 
-    def _key_map(self) -> BoundedKeyMap[_State]:
+    def _key_map(self) -> BoundedKeyMap[State]:
         keys = self._keys
         if keys is None:
             keys = self._keys = BoundedKeyMap(
                 self._new_state,
                 max_keys=self._max_keys,
                 idle_ttl=self._key_idle,
-                evictable=_evictable,
+                evictable=evictable,
                 parameter="CircuitBreaker.max_keys",
             )
         return keys
 
-    def _keyed(self, key: str, ctx: Context) -> _State:
+    def _keyed(self, key: str, ctx: Context) -> State:
         now = ctx.clock.now()
         self._now_hint = now
         return self._key_map().get(key, now)
 
-    def _states(self, key: str | None) -> list[_State]:
+    def _states(self, key: str | None) -> list[State]:
         if key is None:
             keys = self._keys
             return [self._state] + ([st for _, st in keys.items()] if keys is not None else [])
@@ -868,15 +681,15 @@ class CircuitBreaker(PolicyDecorator):
             raise ValueError(f"CircuitBreaker({self.name!r}) has per_key=False: no key {key!r}")
         else:
             found = self._keys.peek(key) if self._keys is not None else None
-            st = found if found is not None else _State(key, self._default_kind, bytearray())
+            st = found if found is not None else State(key, self._default_kind, bytearray())
         return self._snapshot(st, now)
 
     def snapshots(self, *, now: float | None = None) -> list[CircuitSnapshot]:
         """Snapshots of the unkeyed state and of every key currently kept."""
         return [self._snapshot(st, now) for st in self._states(None)]
 
-    def _snapshot(self, st: _State, now: float | None) -> CircuitSnapshot:
-        calls, failures, slow = self._totals(st, now)
+    def _snapshot(self, st: State, now: float | None) -> CircuitSnapshot:
+        calls, failures, slow = self._ring.totals(st, now)
         return CircuitSnapshot(
             name=self.name,
             key=st.key,
