@@ -116,9 +116,10 @@ def _serve(port: int, mode: str, stats_path: str) -> None:  # runs in the server
     if mode == "adaptive":
         app = ResilienceMiddleware(
             service,
-            max_concurrent=resilient.AdaptiveLimit("vegas", initial_limit=CAPACITY, max_limit=400),
-            max_waiting=int(os.environ.get("OVERLOAD_WAITING", "0")),
-            queue="lifo",
+            # The defaults, started at the capacity (to keep the run short); no waiting room:
+            # what the limit refuses gets a 503 at once.
+            max_concurrent=resilient.AdaptiveLimit(initial_limit=CAPACITY, max_limit=400),
+            max_waiting=0,
             **options,
         )
     elif mode == "fixed":

@@ -128,7 +128,8 @@ def test_algorithm_objects_expose_their_anchored_defaults() -> None:
     g = Gradient2()
     assert (g.smoothing, g.tolerance, g.queue_size) == (0.2, 1.5, 4.0)
     assert (AIMD().backoff, AIMD().timeout) == (0.9, 5.0)
-    assert (Vegas().smoothing, Vegas().probe_multiplier) == (1.0, 30)
+    assert (Vegas().smoothing, Vegas().probe_multiplier) == (0.25, 30)
+    assert (Vegas().alpha, Vegas().beta) == (2.0, 4.0)
     limit = AdaptiveLimit()
     assert (limit.algorithm_name, limit.limit, limit.min_limit, limit.max_limit) == (
         "vegas",

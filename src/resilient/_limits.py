@@ -158,7 +158,9 @@ class Vegas:
     and the lowest RTT seen meanwhile becomes the new floor (as BBR's PROBE_RTT does).
 
     Args:
-        smoothing: weight of each new estimate, in (0, 1] (Netflix: 1.0).
+        smoothing: weight of each new estimate, in (0, 1] (Netflix: 1.0; here 0.25: a
+            per-call update otherwise reacts several times to one queue before its effect
+            shows, and the limit swings around the capacity).
         probe_multiplier: re-measure the no-load RTT after this many limits' worth of
             samples (Netflix: 30).
         alpha: grow while fewer than ``alpha * log10(limit)`` calls queue (Netflix: 3).
@@ -188,7 +190,7 @@ class Vegas:
     def __init__(
         self,
         *,
-        smoothing: float = 1.0,
+        smoothing: float = 0.25,
         probe_multiplier: int = 30,
         alpha: float = 2.0,
         beta: float = 4.0,
@@ -240,7 +242,9 @@ class Vegas:
         if queue < self._alpha:
             if inflight * 2 >= limit:  # else not using the limit: no reason to raise it
                 step = self._step
-        elif queue > self._beta:
+        elif queue > self._beta and inflight <= limit:
+            # (More in flight than the limit: calls admitted before the last decrease are
+            # still draining; their latency was already answered.)
             step = -self._step
         return limit + step * self.smoothing
 
@@ -290,7 +294,8 @@ class AdaptiveLimit:
         initial_limit: the limit before anything was learned (Netflix: 20).
         min_limit: the limit never goes below this (>= 1; Netflix: 20 for Gradient2/AIMD).
         max_limit: the limit never goes above this (Netflix: 200 Gradient2/AIMD, 1000 Vegas).
-        smoothing: Gradient2 (0.2) and Vegas (1.0) only: weight of each new estimate.
+        smoothing: Gradient2 (0.2) and Vegas (0.25; Netflix 1.0) only: weight of each new
+            estimate.
         tolerance: Gradient2 only (1.5): latency growth tolerated before shrinking.
         queue_size: Gradient2 only (4): headroom added to each estimate.
         long_window: Gradient2 only (600): samples in the long-term RTT average.
