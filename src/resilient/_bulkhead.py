@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from time import monotonic as _monotonic
 from types import TracebackType
 from typing import Any, ClassVar, Final, final
 
@@ -280,39 +281,41 @@ class Bulkhead(PolicyDecorator):
             BulkheadFullError: no slot, and the waiting room is full or the wait ran out.
             TimeoutExceeded: the call's deadline ended the wait.
         """
-        if self._adaptive is not None:
-            return await self._execute_adaptive(call, ctx)
-        keys = self._keys
-        key = ctx.key
-        slots = self._slots if keys is None or key is None else keys.get(key, ctx.clock.now())
-        if slots.running < self._max:  # try_acquire(), for a partition already looked up
-            slots.running += 1
-        else:
-            await self._wait(slots, ctx)
-        try:
-            return await call(ctx)
-        finally:
-            _release(slots)
-
-    async def _execute_adaptive(self, call: Call, ctx: Context) -> Any:
+        adaptive = self._adaptive
+        if adaptive is None:
+            keys = self._keys
+            key = ctx.key
+            slots = self._slots if keys is None or key is None else keys.get(key, ctx.clock.now())
+            if slots.running < self._max:  # try_acquire(), for a partition already looked up
+                slots.running += 1
+            else:
+                await self._wait(slots, ctx)
+            try:
+                return await call(ctx)
+            finally:
+                _release(slots)
+        # Adaptive (one unkeyed partition): the limit learns from every completed call.
         slots = self._slots
         if slots.running < slots.limit:
             slots.running += 1
         else:
             await self._wait(slots, ctx)
         clock = ctx.clock
-        start = clock.now()
+        # A latency is a difference: the system clock's own base (trio's clock on trio) is
+        # not needed, and time.monotonic() skips the backend check of SYSTEM_CLOCK.now().
+        now = _monotonic if clock is SYSTEM_CLOCK else clock.now
+        start = now()
         try:
             result = await call(ctx)
         except (TimeoutError, RejectedError):
-            self._sample_and_release(slots, clock.now() - start, True)
+            self._sample_and_release(slots, now() - start, True)
             raise
         except BaseException:
             _release(slots)  # an error unrelated to load, or a cancellation: nothing learned
             raise
         # _sample_and_release(), inlined for the common case.
         before = slots.limit
-        limit = slots.limit = self._adaptive.update(clock.now() - start, slots.running)  # type: ignore[union-attr]
+        limit = slots.limit = adaptive.update(now() - start, slots.running)
         if slots.waiters:
             _release(slots)
             if limit > before:

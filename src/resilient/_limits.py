@@ -231,6 +231,8 @@ class Vegas:
         if rtt < self._noload:
             self._noload = rtt
             return limit
+        if inflight * 2 < limit:
+            return limit  # not using the limit: its latency says nothing about the limit
         if limit != self._for_limit:  # the thresholds move only with the limit: cached
             log = math.log10(max(limit, 1.0))
             self._for_limit = limit
@@ -240,8 +242,7 @@ class Vegas:
         queue = limit * (1.0 - self._noload / rtt)
         step = 0.0
         if queue < self._alpha:
-            if inflight * 2 >= limit:  # else not using the limit: no reason to raise it
-                step = self._step
+            step = self._step
         elif queue > self._beta and inflight <= limit:
             # (More in flight than the limit: calls admitted before the last decrease are
             # still draining; their latency was already answered.)
@@ -409,8 +410,9 @@ class AdaptiveLimit:
             inflight: calls holding a slot when it completed, itself included.
             dropped: the call timed out or was refused downstream.
         """
-        new = self._algorithm.update(self._limit, rtt, inflight, dropped)
-        if new == self._limit:
+        current = self._limit
+        new = self._algorithm.update(current, rtt, inflight, dropped)
+        if new == current:
             return self.limit
         # Clamped here, whatever the algorithm returns (NaN included): the bounds are a
         # promise to the operator, not a property each algorithm must keep.
