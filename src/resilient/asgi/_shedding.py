@@ -147,29 +147,36 @@ class Shedding:
             return _DEFAULT if label is None else _TEXT_RANK.get(str(label).lower(), _DEFAULT)
         return _DEFAULT
 
-    async def run(self, app: Any, scope: Scope, receive: Any, send: Any) -> RejectedError | None:
+    async def run(
+        self, app: Any, scope: Scope, receive: Any, send: Any
+    ) -> str | RejectedError | None:
         """Admit the request by its class, run ``app``, report its latency.
 
         Returns:
-            The refusal (the request never ran), or ``None`` once the app ran.
+            ``None`` once the app ran; else why it never ran, as the middleware's other
+            refusals: ``"full"`` (refused at once: no slot its class may take, or the waiting
+            room is full), ``"wait_timeout"`` (it waited and no slot came, or the queue
+            discipline shed it), or the ``TimeoutExceeded`` of its deadline.
         """
         bulkhead = self._bulkhead
         classified = self._header is not None or self._function is not None
         rank = self._rank(scope) if classified else _CRITICAL
         if rank == _CRITICAL:
-            try:
-                await bulkhead.acquire()
-            except (BulkheadFullError, TimeoutExceeded) as exc:
-                return exc  # full, waited too long, or the deadline passed: never ran
-        else:
-            headroom = math.ceil(bulkhead.max_concurrent * self._reserve * rank)
-            if not bulkhead.try_acquire(headroom=headroom):
-                return BulkheadFullError(
-                    f"load shedding: {_BY_TEXT[rank]} request refused, "
-                    f"{headroom} slot(s) kept for more critical ones",
-                    policy=bulkhead.name,
-                    retry_after=None,
-                )
+            if not bulkhead.try_acquire():
+                if bulkhead.max_wait <= 0.0 or (
+                    bulkhead.snapshot().waiting >= bulkhead.max_waiting
+                ):
+                    return "full"
+                try:
+                    await bulkhead.acquire()  # bounded by max_wait and the deadline
+                except BulkheadFullError:
+                    return "wait_timeout"
+                except TimeoutExceeded as exc:
+                    return exc
+        elif not bulkhead.try_acquire(
+            headroom=math.ceil(bulkhead.max_concurrent * self._reserve * rank)
+        ):
+            return "full"  # the slots left are kept for more critical requests
         clock = self._clock
         start = clock.now()
         try:
