@@ -125,6 +125,11 @@ def service(upstream_url: str) -> Any:
         breaker = next(p for p in policies if isinstance(p, resilient.CircuitBreaker))
         pool = transport.pool_snapshot()
         assert pool is not None
+        # httpcore's own view: httpx does not expose its pool, httpcore's pool lists its
+        # connections publicly. A connection neither idle nor closed at rest is leaked
+        # (encode/httpcore#1093 leaves them "connecting" forever).
+        connections = transport.transport._pool.connections  # type: ignore[attr-defined]
+        busy = sum(not (c.is_idle() or c.is_closed()) for c in connections)
         own_limiter = middleware.rate_limiter
         assert own_limiter is not None
         return {
@@ -143,6 +148,7 @@ def service(upstream_url: str) -> Any:
                 "breaker_states": sorted({s.state for s in breaker.snapshots()}),
                 "pool_running": pool.running,
                 "pool_waiting": pool.waiting,
+                "httpcore_connections_busy": busy,
             },
         }
 
