@@ -159,6 +159,18 @@ def service(upstream_url: str) -> Any:
         if scope["path"] == "/stats":
             await _json(send, 200, stats())
             return
+        if scope["path"] == "/probe":  # the pool itself, past the pipeline (and its breaker)
+            request = httpx.Request("GET", f"{upstream_url}/chaos")
+            request.extensions["timeout"] = httpx.Timeout(2.0).as_dict()
+            try:
+                answer = await transport.transport.handle_async_request(request)
+                await answer.aread()
+                await answer.aclose()
+            except httpx.HTTPError as exc:
+                await _json(send, 503, {"pool": type(exc).__name__})
+                return
+            await _json(send, answer.status_code, {"pool": "serves"})
+            return
         try:
             response = await client.get("/data", extensions={"resilient.route": "/data"})
         except httpx.HTTPError as exc:  # every refusal of the transport is one (issue 19)
@@ -184,7 +196,7 @@ def service(upstream_url: str) -> Any:
         burst=5,
         client_key=client_key,
         timeout=2.0,
-        exclude=["/stats"],
+        exclude=["/stats", "/probe"],
     )
     return middleware
 
