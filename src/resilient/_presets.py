@@ -13,13 +13,14 @@ from ._clock import Clock
 from ._events import CallObserver, Listener
 from ._exceptions import ConfigurationError
 from ._pipeline import ObserverFactory, Pipeline, Policy
-from ._ratelimit import RateLimiter
+from ._ratelimit import BucketStore, RateLimiter
 from ._retry import Retry
 from ._timeout import Timeout
 
 __all__ = ["standard"]
 
 _DEFAULT: Any = object()
+_ATTEMPT_TIMEOUT = 10.0
 
 # The policies' parameters, by the option of standard() that sets them: an error names the
 # option the caller wrote.
@@ -39,6 +40,7 @@ _LIMITER_OPTIONS = {
     "RateLimiter.rate": "rate",
     "RateLimiter.burst": "burst",
     "RateLimiter.max_wait": "rate_max_wait",
+    "RateLimiter.store": "rate_store",
 }
 _BULKHEAD_OPTIONS = {
     "Bulkhead.max_concurrent": "max_concurrent",
@@ -115,11 +117,19 @@ def _check_combinations(
         _unused(bulkhead_options, "max_concurrent", "max_concurrent=None builds no bulkhead")
 
 
+def _default_attempt_timeout(total_timeout: object) -> float:
+    # 10 s per attempt, unless the whole call has less (then one timer bounds both).
+    numeric = isinstance(total_timeout, int | float) and not isinstance(total_timeout, bool)
+    if numeric and 0 < total_timeout < _ATTEMPT_TIMEOUT:  # type: ignore[operator]
+        return float(total_timeout)  # type: ignore[arg-type]
+    return _ATTEMPT_TIMEOUT
+
+
 def standard(
     name: str = "default",
     *,
     total_timeout: float | None = 30.0,
-    attempt_timeout: float | None = 10.0,
+    attempt_timeout: float | None = _DEFAULT,
     attempts: int = 3,
     base_delay: float = 0.1,
     max_delay: float = 5.0,
@@ -132,6 +142,7 @@ def standard(
     rate: float | None = None,
     burst: int | None = None,
     rate_max_wait: float = 0.0,
+    rate_store: BucketStore | None = None,
     max_concurrent: int | None = 100,
     max_waiting: int = 100,
     max_wait: float = 1.0,
@@ -164,7 +175,8 @@ def standard(
     Args:
         name: the pipeline's name (a telemetry attribute).
         total_timeout: seconds for the whole call, retries included, or ``None``.
-        attempt_timeout: seconds for each attempt, or ``None``.
+        attempt_timeout: seconds for each attempt, or ``None`` (default: 10 s, or the
+            ``total_timeout`` when that is shorter; given explicitly, it may not exceed it).
         attempts: attempts including the first (``Retry.attempts``); 1 disables retries.
         base_delay: ``Retry.base_delay``.
         max_delay: ``Retry.max_delay``.
@@ -177,6 +189,8 @@ def standard(
         rate: tokens per second for a ``RateLimiter``, or ``None`` for no limiter.
         burst: ``RateLimiter.burst`` (default: ``max(1, int(rate))``).
         rate_max_wait: ``RateLimiter.max_wait``.
+        rate_store: ``RateLimiter.store``: where the buckets live (default: this process;
+            ``resilient.redis.RedisBucketStore`` shares the quota across a fleet).
         max_concurrent: ``Bulkhead.max_concurrent``, or ``None`` for no bulkhead.
         max_waiting: ``Bulkhead.max_waiting``.
         max_wait: ``Bulkhead.max_wait``.
@@ -195,6 +209,8 @@ def standard(
             retry options with ``attempts=1``, bulkhead options with ``max_concurrent=None``),
             or an ``attempt_timeout`` above the ``total_timeout``: both options are named.
     """
+    if attempt_timeout is _DEFAULT:
+        attempt_timeout = _default_attempt_timeout(total_timeout)
     policies: list[Policy] = []
     _check_combinations(
         total_timeout=total_timeout,
@@ -245,6 +261,8 @@ def standard(
                 ),
             )
         )
+    if rate is None and rate_store is not None:
+        raise ConfigurationError("standard.rate_store", rate_store, "needs rate to be set")
     if rate is not None:
         policies.append(
             _named(
@@ -254,6 +272,7 @@ def standard(
                     burst=burst if burst is not None else max(1, int(rate)),
                     max_wait=rate_max_wait,
                     per_key=per_key,
+                    store=rate_store,
                 ),
             )
         )
