@@ -129,6 +129,14 @@ def _default_attempt_timeout(total_timeout: object) -> float:
     return _ATTEMPT_TIMEOUT
 
 
+def _throttle(throttle: object) -> Throttle:
+    if throttle is True:
+        return Throttle()
+    if not isinstance(throttle, Throttle):
+        raise ConfigurationError("standard.throttle", throttle, "expected a bool or a Throttle")
+    return throttle
+
+
 def standard(
     name: str = "default",
     *,
@@ -259,11 +267,7 @@ def standard(
             )
         )
     if throttle is not False:
-        if throttle is True:
-            throttle = Throttle()
-        elif not isinstance(throttle, Throttle):
-            raise ConfigurationError("standard.throttle", throttle, "expected a bool or a Throttle")
-        policies.append(throttle)
+        policies.append(_throttle(throttle))
     if circuit_breaker:
         policies.append(
             _named(
