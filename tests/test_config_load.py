@@ -536,6 +536,8 @@ def test_httpx_standard_takes_a_configured_pipeline() -> None:
         httpx_mod.standard(config=registry["payments"], attempts=2)
     with pytest.raises(ConfigurationError, match=r"standard\.config"):
         httpx_mod.standard(config="payments")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"standard\.name"):
+        httpx_mod.standard(config=registry["payments"], name="other")
 
 
 async def test_server_tables_configure_the_middleware() -> None:
