@@ -33,6 +33,7 @@ SUITES = [
     "suite_telemetry",
     "suite_asgi",
     "suite_httpx",
+    "suite_redis",
     "suite_hedge",
 ]
 # The cross-cutting comparisons (issue 10): five policies together, each policy vs its peers,

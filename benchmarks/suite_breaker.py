@@ -214,7 +214,7 @@ GATES = [
 def run(*, quick: bool) -> dict[str, float]:
     # The fastest round of each case: on this shared 2-core machine other processes only ever
     # add time, and they do so in bursts that can cover several rounds of one case.
-    results = run_cases(cases(), calls=2_000 if quick else 20_000, rounds=15 if quick else 25)
+    results = run_cases(cases(), calls=1_000 if quick else 20_000, rounds=31 if quick else 25)
     fastest = {name: r.min_ns for name, r in results.items()}
     fastest.update(memory())
     return fastest

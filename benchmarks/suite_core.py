@@ -88,5 +88,5 @@ GATES = [
 
 
 def run(*, quick: bool) -> dict[str, float]:
-    results = run_cases(cases(), calls=5_000 if quick else 50_000, rounds=11 if quick else 9)
+    results = run_cases(cases(), calls=1_500 if quick else 50_000, rounds=31 if quick else 9)
     return summary(results, quick=quick)

@@ -174,5 +174,5 @@ def _new_keys(kind: str, kept: int) -> Callable[[], Callable[[], Awaitable[Any]]
 
 def run(*, quick: bool) -> dict[str, float]:
     # Quick mode: the fastest round of each case (see _harness.summary).
-    results = run_cases(cases(), calls=4_000 if quick else 40_000, rounds=15 if quick else 25)
+    results = run_cases(cases(), calls=1_000 if quick else 40_000, rounds=31 if quick else 25)
     return summary(results, quick=quick)

@@ -154,7 +154,7 @@ GATES = [
 
 
 def run(*, quick: bool) -> dict[str, float]:
-    results = run_cases(cases(), calls=5_000 if quick else 50_000, rounds=11 if quick else 9)
+    results = run_cases(cases(), calls=1_500 if quick else 50_000, rounds=31 if quick else 9)
     medians = summary(results, quick=quick)
     if not quick:
         slow = run_cases(_slow_peers(), calls=2_000, rounds=5)

@@ -1,4 +1,5 @@
-"""ResilienceMiddleware on a Starlette app: load shedding, per-client rate limits, deadlines.
+"""ResilienceMiddleware on a Starlette app: load shedding, per-client rate limits, deadlines,
+and a /metrics route that is never limited.
 
 Runs in a second, in process (httpx's ASGITransport, no server):
     .venv/bin/python examples/asgi_middleware.py
@@ -9,12 +10,14 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from resilient.asgi import ResilienceMiddleware
+from resilient.telemetry import prometheus
 
 release = asyncio.Event()
 
@@ -45,6 +48,8 @@ app = Starlette(
         Route("/healthz", health),
     ]
 )
+# /metrics and /metrics/ both answer (no redirect); the middleware never limits them.
+prometheus.add_route(app, registry=CollectorRegistry())
 app.add_middleware(
     ResilienceMiddleware,
     max_concurrent=2,  # two requests run at once...
@@ -52,6 +57,7 @@ app.add_middleware(
     rate=5.0,  # five requests a second per client...
     burst=3,  # ...three back to back
     timeout=0.2,  # the app must start its response within 200 ms, else 504
+    trusted_hops=1,  # one proxy in front: the client is the last X-Forwarded-For entry
 )
 
 
@@ -81,6 +87,9 @@ async def main() -> None:
             print("GET /healthz     ->", probe.status_code, "(probes are never shed)")
             release.set()
         print("first 2 /report  ->", [t.result().status_code for t in reports])
+
+        scrapes = [(await client.get(path)).status_code for path in ["/metrics", "/metrics/"] * 3]
+        print("6 scrapes        ->", scrapes, "(never limited, never redirected)")
 
 
 if __name__ == "__main__":

@@ -720,7 +720,7 @@ async def test_app_sees_the_request_deadline_through_resilient_remaining(
 
 async def test_pipelines_in_the_app_inherit_the_request_deadline_on_the_system_clock() -> None:
     """A pipeline called by the app starts from the request's deadline (not its own 60 s),
-    on the default clock (asyncio: the wheel runtime); no deadline is left afterwards."""
+    on the default clock (asyncio: the timer runtime); no deadline is left afterwards."""
     seen: list[float] = []
 
     async def remaining() -> float:

@@ -14,6 +14,7 @@ import anyio
 import httpx
 import pytest
 import uvicorn
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
@@ -23,6 +24,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
 from resilient.asgi import ResilienceMiddleware
+from resilient.telemetry import prometheus
 
 pytestmark = pytest.mark.slow
 
@@ -195,6 +197,32 @@ async def test_behind_a_trusted_proxy_the_right_most_untrusted_hop_is_the_client
         other = await client.get("/quick", headers={"x-forwarded-for": "198.51.100.8"})
     assert [r.status_code for r in rotated] == [200, 429, 429]
     assert other.status_code == 200
+
+
+async def test_with_hop_counting_a_host_behind_the_proxy_cannot_spend_anothers_bucket() -> None:
+    """The loopback client plays the one ingress proxy; a pod inside the trusted range sends
+    a header naming a victim, and the ingress appends the pod's own address."""
+    app, _ = make_app(rate=0.5, burst=1, trusted_proxies=["127.0.0.0/8"], trusted_hops=1)
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
+        from_pod = [
+            await client.get("/quick", headers={"x-forwarded-for": "198.51.100.9, 10.1.2.3"})
+            for _ in range(3)
+        ]
+        victim = await client.get("/quick", headers={"x-forwarded-for": "198.51.100.9"})
+    assert [r.status_code for r in from_pod] == [200, 429, 429]
+    assert victim.status_code == 200
+
+
+async def test_metrics_route_is_served_without_redirect_and_never_rate_limited() -> None:
+    app, _ = make_app(rate=0.5, burst=1)
+    prometheus.add_route(app, registry=CollectorRegistry())
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
+        assert (await client.get("/quick")).status_code == 200
+        assert (await client.get("/quick")).status_code == 429
+        scrapes = [await client.get(path) for path in ["/metrics", "/metrics/"] * 3]
+    assert [r.status_code for r in scrapes] == [200] * 6  # httpx follows no redirect
+    assert all("ratelimit" not in r.headers for r in scrapes)
+    assert all(r.headers["content-type"].startswith("text/plain") for r in scrapes)
 
 
 async def test_app_too_slow_to_start_its_response_gets_504_and_is_cancelled() -> None:

@@ -288,3 +288,76 @@ async def test_async_callable_objects_can_be_wrapped() -> None:
 
     wrapped = Pipeline(Timeout(1.0)).wrap(Handler())
     assert await wrapped(21) == 42
+
+
+async def test_bare_decorators_work_like_tenacitys() -> None:
+    """``@resilient.retry`` without parentheses decorates with the policy's defaults (as
+    tenacity and stamina do); so do the breaker, bulkhead and rate-limit decorators."""
+    calls = 0
+
+    @resilient.retry
+    async def flaky(x: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("transient")
+        return x * 2
+
+    async def plain(x: int) -> int:
+        return x + 1
+
+    # The bare form has no clock option: one real backoff of Retry's default (at most 0.1 s).
+    assert await flaky(21) == 42
+    assert calls == 2
+    assert flaky.__name__ == "flaky"
+    assert inspect.signature(flaky) == inspect.signature(plain)
+    for bare in (resilient.circuit_breaker, resilient.bulkhead, resilient.rate_limit):
+        assert await bare(plain)(1) == 2
+
+
+async def test_bare_decorators_on_methods_classmethods_and_staticmethods() -> None:
+    """Bare forms accept what the parenthesized forms accept, in either order."""
+
+    class Service:
+        @resilient.retry
+        async def method(self, x: int) -> int:
+            return x
+
+        @resilient.retry
+        @classmethod
+        async def build(cls, x: int) -> int:
+            return x + 1
+
+        @resilient.circuit_breaker
+        @staticmethod
+        async def helper(x: int) -> int:
+            return x + 2
+
+    assert await Service().method(1) == 1
+    assert await Service.build(1) == 2
+    assert await Service.helper(1) == 3
+
+
+def test_a_bare_decorator_still_refuses_a_sync_function() -> None:
+    def sync() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match="async function"):
+        resilient.retry(sync)  # type: ignore[call-overload]
+
+
+def test_a_bare_timeout_shows_the_fix() -> None:
+    """``@resilient.timeout`` needs its seconds: the error says how to write it."""
+    with pytest.raises(ConfigurationError) as info:
+
+        @resilient.timeout  # type: ignore[arg-type]
+        async def slow() -> None: ...
+
+    assert info.value.parameter == "timeout.seconds"
+    assert "@resilient.timeout(2.0)" in str(info.value)
+
+
+def test_another_policy_passed_positionally_is_still_refused() -> None:
+    """A wrong policy instance is not mistaken for a function to decorate."""
+    with pytest.raises(ConfigurationError, match=r"expected a Bulkhead"):
+        resilient.bulkhead(Retry())  # type: ignore[call-overload]

@@ -810,12 +810,14 @@ async def test_no_sdk_means_no_span_until_one_is_configured(
 
 
 async def test_telemetry_false_sends_no_trace_context(
-    spans: tuple[TracerProvider, InMemorySpanExporter],
+    spans: tuple[TracerProvider, InMemorySpanExporter], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With telemetry off nothing is recorded and no traceparent is added."""
+    """With telemetry off nothing is recorded and no traceparent is added, even with an SDK
+    configured globally (a ``tracer_provider=`` with ``telemetry=False`` is refused)."""
     provider, exporter = spans
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
     upstream = Upstream(200)
-    async with client_for(upstream, telemetry=False, tracer_provider=provider) as client:
+    async with client_for(upstream, telemetry=False) as client:
         await client.get(URL)
     assert exporter.get_finished_spans() == ()
     assert "traceparent" not in upstream.requests[0].headers
@@ -949,10 +951,13 @@ async def test_standard_retries_and_isolates_hosts(clock: FakeClock) -> None:
 
 
 def test_standard_validates_through_the_policies() -> None:
-    """Bad preset options are refused with the policy option's name."""
+    """Bad preset options are refused with the name the caller wrote."""
     with pytest.raises(ConfigurationError) as caught:
         resilient.httpx.standard(attempts=0)
-    assert caught.value.parameter == "Retry.attempts"
+    assert caught.value.parameter == "standard.attempts"
+    with pytest.raises(ConfigurationError) as caught:
+        resilient.httpx.standard(buffer_limit=-1)
+    assert caught.value.parameter == "standard.buffer_limit"
     with pytest.raises(ConfigurationError) as caught:
         resilient.httpx.standard(per_key=False)
     assert caught.value.parameter == "standard.per_key"
@@ -985,3 +990,21 @@ async def test_standard_bulkhead_keeps_hosts_apart(clock: FakeClock) -> None:
             await client.get("http://slow.test/")
         assert (await client.get("http://fast.test/")).status_code == 200
         release.set()
+
+
+def test_standard_names_the_pipeline_after_its_upstream() -> None:
+    """Two upstreams never share a metric series: the pipeline takes the host (and a
+    non-default port) of ``base_url`` unless ``name=`` is given."""
+    assert resilient.httpx.standard(base_url="https://payments.example/v1").pipeline.name == (
+        "payments.example"
+    )
+    assert resilient.httpx.standard(base_url="http://127.0.0.1:8080").pipeline.name == (
+        "127.0.0.1:8080"
+    )
+    named = resilient.httpx.standard(name="billing", base_url="https://payments.example")
+    assert named.pipeline.name == "billing"
+    assert resilient.httpx.standard().pipeline.name == "http"
+    for bad in ("/relative/path", 42, ""):
+        with pytest.raises(ConfigurationError) as caught:
+            resilient.httpx.standard(base_url=bad)  # type: ignore[arg-type]
+        assert caught.value.parameter == "standard.base_url"

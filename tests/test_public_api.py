@@ -98,7 +98,7 @@ def test_import_loads_no_optional_dependency() -> None:
     code = (
         "import sys, resilient\n"
         "bad = [m for m in ('httpx', 'starlette', 'prometheus_client', 'opentelemetry.sdk',"
-        " 'fastapi', 'uvicorn', 'trio') if m in sys.modules]\n"
+        " 'fastapi', 'uvicorn', 'trio', 'redis') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run(

@@ -29,7 +29,7 @@ from resilient import (
 )
 from resilient._ratelimit import bucket_take, bucket_tokens
 from resilient.events import CallRejected, WaitEnded
-from resilient.extend import BucketStore, MemoryBucketStore, RateLimitStatus
+from resilient.extend import BucketStore, MemoryBucketStore, RateLimitStatus, TakeResult
 from resilient.testing import EventRecorder, FakeClock
 
 
@@ -551,10 +551,11 @@ class AsyncOnlyStore:
 
     async def take(
         self, key: str | None, cost: float, *, rate: float, burst: float, now: float
-    ) -> float:
+    ) -> TakeResult:
         self.calls += 1
         await anyio.lowlevel.checkpoint()  # as a network store would
-        return self.inner.take_now(key, cost, rate, burst, now)
+        wait = self.inner.take_now(key, cost, rate, burst, now)
+        return TakeResult(wait, self.inner.tokens_now(key, rate, burst, now))
 
     async def tokens(self, key: str | None, *, rate: float, burst: float, now: float) -> float:
         return self.inner.tokens_now(key, rate, burst, now)
@@ -577,6 +578,27 @@ async def test_custom_store_is_used_through_the_protocol(clock: FakeClock) -> No
     assert admitted == [0.0, 1.0, 2.0]
     assert store.calls >= 3
     assert math.isnan(limiter.snapshot().tokens)  # not readable without I/O
+
+
+async def test_try_acquire_through_a_store_is_one_store_call(clock: FakeClock) -> None:
+    """The decision and the tokens left come back from one ``take`` (one round trip)."""
+
+    class Counting(AsyncOnlyStore):
+        reads = 0
+
+        async def tokens(self, key: str | None, *, rate: float, burst: float, now: float) -> float:
+            self.reads += 1
+            return await super().tokens(key, rate=rate, burst=burst, now=now)
+
+    store = Counting()
+    limiter = RateLimiter(rate=1.0, burst=2, max_wait=0, store=store, clock=clock)
+    first = await limiter.try_acquire("k")
+    second = await limiter.try_acquire("k")
+    third = await limiter.try_acquire("k")
+    assert (first.allowed, first.remaining) == (True, 1.0)
+    assert (second.allowed, second.remaining) == (True, 0.0)
+    assert (third.allowed, third.retry_after) == (False, 1.0)
+    assert (store.calls, store.reads) == (3, 0)
 
 
 async def settle_once() -> None:
@@ -736,9 +758,9 @@ async def test_deadline_ends_a_wait_in_progress_with_the_deadlines_timeout(
     class Stingy(AsyncOnlyStore):
         async def take(
             self, key: str | None, cost: float, *, rate: float, burst: float, now: float
-        ) -> float:
+        ) -> TakeResult:
             await super().take(key, cost, rate=rate, burst=burst, now=now)
-            return 0.4  # another process always got there first
+            return TakeResult(0.4, 0.0)  # another process always got there first
 
         async def tokens(self, key: str | None, *, rate: float, burst: float, now: float) -> float:
             return 0.0

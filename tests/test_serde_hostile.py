@@ -8,6 +8,7 @@ pickle or anything that executes code: the codecs are JSON and zlib only.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import pickle
 import zlib
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from resilient.serde import (
     Codec,
+    EncodeError,
     JsonCodec,
     Limits,
     MalformedPayloadError,
@@ -283,3 +285,119 @@ def test_json_codec_used_directly_is_as_strict() -> None:
         with pytest.raises(MalformedPayloadError):
             codec.decode(bad, limits)
     assert ZlibCodec().decode(zlib.compress(b"[1]"), limits) == [1]
+
+
+# --- what dumps() writes always reads back --------------------------------------------------
+
+PLAIN = VersionedSerializer(versions=[Version(1)], write=1)
+
+
+@pytest.mark.parametrize(
+    ("record", "where"),
+    [
+        ({1: "a", "1": "b"}, "duplicate key '1'"),  # two keys JSON writes alike
+        ({1: "a"}, "key 1 (int)"),
+        ({True: 1}, "key True (bool), which reads back as the string 'true'"),
+        ({None: 1}, "key None"),
+        ({1.5: 1}, "key 1.5"),
+        ({"pair": (1, 2)}, "record['pair'] is a tuple"),
+        ({"a": {"b": [{2: 3}]}}, "record['a']['b'][0] has the key 2"),
+    ],
+)
+def test_dumps_refuses_a_record_that_would_not_read_back(
+    record: dict[Any, Any], where: str
+) -> None:
+    """A record JSON cannot represent faithfully is refused when written, naming where, so
+    no payload is ever written that reads back different or not at all."""
+    with pytest.raises(EncodeError) as caught:
+        PLAIN.dumps(record)
+    assert where in str(caught.value)
+
+
+def test_values_that_read_back_equal_are_written() -> None:
+    """Subclasses of JSON's types that compare equal (an IntEnum, a str subclass) and
+    every JSON scalar are accepted: what is read back equals what was written."""
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Tag(str):
+        pass
+
+    record = {"level": Level.HIGH, "tag": Tag("x"), "n": [None, True, -0.0, 10**30, 1e-300]}
+    assert PLAIN.loads(PLAIN.dumps(record)) == record
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    record=st.dictionaries(
+        st.one_of(st.text(max_size=3), st.integers(-3, 3), st.booleans(), st.none()),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.tuples(inner, inner)
+                | st.dictionaries(st.text(max_size=2) | st.integers(0, 2), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+        max_size=4,
+    )
+)
+def test_whatever_dumps_writes_loads_reads_back_equal(record: dict[Any, Any]) -> None:
+    """The property: ``dumps()`` either refuses with an ``EncodeError`` or writes a payload
+    that ``loads()`` reads back equal to the record."""
+    try:
+        payload = PLAIN.dumps(record)
+    except EncodeError:
+        return
+    assert PLAIN.loads(payload) == record
+
+
+def _nest(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_deep_record_gives_the_serializers_error_not_a_recursion_error() -> None:
+    """A record nested deep enough to exhaust Python's recursion in the downgrade check, or
+    in the encoder, is refused with an ``EncodeError`` (it was a bare RecursionError)."""
+    downgrading = VersionedSerializer(
+        versions=[
+            Version(1),
+            Version(
+                2, upgrade=lambda r: {"d": _nest(5000)}, downgrade=lambda r: {"d": _nest(5000)}
+            ),
+        ],
+        write=1,
+        max_depth=10_000,
+    )
+    with pytest.raises(EncodeError, match="too deep"):
+        downgrading.dumps({"d": _nest(5000)})
+    deep = VersionedSerializer(versions=[Version(1)], write=1, max_depth=10_000)
+    with pytest.raises(EncodeError):
+        deep.dumps({"d": _nest(5000)})
+
+
+def test_a_deep_payload_gives_the_serializers_error() -> None:
+    """Reading a payload nested within ``max_depth`` but past the parser's recursion gives a
+    library error too."""
+    deep = VersionedSerializer(versions=[Version(1)], write=1, max_depth=10_000)
+    with pytest.raises(MalformedPayloadError):
+        deep.loads(b'@v1:{"d":' + b"[" * 9000 + b"]" * 9000 + b"}")
+
+
+def test_the_write_callables_own_error_still_propagates_unchanged() -> None:
+    """Converting every failure does not swallow what the ``write`` callable raises."""
+
+    class Flag(Exception):
+        pass
+
+    def write() -> int:
+        raise Flag("feature flag service down")
+
+    serializer = VersionedSerializer(versions=[Version(1)], write=write)
+    with pytest.raises(Flag):
+        serializer.dumps({"a": 1})

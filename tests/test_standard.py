@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import anyio
 import pytest
 
@@ -76,13 +78,80 @@ def test_options_reach_the_policies() -> None:
     assert bulkhead.max_concurrent == 3
 
 
-def test_invalid_options_name_the_policy_parameter() -> None:
-    with pytest.raises(ConfigurationError, match=r"Retry\.attempts"):
-        resilient.standard(attempts=0)
-    with pytest.raises(ConfigurationError, match=r"Timeout\.seconds"):
-        resilient.standard(total_timeout=-1)
-    with pytest.raises(ConfigurationError, match=r"Bulkhead\.max_concurrent"):
-        resilient.standard(max_concurrent=0)
+def test_invalid_options_name_the_option_as_written() -> None:
+    """An error names the option of standard() the caller wrote, not the policy's."""
+    cases = {
+        "attempts": 0,
+        "total_timeout": -1,
+        "attempt_timeout": 0,
+        "max_concurrent": 0,
+        "failure_rate": 2.0,
+        "open_for": -1.0,
+        "max_waiting": -1,
+    }
+    for option, value in cases.items():
+        with pytest.raises(ConfigurationError) as caught:
+            resilient.standard(**{option: value})
+        assert caught.value.parameter == f"standard.{option}"
+        assert caught.value.value == value
+
+
+def test_the_two_timeouts_are_told_apart() -> None:
+    """Each timeout reports its own option (both used to say ``Timeout.seconds``)."""
+    with pytest.raises(ConfigurationError, match=r"^standard\.total_timeout=nan"):
+        resilient.standard(total_timeout=math.nan)
+    with pytest.raises(ConfigurationError, match=r"^standard\.attempt_timeout=nan"):
+        resilient.standard(attempt_timeout=math.nan)
+
+
+def test_a_rate_that_is_not_a_finite_number_is_refused_by_name() -> None:
+    """``rate=nan`` and ``rate=inf`` are ConfigurationErrors naming ``standard.rate`` (they
+    were a ValueError and an OverflowError from deep inside)."""
+    for value in (math.nan, math.inf, -math.inf, 5e-324, True, "10"):
+        with pytest.raises(ConfigurationError) as caught:
+            resilient.standard(rate=value)
+        assert caught.value.parameter == "standard.rate"
+
+
+def test_attempts_true_is_refused_not_taken_as_one() -> None:
+    """``attempts=True`` is a mistake, not 1 (it used to drop the Retry step silently)."""
+    for value in (True, False, 2.0):
+        with pytest.raises(ConfigurationError) as caught:
+            resilient.standard(attempts=value)
+        assert caught.value.parameter == "standard.attempts"
+
+
+def test_an_option_without_the_one_it_needs_is_refused() -> None:
+    """Options of a step that is left out would be silently ignored: they are refused,
+    naming both the option and the one it needs."""
+    cases: list[tuple[dict[str, object], str, str]] = [
+        ({"burst": 10}, "burst", "rate"),
+        ({"rate_max_wait": 0.5}, "rate_max_wait", "rate"),
+        ({"attempts": 1, "base_delay": 1.0}, "base_delay", "attempts"),
+        ({"attempts": 1, "budget": None}, "budget", "attempts"),
+        ({"circuit_breaker": False, "failure_rate": 0.2}, "failure_rate", "circuit_breaker"),
+        ({"circuit_breaker": False, "open_for": 9.0}, "open_for", "circuit_breaker"),
+        ({"max_concurrent": None, "max_waiting": 5}, "max_waiting", "max_concurrent"),
+        ({"max_concurrent": None, "max_wait": 2.0}, "max_wait", "max_concurrent"),
+    ]
+    for options, option, needed in cases:
+        with pytest.raises(ConfigurationError) as caught:
+            resilient.standard(**options)  # type: ignore[arg-type]
+        assert caught.value.parameter == f"standard.{option}"
+        assert f"standard.{needed}" in str(caught.value)
+    # The defaults, passed explicitly, are not an error.
+    pipeline = resilient.standard(rate=None, burst=None, rate_max_wait=0.0, attempts=1)
+    assert "RateLimiter" not in kinds(pipeline)
+
+
+def test_an_attempt_timeout_above_the_total_is_refused_naming_both() -> None:
+    """``attempt_timeout=5, total_timeout=2`` cannot work: refused at construction."""
+    with pytest.raises(ConfigurationError) as caught:
+        resilient.standard(attempt_timeout=5.0, total_timeout=2.0)
+    assert caught.value.parameter == "standard.attempt_timeout"
+    assert "standard.total_timeout=2.0" in str(caught.value)
+    assert kinds(resilient.standard(attempt_timeout=2.0, total_timeout=2.0))[0] == "Timeout"
+    assert len(resilient.standard(attempt_timeout=math.inf, total_timeout=None).policies) == 4
 
 
 async def test_transient_failures_are_retried_then_succeed(clock: FakeClock) -> None:

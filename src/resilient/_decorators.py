@@ -7,6 +7,7 @@ which is then shared by every function it decorates. Options are checked at deco
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
@@ -74,6 +75,35 @@ class _Decorator:
         return pipeline.wrap(fn)
 
 
+def _decoratable(value: object) -> bool:
+    """Whether ``value`` is what a bare ``@decorator`` (no parentheses) receives."""
+    return (
+        inspect.isfunction(value)
+        or inspect.ismethod(value)
+        or isinstance(value, classmethod | staticmethod)
+        or inspect.iscoroutinefunction(value)
+    )
+
+
+def _bare_or_factory(
+    kind: type[Any],
+    given: Any,
+    options: dict[str, Any],
+    *,
+    clock: Clock | None,
+    listeners: Iterable[Listener],
+    telemetry: bool,
+) -> Any:
+    """The decorator, or, for a bare ``@resilient.retry``, the decorated function itself
+    (with the policy's defaults, as tenacity's and stamina's bare decorators do)."""
+    if given is not None and not isinstance(given, kind) and _decoratable(given):
+        decorator = _Decorator(kind, clock=clock, listeners=listeners, telemetry=telemetry)
+        return decorator(given)
+    return _Decorator(
+        _given(kind, given, options), clock=clock, listeners=listeners, telemetry=telemetry
+    )
+
+
 def _given(kind: type[Any], instance: object, options: dict[str, Any]) -> Callable[[], Any]:
     if instance is None:
         return lambda: kind(**options)
@@ -90,6 +120,7 @@ def _given(kind: type[Any], instance: object, options: dict[str, Any]) -> Callab
     return lambda: instance
 
 
+@overload
 def retry(
     policy: Retry | None = None,
     /,
@@ -98,7 +129,24 @@ def retry(
     listeners: Iterable[Listener] = (),
     telemetry: bool = True,
     **options: Any,
-) -> AsyncDecorator:
+) -> AsyncDecorator: ...
+@overload
+def retry(fn: classmethod[C, P, Awaitable[T]], /) -> classmethod[C, P, Coroutine[Any, Any, T]]: ...
+@overload
+def retry(fn: staticmethod[P, Awaitable[T]], /) -> staticmethod[P, Coroutine[Any, Any, T]]: ...
+@overload
+def retry(fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+
+def retry(
+    policy: Any = None,
+    /,
+    *,
+    clock: Clock | None = None,
+    listeners: Iterable[Listener] = (),
+    telemetry: bool = True,
+    **options: Any,
+) -> Any:
     """Retry the decorated async function: ``@resilient.retry(attempts=4, base_delay=0.2)``.
 
     Args:
@@ -112,11 +160,12 @@ def retry(
         ConfigurationError: an invalid option, at decoration time.
         TypeError: the decorated function is not async (when decorating).
     """
-    return _Decorator(
-        _given(Retry, policy, options), clock=clock, listeners=listeners, telemetry=telemetry
+    return _bare_or_factory(
+        Retry, policy, options, clock=clock, listeners=listeners, telemetry=telemetry
     )
 
 
+@overload
 def circuit_breaker(
     breaker: CircuitBreaker | None = None,
     /,
@@ -125,7 +174,28 @@ def circuit_breaker(
     listeners: Iterable[Listener] = (),
     telemetry: bool = True,
     **options: Any,
-) -> AsyncDecorator:
+) -> AsyncDecorator: ...
+@overload
+def circuit_breaker(
+    fn: classmethod[C, P, Awaitable[T]], /
+) -> classmethod[C, P, Coroutine[Any, Any, T]]: ...
+@overload
+def circuit_breaker(
+    fn: staticmethod[P, Awaitable[T]], /
+) -> staticmethod[P, Coroutine[Any, Any, T]]: ...
+@overload
+def circuit_breaker(fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+
+def circuit_breaker(
+    breaker: Any = None,
+    /,
+    *,
+    clock: Clock | None = None,
+    listeners: Iterable[Listener] = (),
+    telemetry: bool = True,
+    **options: Any,
+) -> Any:
     """Guard the decorated function with a circuit breaker.
 
     Each decorated function gets its own breaker, built from ``options``; pass a
@@ -141,11 +211,8 @@ def circuit_breaker(
     Raises:
         ConfigurationError: an invalid option, at decoration time.
     """
-    return _Decorator(
-        _given(CircuitBreaker, breaker, options),
-        clock=clock,
-        listeners=listeners,
-        telemetry=telemetry,
+    return _bare_or_factory(
+        CircuitBreaker, breaker, options, clock=clock, listeners=listeners, telemetry=telemetry
     )
 
 
@@ -161,8 +228,16 @@ def timeout(
     """Cancel the decorated call after ``seconds``: ``@resilient.timeout(2.0)``.
 
     Raises:
-        ConfigurationError: ``seconds`` is not a positive number, at decoration time.
+        ConfigurationError: ``seconds`` is not a positive number, at decoration time (a bare
+            ``@resilient.timeout`` has no seconds: the message shows the fix).
     """
+    if _decoratable(seconds):
+        raise ConfigurationError(
+            "timeout.seconds",
+            seconds,
+            "@resilient.timeout needs the time allowed: write @resilient.timeout(2.0) "
+            "(seconds), not a bare @resilient.timeout",
+        )
     return _Decorator(
         lambda: Timeout(seconds, name=name),
         clock=clock,
@@ -171,6 +246,7 @@ def timeout(
     )
 
 
+@overload
 def bulkhead(
     policy: Bulkhead | None = None,
     /,
@@ -179,7 +255,26 @@ def bulkhead(
     listeners: Iterable[Listener] = (),
     telemetry: bool = True,
     **options: Any,
-) -> AsyncDecorator:
+) -> AsyncDecorator: ...
+@overload
+def bulkhead(
+    fn: classmethod[C, P, Awaitable[T]], /
+) -> classmethod[C, P, Coroutine[Any, Any, T]]: ...
+@overload
+def bulkhead(fn: staticmethod[P, Awaitable[T]], /) -> staticmethod[P, Coroutine[Any, Any, T]]: ...
+@overload
+def bulkhead(fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+
+def bulkhead(
+    policy: Any = None,
+    /,
+    *,
+    clock: Clock | None = None,
+    listeners: Iterable[Listener] = (),
+    telemetry: bool = True,
+    **options: Any,
+) -> Any:
     """Limit concurrent calls of the decorated function: ``@resilient.bulkhead(max_concurrent=8)``.
 
     Each decorated function gets its own slots unless a ``Bulkhead`` instance is passed.
@@ -187,11 +282,12 @@ def bulkhead(
     Raises:
         ConfigurationError: an invalid option, at decoration time.
     """
-    return _Decorator(
-        _given(Bulkhead, policy, options), clock=clock, listeners=listeners, telemetry=telemetry
+    return _bare_or_factory(
+        Bulkhead, policy, options, clock=clock, listeners=listeners, telemetry=telemetry
     )
 
 
+@overload
 def rate_limit(
     limiter: RateLimiter | None = None,
     /,
@@ -200,7 +296,26 @@ def rate_limit(
     listeners: Iterable[Listener] = (),
     telemetry: bool = True,
     **options: Any,
-) -> AsyncDecorator:
+) -> AsyncDecorator: ...
+@overload
+def rate_limit(
+    fn: classmethod[C, P, Awaitable[T]], /
+) -> classmethod[C, P, Coroutine[Any, Any, T]]: ...
+@overload
+def rate_limit(fn: staticmethod[P, Awaitable[T]], /) -> staticmethod[P, Coroutine[Any, Any, T]]: ...
+@overload
+def rate_limit(fn: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+
+def rate_limit(
+    limiter: Any = None,
+    /,
+    *,
+    clock: Clock | None = None,
+    listeners: Iterable[Listener] = (),
+    telemetry: bool = True,
+    **options: Any,
+) -> Any:
     """Rate-limit calls of the decorated function: ``@resilient.rate_limit(rate=10, burst=5)``.
 
     Each decorated function gets its own bucket unless a ``RateLimiter`` instance is passed.
@@ -208,9 +323,6 @@ def rate_limit(
     Raises:
         ConfigurationError: an invalid option, at decoration time.
     """
-    return _Decorator(
-        _given(RateLimiter, limiter, options),
-        clock=clock,
-        listeners=listeners,
-        telemetry=telemetry,
+    return _bare_or_factory(
+        RateLimiter, limiter, options, clock=clock, listeners=listeners, telemetry=telemetry
     )

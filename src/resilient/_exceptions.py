@@ -51,7 +51,6 @@ def _rebuild(
     return exc
 
 
-@final
 class CircuitOpenError(RejectedError):
     """The circuit breaker is open (or half-open with every probe slot taken).
 
@@ -75,17 +74,14 @@ class CircuitOpenError(RejectedError):
         self.key = key
 
 
-@final
 class BulkheadFullError(RejectedError):
     """Every concurrency slot is taken and the waiting room is full (or the wait ran out)."""
 
 
-@final
 class RateLimitedError(RejectedError):
     """The rate limiter has no token for this call within its allowed wait."""
 
 
-@final
 class TimeoutExceeded(RejectedError, TimeoutError):
     """A ``Timeout`` policy's own deadline fired.
 

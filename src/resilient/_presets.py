@@ -3,21 +3,117 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
+from . import _validate as check
 from ._bulkhead import Bulkhead
 from ._circuit import CircuitBreaker
 from ._classify import ClassifierLike
 from ._clock import Clock
 from ._events import CallObserver, Listener
+from ._exceptions import ConfigurationError
 from ._pipeline import ObserverFactory, Pipeline, Policy
-from ._ratelimit import RateLimiter
+from ._ratelimit import BucketStore, RateLimiter
 from ._retry import Retry
 from ._timeout import Timeout
 
 __all__ = ["standard"]
 
 _DEFAULT: Any = object()
+
+# The policies' parameters, by the option of standard() that sets them: an error names the
+# option the caller wrote.
+_RETRY_OPTIONS = {
+    "Retry.attempts": "attempts",
+    "Retry.base_delay": "base_delay",
+    "Retry.max_delay": "max_delay",
+    "Retry.budget": "budget",
+}
+_BREAKER_OPTIONS = {
+    "CircuitBreaker.failure_rate": "failure_rate",
+    "CircuitBreaker.window": "window",
+    "CircuitBreaker.minimum_calls": "minimum_calls",
+    "CircuitBreaker.open_for": "open_for",
+}
+_LIMITER_OPTIONS = {
+    "RateLimiter.rate": "rate",
+    "RateLimiter.burst": "burst",
+    "RateLimiter.max_wait": "rate_max_wait",
+    "RateLimiter.store": "rate_store",
+}
+_BULKHEAD_OPTIONS = {
+    "Bulkhead.max_concurrent": "max_concurrent",
+    "Bulkhead.max_waiting": "max_waiting",
+    "Bulkhead.max_wait": "max_wait",
+}
+# Defaults of the options that only mean something with another one (see _check_combinations).
+_DEFAULTS: dict[str, object] = {
+    "base_delay": 0.1,
+    "max_delay": 5.0,
+    "budget": _DEFAULT,
+    "failure_rate": 0.5,
+    "window": 30.0,
+    "minimum_calls": 20,
+    "open_for": 5.0,
+    "burst": None,
+    "rate_max_wait": 0.0,
+    "max_waiting": 100,
+    "max_wait": 1.0,
+}
+
+P = TypeVar("P")
+
+
+def _named(options: dict[str, str], build: Callable[[], P]) -> P:
+    return check.renamed(options, build, prefix="standard")
+
+
+def _unused(options: dict[str, object], enabler: str, why: str) -> None:
+    for option, value in options.items():
+        default = _DEFAULTS[option]
+        if value is not default and value != default:
+            raise ConfigurationError(
+                f"standard.{option}", value, f"only means something with standard.{enabler} ({why})"
+            )
+
+
+def _check_combinations(
+    *,
+    total_timeout: object,
+    attempt_timeout: object,
+    attempts: object,
+    retry_options: dict[str, object],
+    circuit_breaker: object,
+    breaker_options: dict[str, object],
+    rate: object,
+    limiter_options: dict[str, object],
+    max_concurrent: object,
+    bulkhead_options: dict[str, object],
+    per_key: object,
+) -> None:
+    """Refuse options that cannot work together, naming both (before any policy is built)."""
+    total = check.optional(check.positive, "standard.total_timeout", total_timeout, allow_inf=True)
+    attempt = check.optional(
+        check.positive, "standard.attempt_timeout", attempt_timeout, allow_inf=True
+    )
+    if total is not None and attempt is not None and attempt > total:
+        raise ConfigurationError(
+            "standard.attempt_timeout",
+            attempt_timeout,
+            f"must not exceed standard.total_timeout={total_timeout!r} (no attempt could use "
+            "its own timeout)",
+        )
+    if check.integer("standard.attempts", attempts, minimum=1) == 1:
+        _unused(retry_options, "attempts", "attempts=1 makes no retry")
+    for option, value in (("circuit_breaker", circuit_breaker), ("per_key", per_key)):
+        if not isinstance(value, bool):
+            raise ConfigurationError(f"standard.{option}", value, "expected True or False")
+    if not circuit_breaker:
+        _unused(breaker_options, "circuit_breaker", "circuit_breaker=False builds no breaker")
+    if check.optional(check.positive, "standard.rate", rate) is None:
+        _unused(limiter_options, "rate", "rate=None builds no rate limiter")
+    if check.optional(check.integer, "standard.max_concurrent", max_concurrent) is None:
+        _unused(bulkhead_options, "max_concurrent", "max_concurrent=None builds no bulkhead")
 
 
 def standard(
@@ -37,6 +133,7 @@ def standard(
     rate: float | None = None,
     burst: int | None = None,
     rate_max_wait: float = 0.0,
+    rate_store: BucketStore | None = None,
     max_concurrent: int | None = 100,
     max_waiting: int = 100,
     max_wait: float = 1.0,
@@ -82,6 +179,8 @@ def standard(
         rate: tokens per second for a ``RateLimiter``, or ``None`` for no limiter.
         burst: ``RateLimiter.burst`` (default: ``max(1, int(rate))``).
         rate_max_wait: ``RateLimiter.max_wait``.
+        rate_store: ``RateLimiter.store``: where the buckets live (default: this process;
+            ``resilient.redis.RedisBucketStore`` shares the quota across a fleet).
         max_concurrent: ``Bulkhead.max_concurrent``, or ``None`` for no bulkhead.
         max_waiting: ``Bulkhead.max_waiting``.
         max_wait: ``Bulkhead.max_wait``.
@@ -94,53 +193,112 @@ def standard(
         telemetry: as for ``Pipeline``.
 
     Raises:
-        ConfigurationError: any invalid option, naming the policy's parameter.
+        ConfigurationError: an invalid option, named as written here
+            (``standard.attempt_timeout``); an option that only means something with another
+            one (``burst`` without ``rate``, breaker options with ``circuit_breaker=False``,
+            retry options with ``attempts=1``, bulkhead options with ``max_concurrent=None``),
+            or an ``attempt_timeout`` above the ``total_timeout``: both options are named.
     """
     policies: list[Policy] = []
+    _check_combinations(
+        total_timeout=total_timeout,
+        attempt_timeout=attempt_timeout,
+        attempts=attempts,
+        retry_options={"base_delay": base_delay, "max_delay": max_delay, "budget": budget},
+        circuit_breaker=circuit_breaker,
+        breaker_options={
+            "failure_rate": failure_rate,
+            "window": window,
+            "minimum_calls": minimum_calls,
+            "open_for": open_for,
+        },
+        rate=rate,
+        limiter_options={"burst": burst, "rate_max_wait": rate_max_wait},
+        max_concurrent=max_concurrent,
+        bulkhead_options={"max_waiting": max_waiting, "max_wait": max_wait},
+        per_key=per_key,
+    )
     if total_timeout is not None:
-        policies.append(Timeout(total_timeout, name="total_timeout"))
+        policies.append(
+            _named(
+                {"Timeout.seconds": "total_timeout"},
+                lambda: Timeout(total_timeout, name="total_timeout"),
+            )
+        )
     if attempts != 1:
         retry_options: dict[str, Any] = {}
         if budget is not _DEFAULT:
             retry_options["budget"] = budget
         policies.append(
-            Retry(attempts=attempts, base_delay=base_delay, max_delay=max_delay, **retry_options)
+            _named(
+                _RETRY_OPTIONS,
+                lambda: Retry(
+                    attempts=attempts, base_delay=base_delay, max_delay=max_delay, **retry_options
+                ),
+            )
         )
     if circuit_breaker:
         policies.append(
-            CircuitBreaker(
-                failure_rate=failure_rate,
-                window=window,
-                minimum_calls=minimum_calls,
-                open_for=open_for,
+            _named(
+                _BREAKER_OPTIONS,
+                lambda: CircuitBreaker(
+                    failure_rate=failure_rate,
+                    window=window,
+                    minimum_calls=minimum_calls,
+                    open_for=open_for,
+                ),
             )
         )
+    if rate is None and rate_store is not None:
+        raise ConfigurationError("standard.rate_store", rate_store, "needs rate to be set")
     if rate is not None:
         policies.append(
-            RateLimiter(
-                rate=rate,
-                burst=burst if burst is not None else max(1, int(rate)),
-                max_wait=rate_max_wait,
-                per_key=per_key,
+            _named(
+                _LIMITER_OPTIONS,
+                lambda: RateLimiter(
+                    rate=rate,
+                    burst=burst if burst is not None else max(1, int(rate)),
+                    max_wait=rate_max_wait,
+                    per_key=per_key,
+                    store=rate_store,
+                ),
             )
         )
     if max_concurrent is not None:
         policies.append(
-            Bulkhead(
-                max_concurrent=max_concurrent,
-                max_waiting=max_waiting,
-                max_wait=max_wait,
-                per_key=per_key,
+            _named(
+                _BULKHEAD_OPTIONS,
+                lambda: Bulkhead(
+                    max_concurrent=max_concurrent,
+                    max_waiting=max_waiting,
+                    max_wait=max_wait,
+                    per_key=per_key,
+                ),
             )
         )
     if attempt_timeout is not None:
-        policies.append(Timeout(attempt_timeout, name="attempt_timeout"))
-    return Pipeline(
-        *policies,
-        name=name,
-        clock=clock,
-        random=random,
-        classify=classify,
-        listeners=listeners,
-        telemetry=telemetry,
+        policies.append(
+            _named(
+                {"Timeout.seconds": "attempt_timeout"},
+                lambda: Timeout(attempt_timeout, name="attempt_timeout"),
+            )
+        )
+    return _named(
+        {
+            "Pipeline.name": "name",
+            "Pipeline.clock": "clock",
+            "Pipeline.random": "random",
+            "Pipeline.classify": "classify",
+            "Pipeline.listeners": "listeners",
+            "Pipeline.telemetry": "telemetry",
+        },
+        lambda: Pipeline(
+            *policies,
+            name=name,
+            clock=clock,
+            random=random,
+            classify=classify,
+            listeners=listeners,
+            telemetry=telemetry,
+        ),
     )

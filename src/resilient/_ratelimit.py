@@ -38,11 +38,25 @@ __all__ = [
     "RateLimitStatus",
     "RateLimiter",
     "RateLimiterSnapshot",
+    "TakeResult",
     "bucket_take",
     "bucket_tokens",
 ]
 
 # -- storage -------------------------------------------------------------------------------
+
+
+class TakeResult(NamedTuple):
+    """A store's answer to ``take``: the decision and the tokens left, in one reply.
+
+    Attributes:
+        wait: ``0.0`` when the tokens were taken; otherwise nothing was taken and this is
+            the seconds until ``cost`` tokens will be available.
+        tokens: the tokens left in the bucket after this decision (``0`` to ``burst``).
+    """
+
+    wait: float
+    tokens: float
 
 
 @runtime_checkable
@@ -54,15 +68,19 @@ class BucketStore(Protocol):
     store shared by several processes must use one time base for all of them instead (for
     example the Redis server's ``TIME``) and may ignore it. Waits are returned in seconds.
     The arithmetic to apply is ``bucket_take`` / ``bucket_tokens`` (one number per key).
+
+    ``take`` answers the decision and the tokens left together, so a remote store decides
+    in one round trip (``RateLimiter.try_acquire`` needs both for RateLimit headers).
     """
 
     async def take(
         self, key: str | None, cost: float, *, rate: float, burst: float, now: float
-    ) -> float:
+    ) -> TakeResult:
         """Take ``cost`` tokens if the bucket holds them.
 
-        Returns ``0.0`` when taken; otherwise takes nothing and returns the seconds until
-        ``cost`` tokens will be available.
+        Returns ``TakeResult(wait, tokens)``: ``wait`` is ``0.0`` when taken; otherwise
+        nothing was taken and ``wait`` is the seconds until ``cost`` tokens will be
+        available. ``tokens`` is what the bucket holds after the decision.
         """
         ...
 
@@ -139,9 +157,10 @@ class MemoryBucketStore:
 
     async def take(
         self, key: str | None, cost: float, *, rate: float, burst: float, now: float
-    ) -> float:
+    ) -> TakeResult:
         """See ``BucketStore.take``."""
-        return self.take_now(key, cost, rate, burst, now)
+        wait = self.take_now(key, cost, rate, burst, now)
+        return TakeResult(wait, self.tokens_now(key, rate, burst, now))
 
     async def tokens(self, key: str | None, *, rate: float, burst: float, now: float) -> float:
         """See ``BucketStore.tokens``."""
@@ -480,8 +499,8 @@ class RateLimiter(PolicyDecorator):
         if queue is not None:
             tokens = await store.tokens(key, rate=rate, burst=burst, now=now)
             return self._status(False, tokens, max(0.0, (queue.pending + cost - tokens) / rate))
-        wait = await store.take(key, cost, rate=rate, burst=burst, now=now)
-        tokens = await store.tokens(key, rate=rate, burst=burst, now=now)
+        # One call answers both (one round trip for a remote store).
+        wait, tokens = await store.take(key, cost, rate=rate, burst=burst, now=now)
         return self._status(not wait, tokens, wait)
 
     def _try_take_one_now(self, key: str | None, now: float) -> tuple[float, float] | None:
@@ -605,7 +624,7 @@ class RateLimiter(PolicyDecorator):
         store = self._store
         if store is None or self._memory is not None:
             return self._step(key, cost, now)
-        return await store.take(key, cost, rate=self._rate, burst=self._burst, now=now)
+        return (await store.take(key, cost, rate=self._rate, burst=self._burst, now=now)).wait
 
     async def _tokens(self, key: str | None, now: float) -> float:
         store = self._store
@@ -761,6 +780,61 @@ class RateLimiter(PolicyDecorator):
         if ctx.listening:
             report_rejection(ctx, self.name, exc, reason=reason, retry_after=hint, waited=waited)
         return exc
+
+    # -- reconfiguration (used by resilient.config reloads) ----------------------------------
+
+    def reconfigure(self, *, now: float | None = None, **options: Any) -> RateLimiter:
+        """A limiter with ``options`` changed that keeps this limiter's tokens.
+
+        ``options`` are constructor keywords; the ones not given keep this limiter's values.
+        Each bucket this limiter keeps in memory (the unkeyed one and every keyed one) holds
+        in the new limiter the tokens it holds at ``now`` (capped at the new ``burst``) and
+        refills at the new ``rate`` from there. Buckets in a ``store`` given to the
+        constructor belong to that store, which the new limiter keeps using. Callers already
+        waiting for tokens finish their wait on this limiter.
+
+        Args:
+            now: the time of the handover on the clock calls use (default: this limiter's
+                clock).
+            **options: constructor keywords to change.
+
+        Raises:
+            ConfigurationError: an unknown or invalid option (this limiter is unchanged).
+        """
+        current = {
+            "rate": self._rate,
+            "burst": self._burst,
+            "max_wait": self._max_wait,
+            "cost": self._cost_fn if self._cost_fn is not None else self._cost,
+            "per_key": self._per_key,
+            "max_keys": self._max_keys,
+            "idle_ttl": self._idle_ttl,
+            "store": self._store,
+            "clock": self._clock,
+            "name": self.name,
+        }
+        for option, value in options.items():
+            if option not in current:
+                raise ConfigurationError(
+                    f"RateLimiter.reconfigure.{option}", value, "not an option"
+                )
+        new = RateLimiter(**{**current, **options})
+        at = self._clock.now() if now is None else now
+
+        def carried(full_at: float) -> float:
+            if full_at == EMPTY:
+                return EMPTY
+            tokens = min(bucket_tokens(full_at, at, self._rate, self._burst), new._burst)
+            return at + (new._burst - tokens) / new._rate
+
+        new._full_at = carried(self._full_at)
+        memory = self._memory
+        if memory is not None and self._store is None and new._store is None:
+            mine = new._keyed()
+            mine._cell.full_at = carried(memory._cell.full_at)
+            for key, cell in memory._keys.items() if memory._keys is not None else ():
+                mine._get(key, at).full_at = carried(cell.full_at)
+        return new
 
     def __repr__(self) -> str:
         return (

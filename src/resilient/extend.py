@@ -26,7 +26,13 @@ from ._decorators import AsyncDecorator
 from ._events import CallObserver, Listener
 from ._pipeline import Call, ComposablePolicy, Policy, compose, deadline_aware
 from ._pipeline import PolicyDecorator as PolicyBase
-from ._ratelimit import BucketStore, MemoryBucketStore, RateLimiterSnapshot, RateLimitStatus
+from ._ratelimit import (
+    BucketStore,
+    MemoryBucketStore,
+    RateLimiterSnapshot,
+    RateLimitStatus,
+    TakeResult,
+)
 
 __all__ = [
     "AsyncDecorator",
@@ -47,6 +53,7 @@ __all__ = [
     "RateLimitStatus",
     "RateLimiterSnapshot",
     "SystemClock",
+    "TakeResult",
     "TimerScope",
     "bucket_take",
     "bucket_tokens",

@@ -80,3 +80,28 @@ async def use() -> None:
     await Service().method("x")  # type: ignore[arg-type]
     await Service.build(1)  # type: ignore[arg-type]
     await Service.helper(1.5)  # type: ignore[arg-type]
+
+
+@resilient.retry
+async def bare(user_id: str) -> int:
+    return len(user_id)
+
+
+class BareService:
+    @resilient.circuit_breaker
+    @classmethod
+    async def make(cls, n: int) -> int:
+        return n
+
+    @resilient.bulkhead
+    @staticmethod
+    async def helper(n: int) -> str:
+        return str(n)
+
+
+async def use_bare() -> None:
+    assert_type(await bare("x"), int)
+    assert_type(await BareService.make(1), int)
+    assert_type(await BareService.helper(1), str)
+    assert_type(await resilient.rate_limit(bare)("y"), int)
+    await bare(1)  # type: ignore[arg-type]

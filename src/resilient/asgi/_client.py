@@ -1,10 +1,18 @@
 """Who is the client? The rate-limit key of a request, safe against spoofed headers.
 
 The key defaults to the connection's peer address. Forwarding headers (``X-Forwarded-For`` or
-``Forwarded``) are read only when the peer is a configured trusted proxy, and then from the
-right: the right-most hop that is not a trusted proxy is the client. Hops to its left were
-written by the client itself and are ignored, so rotating a spoofed header never earns a fresh
-bucket.
+``Forwarded``) are read in one of two ways:
+
+- ``trusted_proxies`` (ranges): only when the peer is a trusted proxy, and then from the right:
+  the right-most hop that is not a trusted proxy is the client. Hops to its left were written
+  by the client itself and are ignored, so rotating a spoofed header never earns a fresh
+  bucket. Every host inside a trusted range is trusted, though: one that sends through the
+  proxy a header naming someone else picks that key.
+- ``trusted_hops=N`` (hop counting, as Werkzeug's ``ProxyFix``): the deployment has exactly N
+  proxies, each appending the address it saw; the client is the N-th hop from the right. No
+  range is involved, so a host behind the proxies is keyed by the address the first proxy saw,
+  whatever it writes. A request with fewer than N hops did not pass the proxies: its peer is
+  the key. With ``trusted_proxies`` too, the header is read only from a peer inside them.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ NO_PEER_KEY: Final = "unix"
 """The key of requests without a peer address (a unix socket) and no trusted proxy header."""
 
 _MAX_KEY_LENGTH = 64  # an address is at most 45 characters; anything longer is junk
+_MAX_HOPS = 32
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -65,12 +74,23 @@ class ClientKeyResolver:
         ipv6_prefix: IPv6 clients are keyed by their ``/ipv6_prefix`` network (default 64:
             one end site usually owns a whole /64, so per-address buckets would be free to
             rotate); 128 keys each address.
+        trusted_hops: the number of proxies in front of the service, each appending the
+            address it saw to the forwarding header: the client is that many hops from the
+            right. ``None`` (default): ranges decide (``trusted_proxies``).
 
     Raises:
-        ConfigurationError: an invalid proxy address, header name or prefix.
+        ConfigurationError: an invalid proxy address, header name, prefix or hop count.
     """
 
-    __slots__ = ("_exact", "_header", "_is_trusted", "_networks", "_normalize", "_unix_trusted")
+    __slots__ = (
+        "_exact",
+        "_header",
+        "_hop_count",
+        "_is_trusted",
+        "_networks",
+        "_normalize",
+        "_unix_trusted",
+    )
 
     def __init__(
         self,
@@ -78,33 +98,10 @@ class ClientKeyResolver:
         trusted_proxies: Iterable[str] = (),
         forwarded_header: str = "x-forwarded-for",
         ipv6_prefix: int = 64,
+        trusted_hops: int | None = None,
     ) -> None:
-        if isinstance(trusted_proxies, str):
-            trusted_proxies = [trusted_proxies]
-        exact: set[str] = set()
-        networks: list[_Network] = []
-        self._unix_trusted = False
-        for entry in trusted_proxies:
-            if not isinstance(entry, str):
-                raise ConfigurationError(
-                    "ResilienceMiddleware.trusted_proxies", entry, "expected address strings"
-                )
-            if entry == "unix":
-                self._unix_trusted = True
-                continue
-            try:
-                if "/" in entry:
-                    networks.append(ipaddress.ip_network(entry, strict=False))
-                else:
-                    exact.add(str(ipaddress.ip_address(entry)))
-            except ValueError:
-                raise ConfigurationError(
-                    "ResilienceMiddleware.trusted_proxies",
-                    entry,
-                    "expected an IP address, a network such as 10.0.0.0/8, or 'unix'",
-                ) from None
-        self._exact = frozenset(exact)
-        self._networks = tuple(networks)
+        self._hop_count = 0 if trusted_hops is None else _hop_count(trusted_hops)
+        self._unix_trusted, self._exact, self._networks = _parse_proxies(trusted_proxies)
         given: object = forwarded_header
         header = given.lower() if isinstance(given, str) else None
         if header not in ("x-forwarded-for", "forwarded"):
@@ -136,7 +133,7 @@ class ClientKeyResolver:
     @property
     def uses_headers(self) -> bool:
         """Whether any proxy is trusted (forwarding headers may be read)."""
-        return bool(self._exact or self._networks or self._unix_trusted)
+        return bool(self._hop_count or self._exact or self._networks or self._unix_trusted)
 
     def _trusted_uncached(self, host: str) -> bool:
         try:
@@ -155,13 +152,17 @@ class ClientKeyResolver:
         """The client key of the request described by ``scope``."""
         client = scope.get("client")
         peer: str | None = client[0] if client else None
-        if not (self._exact or self._networks or self._unix_trusted):
+        ranges = self._exact or self._networks or self._unix_trusted
+        if ranges and not (self._unix_trusted if peer is None else self._is_trusted(peer)):
+            ranges = False  # an untrusted peer: its header is not a proxy's
+        elif self._hop_count:
+            return self._by_hop_count(scope, peer)
+        if not ranges:
             return NO_PEER_KEY if peer is None else self._normalize(peer)
-        if peer is None:
-            if not self._unix_trusted:
-                return NO_PEER_KEY
-        elif not self._is_trusted(peer):
-            return self._normalize(peer)
+        return self._by_ranges(scope, peer)
+
+    def _by_ranges(self, scope: MutableMapping[str, Any], peer: str | None) -> str:
+        # From a trusted peer: the right-most hop that is not a trusted proxy.
         hops = self._hops(scope)
         for hop in reversed(hops):
             host = _strip_port(hop)
@@ -170,6 +171,14 @@ class ClientKeyResolver:
         if hops:  # every hop is a trusted proxy: the left-most one is the best we know
             return self._normalize(_strip_port(hops[0]))
         return NO_PEER_KEY if peer is None else self._normalize(peer)
+
+    def _by_hop_count(self, scope: MutableMapping[str, Any], peer: str | None) -> str:
+        # The client is the hop_count-th hop from the right (the peer, when trusted_proxies
+        # are configured too, was checked to be one of them).
+        hops = self._hops(scope)
+        if len(hops) < self._hop_count:  # it did not come through every proxy
+            return NO_PEER_KEY if peer is None else self._normalize(peer)
+        return self._normalize(_strip_port(hops[-self._hop_count]))
 
     def _hops(self, scope: MutableMapping[str, Any]) -> list[str]:
         wanted = self._header
@@ -182,6 +191,47 @@ class ClientKeyResolver:
         if wanted == b"forwarded":
             return _forwarded_for(joined)
         return [hop for hop in joined.split(",") if hop.strip()]
+
+
+def _hop_count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError("ResilienceMiddleware.trusted_hops", value, "expected an integer")
+    if not 1 <= value <= _MAX_HOPS:
+        raise ConfigurationError(
+            "ResilienceMiddleware.trusted_hops", value, f"must be in 1..{_MAX_HOPS}"
+        )
+    return value
+
+
+def _parse_proxies(
+    trusted_proxies: Iterable[str],
+) -> tuple[bool, frozenset[str], tuple[_Network, ...]]:
+    # (unix socket peers trusted, exact addresses, networks)
+    if isinstance(trusted_proxies, str):
+        trusted_proxies = [trusted_proxies]
+    unix = False
+    exact: set[str] = set()
+    networks: list[_Network] = []
+    for entry in trusted_proxies:
+        if not isinstance(entry, str):
+            raise ConfigurationError(
+                "ResilienceMiddleware.trusted_proxies", entry, "expected address strings"
+            )
+        if entry == "unix":
+            unix = True
+            continue
+        try:
+            if "/" in entry:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            else:
+                exact.add(str(ipaddress.ip_address(entry)))
+        except ValueError:
+            raise ConfigurationError(
+                "ResilienceMiddleware.trusted_proxies",
+                entry,
+                "expected an IP address, a network such as 10.0.0.0/8, or 'unix'",
+            ) from None
+    return unix, frozenset(exact), tuple(networks)
 
 
 def _normalize(host: str, *, ipv6_prefix: int) -> str:

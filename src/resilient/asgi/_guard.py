@@ -3,11 +3,13 @@
 The app runs in the task that called the middleware, so context variables it sets stay
 visible to outer layers. Two interchangeable runtimes cancel it:
 
-- ``WheelExchange``, on asyncio with the system clock (the production case): a coarse timer
-  wheel shared by every request (one loop timer for all, 10 ms resolution) and
-  ``Task.cancel()`` issued from loop callbacks, balanced with ``uncancel()`` exactly as
-  ``asyncio.timeout`` does. A request that finishes within one tick (most of them) costs a
-  dict store and a dict pop: no timer handle, no extra task, no cancel scope.
+- ``TimerExchange``, on asyncio with the system clock (the production case): the library's
+  timer service (``resilient.timers.call_at``) and ``Task.cancel()`` issued from a timer
+  callback, balanced with ``uncancel()`` exactly as ``asyncio.timeout`` does. A new request
+  joins the loop's ``Arrivals`` (a dict store), looked at together by one timer
+  ``WATCH_AFTER`` later: a request that finishes before (most of them) costs a dict store
+  and pop, no timer of its own, no extra task, no cancel scope. Still running then, it gets
+  its disconnect watcher and a timer of its own at its deadline.
 - ``ScopeExchange`` everywhere else (trio, custom clocks such as ``FakeClock``): an anyio
   cancel scope in the same task plus two helper tasks, a timer on the configured clock and the
   disconnect watcher.
@@ -22,17 +24,15 @@ early is handed to the app unchanged.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from heapq import heappop, heappush
 from typing import Any, Final, final
 
 import anyio
 import anyio.abc
 
-from resilient._clock import Clock
+from resilient.timers import Clock, Timer, call_at
 
 __all__ = [
     "DISCONNECT",
@@ -42,14 +42,14 @@ __all__ = [
     "STREAMING",
     "TIMEOUT",
     "TRAILING",
+    "Arrivals",
     "Exchange",
     "RequestDeadline",
     "ScopeExchange",
-    "Wheel",
-    "WheelExchange",
+    "TimerExchange",
     "new_request_deadline",
     "new_scope_exchange",
-    "new_wheel_exchange",
+    "new_timer_exchange",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -68,101 +68,11 @@ DONE: Final = 4  # response complete (or the middleware is finishing)
 TIMEOUT: Final = "timeout"
 DISCONNECT: Final = "disconnect"
 
-TICKS_PER_SECOND: Final = 100  # wheel resolution: 10 ms
 WATCH_AFTER: Final = 0.01  # a request still running after this gets a disconnect watcher
-_EPSILON_TICKS: Final = 1e-3
 _DISCONNECT_MESSAGE: Final = {"type": "http.disconnect"}
-_monotonic = time.monotonic  # the system clock on asyncio
+_monotonic = time.monotonic  # the system clock on asyncio, and the timer service's time base
 _new = object.__new__
 _INF: Final = math.inf
-
-
-@final
-class Wheel:
-    """A coarse timer shared by every request on one asyncio loop.
-
-    A new request is only added to ``recent`` (no timer handle, no computation) and removed
-    from it when it finishes, so a finished request is not kept alive until the tick. At the
-    next 10 ms tick, requests still running are looked at: their disconnect watcher starts
-    and, if they have a deadline, they move to the bucket of the tick it falls in. Buckets
-    are dicts keyed by tick; one loop timer is armed for the earliest tick.
-    """
-
-    __slots__ = ("_buckets", "_context", "_handle", "_ticks", "armed", "loop", "recent")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        # The timer runs in a context of its own: armed from inside a request, it would
-        # otherwise copy (and keep alive until it fires) that request's context.
-        self._context = contextvars.Context()
-        self._buckets: dict[int, dict[WheelExchange, None]] = {}
-        self._ticks: list[int] = []
-        self._handle: asyncio.TimerHandle | None = None
-        self.armed: int | None = None
-        self.recent: dict[WheelExchange, None] = {}
-
-    def enter(self, exchange: WheelExchange) -> None:
-        """A request started: look at it at the next tick (the hot path: one dict store).
-
-        The middleware inlines this: ``recent[exchange] = None``, then ``arm_next()`` if
-        ``armed`` is ``None``.
-        """
-        self.recent[exchange] = None
-        if self.armed is None:
-            self.arm_next()
-
-    def arm_next(self) -> None:
-        """Arm the loop timer for the next tick."""
-        self._arm(math.floor(self.loop.time() * TICKS_PER_SECOND) + 1)
-
-    def add(self, exchange: WheelExchange, due: float) -> int:
-        """Call ``exchange.due()`` at the first tick at or after ``due``; returns the tick."""
-        tick = math.ceil(due * TICKS_PER_SECOND - _EPSILON_TICKS)
-        bucket = self._buckets.get(tick)
-        if bucket is None:
-            bucket = self._buckets[tick] = {}
-            heappush(self._ticks, tick)
-            if self.armed is None or tick < self.armed:
-                self._arm(tick)
-        bucket[exchange] = None
-        return tick
-
-    def discard(self, exchange: WheelExchange, tick: int) -> None:
-        """Forget ``exchange`` registered at ``tick`` (empty buckets expire on their own)."""
-        bucket = self._buckets.get(tick)
-        if bucket is not None:
-            bucket.pop(exchange, None)
-
-    def _arm(self, tick: int) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-        self.armed = tick
-        self._handle = self.loop.call_at(tick / TICKS_PER_SECOND, self._fire, context=self._context)
-
-    def _fire(self) -> None:
-        self._handle = None
-        self.armed = None
-        limit = self.loop.time() * TICKS_PER_SECOND + _EPSILON_TICKS
-        ticks = self._ticks
-        due: list[WheelExchange] = []
-        recent = self.recent
-        if recent:
-            self.recent = {}
-            due.extend(recent)
-        while ticks and ticks[0] <= limit:
-            bucket = self._buckets.pop(heappop(ticks), None)
-            if bucket:
-                due.extend(bucket)
-        for exchange in due:
-            exchange.due()
-        if self.armed is None:
-            if ticks:
-                self._arm(ticks[0])
-            elif self.recent:
-                self._arm(math.floor(limit) + 1)
-
-    def __len__(self) -> int:
-        return sum(len(b) for b in self._buckets.values()) + len(self.recent)
 
 
 def _has_body(scope: Scope) -> bool:
@@ -188,9 +98,9 @@ class _Watch:
         self.event: asyncio.Event | anyio.Event | None = None  # the app waits for the watcher
 
 
-# Objects built per request are built by functions rather than by calling the class: on
-# CPython 3.11 a class call running a Python __init__ costs about 0.15 us more than a
-# function that makes the object and sets its slots.
+# Objects built per request are built by functions rather than by calling the class: a
+# class call running a Python __init__ costs more than a function that makes the object and
+# sets its slots (docs/asgi.md, "Performance").
 
 
 @final
@@ -236,7 +146,7 @@ class Exchange:
     ``receive``/``send`` wrap the server's callables: they track the response phase, hand
     over a message the watcher took early, add headers to the response start and drop
     anything the app sends after the guard has cancelled it. Two runtimes subclass it:
-    ``WheelExchange`` (asyncio, system clock) and ``ScopeExchange`` (anyio); each is built
+    ``TimerExchange`` (asyncio, system clock) and ``ScopeExchange`` (anyio); each is built
     by its ``new_*`` function.
     """
 
@@ -252,7 +162,8 @@ class Exchange:
         "receiving",
         "scope",
         "started_at",
-        "tick",
+        "status",
+        "timed",
         "watch",
     )
 
@@ -267,8 +178,9 @@ class Exchange:
     fired_phase: int  # the phase when it fired (set by fire())
     body_done: bool  # the app received the whole request body
     receiving: bool  # the app waits in receive()
+    status: int | None  # the status of the app's response, once it started
+    timed: bool  # a timer holds the deadline: moving the deadline needs rearm()
     watch: _Watch | None
-    tick: int  # nonzero while a timer holds the deadline (moving it then needs rearm())
 
     def _init(  # noqa: PLR0917 - built once per request: positional is the cheap call
         self,
@@ -289,8 +201,9 @@ class Exchange:
         self.reason = None
         self.body_done = False
         self.receiving = False
+        self.status = None
+        self.timed = False
         self.watch = None
-        self.tick = 0
 
     # -- the app's view of the server --------------------------------------------------------
 
@@ -334,35 +247,42 @@ class Exchange:
         phase = self.phase
         if phase == RUNNING:
             if message["type"] == "http.response.start":
-                self.phase = TRAILING if message.get("trailers") else STREAMING
-                extra = self.extra_headers
-                if extra:  # a copy: the app may reuse its message and headers list
-                    headers = [*message.get("headers", ()), *extra]
-                    message = dict(message)
-                    message["headers"] = headers
-                published = self.published
-                if published is not None and published.end != published.deadline:
-                    published.deadline = published.end
-                    if self.tick:  # a timer holds the old deadline
-                        self.rearm()
+                message = self._started(message)
         elif phase == STREAMING:
-            kind = message["type"]
-            if kind == "http.response.body":
+            if message["type"] == "http.response.body":
                 if not message.get("more_body"):  # complete: _complete(), inlined
                     self.phase = DONE
                     if self.watch is not None:
                         self.finish()
-            elif kind == "http.response.pathsend" or (
-                kind == "http.response.trailers" and not message.get("more_trailers")
-            ):
-                self._complete()
+            else:
+                self._check_last(message)
         elif phase == TRAILING:
-            kind = message["type"]
-            if kind == "http.response.pathsend" or (
-                kind == "http.response.trailers" and not message.get("more_trailers")
-            ):
-                self._complete()
+            self._check_last(message)
         return self._send(message)
+
+    def _started(self, message: Message) -> Message:
+        # The response starts: add our headers, and the deadline becomes the end deadline.
+        self.phase = TRAILING if message.get("trailers") else STREAMING
+        self.status = message.get("status")
+        extra = self.extra_headers
+        if extra:  # a copy: the app may reuse its message and headers list
+            headers = [*message.get("headers", ()), *extra]
+            message = dict(message)
+            message["headers"] = headers
+        published = self.published
+        if published is not None and published.end != published.deadline:
+            published.deadline = published.end
+            if self.timed:
+                self.rearm()
+        return message
+
+    def _check_last(self, message: Message) -> None:
+        # A response with trailers (or sent from a file) ends with their last message.
+        kind = message["type"]
+        if kind == "http.response.pathsend" or (
+            kind == "http.response.trailers" and not message.get("more_trailers")
+        ):
+            self._complete()
 
     def _complete(self) -> None:
         # The last message is not cut by a deadline while it is written: a DONE exchange
@@ -464,26 +384,83 @@ class Exchange:
 
 
 @final
-class WheelExchange(Exchange):
-    """The asyncio runtime: the shared ``Wheel`` and ``Task.cancel()``."""
+class Arrivals:
+    """Requests that arrived on one asyncio loop and have not been looked at yet.
 
-    __slots__ = ("task", "wheel")
+    Most requests finish within ``WATCH_AFTER``: for them, arriving is a dict store and
+    finishing a dict pop. One timer of the timer service looks at every request still here
+    ``WATCH_AFTER`` after the first of them arrived; a request still running then gets its
+    disconnect watcher and a timer of its own at its deadline (or, arrived only just
+    before, waits for the next look). A timer is pending whenever a request is here, so
+    nobody waits for anything but its own deadline.
+    """
 
-    wheel: Wheel
+    __slots__ = ("loop", "requests", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.requests: dict[TimerExchange, None] = {}
+        self.timer: Timer | None = None
+
+    def add(self, exchange: TimerExchange, now: float) -> None:
+        """Look at ``exchange`` at the next look (``TimerExchange.start`` inlines this)."""
+        self.requests[exchange] = None
+        if self.timer is None:
+            self.arm(now)
+
+    def arm(self, now: float) -> None:
+        """Set the next look ``WATCH_AFTER`` from ``now``."""
+        self.timer = call_at(now + WATCH_AFTER, self._look)
+
+    def _look(self) -> None:
+        self.timer = None
+        requests = self.requests
+        self.requests = {}
+        for exchange in requests:
+            try:
+                exchange.due()
+            except Exception as exc:  # one request's failure must not skip the others
+                self.loop.call_exception_handler(
+                    {"message": "resilient: request timer failed", "exception": exc}
+                )
+
+
+@final
+class TimerExchange(Exchange):
+    """The asyncio runtime: the loop's ``Arrivals``, a timer of the library's timer service
+    once the request ran ``WATCH_AFTER``, and ``Task.cancel()``."""
+
+    __slots__ = ("arrivals", "task", "timer")
+
+    arrivals: Arrivals
     task: asyncio.Task[Any]
+    timer: Timer | None  # a timer of its own: at the deadline (or a very short deadline)
+
+    def start(self) -> None:
+        """Join the arrivals, or arm a timer of its own for a deadline sooner than a look."""
+        published = self.published
+        now = self.started_at
+        if published is not None and published.deadline < now + WATCH_AFTER:
+            self.timer = call_at(published.deadline, self.due)
+            self.timed = True
+            return
+        arrivals = self.arrivals
+        arrivals.requests[self] = None
+        if arrivals.timer is None:
+            arrivals.arm(now)
 
     def finish(self) -> None:
         """The middleware is leaving: disarm everything (idempotent).
 
-        The middleware inlines the common case: ``phase = DONE``, ``recent.pop()``, and this
-        call only when ``tick`` or ``watch`` is set.
+        For most requests: ``phase = DONE`` and the pop from the arrivals.
         """
         self.phase = DONE
-        wheel = self.wheel
-        wheel.recent.pop(self, None)
-        if self.tick:
-            wheel.discard(self, self.tick)
-            self.tick = 0
+        self.arrivals.requests.pop(self, None)
+        timer = self.timer
+        if timer is not None:
+            timer.cancel()
+            self.timer = None
+            self.timed = False
         watch = self.watch
         if watch is not None:
             watcher = watch.task
@@ -491,13 +468,18 @@ class WheelExchange(Exchange):
                 watcher.cancel()
 
     def rearm(self) -> None:
-        """The deadline moved: move to its bucket if already past the first tick."""
-        if self.tick:
-            wheel = self.wheel
-            wheel.discard(self, self.tick)
-            published = self.published
-            deadline = _INF if published is None else published.deadline
-            self.tick = 0 if deadline == _INF else wheel.add(self, deadline)
+        """The deadline moved: move the pending timer if it would now fire too late.
+
+        A timer due before the new deadline (the watch time, or the old deadline: the
+        deadline only moves later when the response starts) stays: ``due()`` reads the
+        current deadline when it fires.
+        """
+        timer = self.timer
+        published = self.published
+        if timer is None or published is None or timer.deadline <= published.deadline:
+            return
+        timer.cancel()
+        self.timer = call_at(published.deadline, self.due)
 
     def _cancel(self) -> None:
         task = self.task
@@ -505,32 +487,32 @@ class WheelExchange(Exchange):
             task.cancel()
 
     def due(self) -> None:
-        """Wheel callback: the deadline passed, or it is time to start watching."""
+        """Timer callback: the deadline passed, or it is time to start watching."""
+        self.timer = None
+        self.timed = False
         if self.phase == DONE or self.reason is not None:
             return
-        self.tick = 0
         now = _monotonic()
         published = self.published
         deadline = _INF if published is None else published.deadline
         if now >= deadline:
             self.fire(TIMEOUT)
             return
-        due = deadline
         watch = self.watch
         if watch is None or watch.task is None:
-            watch_at = self.started_at + WATCH_AFTER
-            if now < watch_at:
-                due = min(due, watch_at)  # too young: look again later
-            else:
-                self._start_watcher()
-        if due != _INF:
-            self.tick = self.wheel.add(self, due)
+            if now < self.started_at + WATCH_AFTER:
+                self.arrivals.add(self, now)  # too young: at the next look
+                return
+            self._start_watcher()
+        if deadline != _INF:  # the timer service arms nothing for math.inf; skip the object
+            self.timer = call_at(deadline, self.due)
+            self.timed = True
 
     def _watch_due(self) -> bool:
         return _monotonic() >= self.started_at + WATCH_AFTER
 
     def _spawn_watcher(self, watch: _Watch) -> None:
-        watch.task = task = self.wheel.loop.create_task(self._watch())
+        watch.task = task = self.task.get_loop().create_task(self._watch())
         task.add_done_callback(_retrieve)
 
     def _new_event(self) -> asyncio.Event:
@@ -540,23 +522,23 @@ class WheelExchange(Exchange):
         if from_app:
             # Never cancel our own running task: deliver it from a loop callback, where the
             # task is suspended, so the cancellation lands at the app's current await.
-            self.wheel.loop.call_soon(self.fire, DISCONNECT)
+            self.task.get_loop().call_soon(self.fire, DISCONNECT)
         else:
             self.fire(DISCONNECT)
 
 
-def new_wheel_exchange(  # noqa: PLR0917 - built once per request: positional is the cheap call
+def new_timer_exchange(  # noqa: PLR0917 - built once per request: positional is the cheap call
     scope: Scope,
     receive: Receive,
     send: Send,
     now: float,
     extra_headers: tuple[tuple[bytes, bytes], ...] | None,
     published: RequestDeadline | None,
-    wheel: Wheel,
+    arrivals: Arrivals,
     task: asyncio.Task[Any],
-) -> WheelExchange:
-    """A ``WheelExchange`` for a request started at ``now`` (``Exchange._init`` inlined)."""
-    exchange = _new(WheelExchange)
+) -> TimerExchange:
+    """A ``TimerExchange`` for a request started at ``now`` (``Exchange._init`` inlined)."""
+    exchange = _new(TimerExchange)
     exchange.scope = scope
     exchange._receive = receive
     exchange._send = send
@@ -567,10 +549,12 @@ def new_wheel_exchange(  # noqa: PLR0917 - built once per request: positional is
     exchange.reason = None
     exchange.body_done = False
     exchange.receiving = False
+    exchange.status = None
+    exchange.timed = False
     exchange.watch = None
-    exchange.tick = 0
-    exchange.wheel = wheel
+    exchange.arrivals = arrivals
     exchange.task = task
+    exchange.timer = None
     return exchange
 
 
@@ -631,7 +615,7 @@ class ScopeExchange(Exchange):
                     return
 
 
-def new_scope_exchange(  # noqa: PLR0917 - positional, as new_wheel_exchange
+def new_scope_exchange(  # noqa: PLR0917 - positional, as new_timer_exchange
     scope: Scope,
     receive: Receive,
     send: Send,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final, final
@@ -12,8 +11,9 @@ from typing import Any, Final, final
 import anyio
 
 from resilient import _validate as check
-from resilient._bulkhead import Bulkhead, _release, _Slots
-from resilient._clock import SYSTEM_CLOCK, Clock
+from resilient._bulkhead import Bulkhead
+from resilient._classify import Classifier, Verdict, on_result
+from resilient._clock import SYSTEM_CLOCK  # the default clock: deadlines are shared on it
 from resilient._context import Context, pop_deadline, push_deadline
 from resilient._events import CallRejected, Listener, report_listener_error
 from resilient._exceptions import (
@@ -24,24 +24,25 @@ from resilient._exceptions import (
     TimeoutExceeded,
 )
 from resilient._pipeline import Pipeline
-from resilient._ratelimit import RateLimiter
+from resilient._ratelimit import BucketStore, RateLimiter, RateLimitStatus
+from resilient.timers import Clock, SystemClock, current_loop
 
 from ._client import NO_PEER_KEY, ClientKeyResolver
 from ._guard import (
     DISCONNECT,
-    DONE,
     STREAMING,
+    Arrivals,
     Exchange,
     Message,
     Receive,
+    RequestDeadline,
     Scope,
     ScopeExchange,
     Send,
-    Wheel,
-    WheelExchange,
+    TimerExchange,
     new_request_deadline,
     new_scope_exchange,
-    new_wheel_exchange,
+    new_timer_exchange,
 )
 
 __all__ = ["DEFAULT_EXCLUDE", "ASGIApp", "ResilienceMiddleware"]
@@ -49,22 +50,54 @@ __all__ = ["DEFAULT_EXCLUDE", "ASGIApp", "ResilienceMiddleware"]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 """An ASGI 3 application."""
 
-DEFAULT_EXCLUDE: Final = ("/health", "/healthz", "/livez", "/readyz")
-"""Paths never shed, limited or timed out by default: orchestrator probes."""
+DEFAULT_EXCLUDE: Final = ("/health", "/healthz", "/livez", "/readyz", "/metrics", "/metrics/")
+"""Paths never shed, limited or timed out unless ``exclude_defaults=False``: orchestrator
+probes and the Prometheus scrape endpoint (``resilient.telemetry.prometheus.add_route``)."""
 
-_running_loop = asyncio._get_running_loop
 _monotonic = time.monotonic
 _current_task = asyncio.current_task
-_get_ident = threading.get_ident
 _ceil = math.ceil
 _INF: Final = math.inf
 _HEADER_MODES: Final = ("ietf", "legacy", "none")
+_PASSED: Final = new_request_deadline(SYSTEM_CLOCK, 0.0, 0.0, 0.0)  # by identity: expired
 _METHODS: Final = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 )
 _MAX_OPERATIONS: Final = 512
+_P: Final = "ResilienceMiddleware."
+# Bounds that keep every derived number finite (window, timers, header values).
+FOREVER: Final = 1e9  # seconds (~31 years): a timeout this long or longer is no timeout
+_DAY: Final = 86_400.0
+_MIN_RATE: Final = 1e-6  # requests per second: one per ~11.6 days
+_MAX_RATE: Final = 1e9
+_MAX_BURST: Final = 1_000_000_000
 _MAX_HEADER_SETS: Final = 1024
 _PROBE_INTERVAL: Final = 1.0  # seconds between telemetry probes while nothing records
+
+Refusal = str | RejectedError
+"""Why a request never ran: a shed reason (``"full"``, ``"wait_timeout"``) or the deadline."""
+
+
+def _seconds(parameter: str, value: object, *, allow_zero: bool = False) -> float:
+    # A duration option: a finite number > 0 (>= 0 with allow_zero), or infinity. Anything
+    # from FOREVER on means "no limit": deadline arithmetic on it stays finite.
+    seconds = check.number(parameter, value, inclusive=allow_zero, allow_inf=True)
+    return _INF if seconds >= FOREVER else seconds
+
+
+def _is_server_error(status: object) -> bool:
+    return isinstance(status, int) and status >= 500
+
+
+def _is_client_error(status: object) -> bool:
+    return isinstance(status, int) and 400 <= status < 500
+
+
+# The outcome of a request the app answered, for telemetry: the response status.
+_RESPONSE_CLASSIFIER: Final = Classifier(
+    on_result(_is_server_error, verdict=Verdict.FAILURE),
+    on_result(_is_client_error, verdict=Verdict.CLIENT_ERROR),
+)
 
 
 def _plain(status: int, text: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[Message, Message]:
@@ -96,7 +129,7 @@ def _caller_deadline(value: bytes, now: float) -> float | None:
         remaining = float(value) / 1000.0
     except ValueError:
         return None
-    if not math.isfinite(remaining):
+    if not remaining < FOREVER:  # NaN, infinite or absurdly far: no usable deadline
         return None
     return now + max(remaining, 0.0)
 
@@ -138,31 +171,44 @@ class ResilienceMiddleware:
         max_concurrent: requests allowed to run at once (``None``: no limit).
         max_waiting: requests allowed to wait for a slot (default: ``max_concurrent``).
         max_wait: the longest a request waits for a slot, in seconds (default 0.25).
-        shed_retry_after: the ``Retry-After`` seconds sent with a ``503`` (default 1).
-        rate: requests per second per client (``None``: no rate limit).
+        shed_retry_after: the ``Retry-After`` seconds sent with a ``503`` (default 1, at
+            most a day).
+        rate: requests per second per client, 1e-6 to 1e9 (``None``: no rate limit).
         burst: requests a client may send back to back (default: a tenth of a second's
-            worth of ``rate``, at least 1).
+            worth of ``rate``, at least 1; at most 1e9).
         client_key: ``scope -> str | None`` giving the rate-limit key; ``None`` falls back to
             the default (the peer address, or forwarded address behind trusted proxies).
         trusted_proxies: addresses/networks of proxies whose forwarding header is believed;
-            ``"unix"`` trusts a peer-less (unix socket) connection.
+            ``"unix"`` trusts a peer-less (unix socket) connection. Every host inside a
+            trusted range may name any client in the header: prefer ``trusted_hops``.
+        trusted_hops: the number of proxies in front of the service (each appends the
+            address it saw to the forwarding header): the client is that many hops from the
+            right, whatever a host behind them writes. With ``trusted_proxies`` too, the
+            header is read only when the peer is one of them.
         forwarded_header: ``"x-forwarded-for"`` (default) or ``"forwarded"``.
         ipv6_prefix: IPv6 clients share a bucket per ``/ipv6_prefix`` network (default 64).
         max_keys: the most client buckets kept (least recently used evicted first).
+        rate_store: where the client buckets live (a ``BucketStore``; default: this
+            process). ``resilient.redis.RedisBucketStore`` shares each client's quota
+            across every worker and server of the fleet.
         rate_limit_headers: ``"ietf"`` (``RateLimit-Policy`` and ``RateLimit``, the current
             httpapi draft), ``"legacy"`` (``RateLimit-Limit``/``-Remaining``/``-Reset``) or
             ``"none"``.
-        timeout: seconds the app may take to start its response (``None``: no limit).
-        total_timeout: seconds the whole response may take, streaming included.
+        timeout: seconds the app may take to start its response (``None``, ``math.inf`` or
+            anything from ``FOREVER``, a billion seconds, on: no limit).
+        total_timeout: seconds the whole response may take, streaming included (as
+            ``timeout`` for no limit).
         deadline_header: request header with the caller's remaining time in milliseconds
             (``None`` to ignore callers' deadlines).
-        exclude: paths never shed, limited or timed out (exact, or a prefix ending in
-            ``*``); default: common health-check paths.
+        exclude: more paths never shed, limited or timed out (exact, or a prefix ending in
+            ``*``), in addition to ``DEFAULT_EXCLUDE`` (health checks and ``/metrics``).
+        exclude_defaults: ``False`` to drop ``DEFAULT_EXCLUDE`` (then only ``exclude``).
         limit_websockets: apply rate limiting and shedding to websocket handshakes.
         name: the pipeline name in telemetry (default ``"asgi"``).
         clock: time source (default: the event loop's clock).
         listeners: event listeners (``CallRejected`` for every refusal).
-        telemetry: as for ``Pipeline``: metrics and spans per route template.
+        telemetry: as for ``Pipeline``: metrics and spans per route template. A request's
+            verdict is ``failure`` when the app answers 5xx, ``client_error`` for 4xx.
 
     Raises:
         ConfigurationError: an invalid option.
@@ -170,8 +216,8 @@ class ResilienceMiddleware:
 
     __slots__ = (
         "_app",
+        "_arrivals",
         "_bulkhead",
-        "_burst",
         "_clock",
         "_deadline_header",
         "_exclude_any",
@@ -189,7 +235,6 @@ class ResilienceMiddleware:
         "_limit_websockets",
         "_limiter",
         "_listening",
-        "_loop",
         "_max_wait",
         "_observe",
         "_operations",
@@ -197,15 +242,11 @@ class ResilienceMiddleware:
         "_pipeline",
         "_policy_header",
         "_quiet_until",
-        "_rate",
         "_recording",
         "_shed_retry_after",
-        "_slot_limit",
-        "_slots",
         "_timed",
         "_timeout",
         "_total_timeout",
-        "_wheel",
     )
 
     def __init__(
@@ -220,14 +261,17 @@ class ResilienceMiddleware:
         burst: int | None = None,
         client_key: Callable[[Scope], str | None] | None = None,
         trusted_proxies: Iterable[str] = (),
+        trusted_hops: int | None = None,
         forwarded_header: str = "x-forwarded-for",
         ipv6_prefix: int = 64,
         max_keys: int = 10_000,
+        rate_store: BucketStore | None = None,
         rate_limit_headers: str = "ietf",
         timeout: float | None = None,
         total_timeout: float | None = None,
         deadline_header: str | None = "x-request-deadline",
-        exclude: Iterable[str] = DEFAULT_EXCLUDE,
+        exclude: Iterable[str] = (),
+        exclude_defaults: bool = True,
         limit_websockets: bool = False,
         name: str = "asgi",
         clock: Clock | None = None,
@@ -237,99 +281,146 @@ class ResilienceMiddleware:
         if not callable(app):
             raise ConfigurationError("ResilienceMiddleware.app", app, "expected an ASGI app")
         self._app = app
-        p = "ResilienceMiddleware."
-        self._max_wait = check.non_negative(p + "max_wait", max_wait)
-        self._shed_retry_after = check.positive(p + "shed_retry_after", shed_retry_after)
+        if clock is not None and not callable(getattr(clock, "timeout_at", None)):
+            raise ConfigurationError("ResilienceMiddleware.clock", clock, "expected a Clock")
         self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
+        self._init_shedding(max_concurrent, max_waiting, max_wait, shed_retry_after)
+        self._init_client_key(
+            client_key, trusted_proxies, trusted_hops, forwarded_header, ipv6_prefix
+        )
+        self._init_rate_limit(rate, burst, max_keys, rate_store, rate_limit_headers)
+        self._init_deadlines(timeout, total_timeout, deadline_header)
+        self._init_exclude(exclude, exclude_defaults, limit_websockets)
+        self._init_telemetry(name, listeners, telemetry)
+        # The timer runtime needs the system clock (on asyncio: time.monotonic(), the timer
+        # service's time base); other clocks use the anyio runtime.
+        self._fast = type(self._clock) is SystemClock
+        # The running loop's arrivals (set by _current_task() before any request uses them).
+        self._arrivals: Arrivals | None = None
+        self._operations: set[str] = set()
+
+    def _init_shedding(
+        self, max_concurrent: object, max_waiting: object, max_wait: object, retry_after: object
+    ) -> None:
+        # Load shedding: a Bulkhead whose queue wait is bounded by max_wait.
+        self._max_wait = _seconds(_P + "max_wait", max_wait, allow_zero=True)
+        self._shed_retry_after = check.number(
+            _P + "shed_retry_after", retry_after, minimum=0.0, inclusive=False, maximum=_DAY
+        )
         self._bulkhead: Bulkhead | None = None
-        if max_concurrent is not None:
-            limit = check.integer(p + "max_concurrent", max_concurrent, minimum=1)
-            waiting = limit if max_waiting is None else max_waiting
-            self._bulkhead = Bulkhead(
-                max_concurrent=limit,
-                max_waiting=check.integer(p + "max_waiting", waiting, minimum=0),
-                max_wait=self._max_wait,
-                retry_after=self._shed_retry_after,
-                clock=self._clock,
-                name="load_shedding",
-            )
-        elif max_waiting is not None:
-            raise ConfigurationError(
-                p + "max_waiting", max_waiting, "needs max_concurrent to be set"
-            )
+        if max_concurrent is None:
+            if max_waiting is not None:
+                raise ConfigurationError(
+                    _P + "max_waiting", max_waiting, "needs max_concurrent to be set"
+                )
+            return
+        limit = check.integer(_P + "max_concurrent", max_concurrent, minimum=1)
+        waiting = limit if max_waiting is None else max_waiting
+        self._bulkhead = Bulkhead(
+            max_concurrent=limit,
+            max_waiting=check.integer(_P + "max_waiting", waiting, minimum=0),
+            max_wait=self._max_wait,
+            retry_after=self._shed_retry_after,
+            clock=self._clock,
+            name="load_shedding",
+        )
+
+    def _init_client_key(
+        self,
+        client_key: Callable[[Scope], str | None] | None,
+        trusted_proxies: Iterable[str],
+        trusted_hops: int | None,
+        forwarded_header: str,
+        ipv6_prefix: int,
+    ) -> None:
         self._key = ClientKeyResolver(
             trusted_proxies=trusted_proxies,
+            trusted_hops=trusted_hops,
             forwarded_header=forwarded_header,
             ipv6_prefix=ipv6_prefix,
         )
         self._key_fallback = (
-            None if client_key is None else check.callable_(p + "client_key", client_key)
+            None if client_key is None else check.callable_(_P + "client_key", client_key)
         )
+        # No custom key and no forwarding header to read: the key is the peer address.
         self._peer_key: Callable[[str], str] | None = (
             self._key.normalize if client_key is None and not self._key.uses_headers else None
         )
-        self._header_mode = check.choice(
-            p + "rate_limit_headers", rate_limit_headers, _HEADER_MODES
-        )
+
+    def _init_rate_limit(
+        self,
+        rate: object,
+        burst: object,
+        max_keys: object,
+        store: BucketStore | None,
+        header_mode: object,
+    ) -> None:
+        # The per-client RateLimiter and the RateLimit headers it answers with.
+        self._header_mode = check.choice(_P + "rate_limit_headers", header_mode, _HEADER_MODES)
         self._header_mode_on = self._header_mode != "none"
         self._limiter: RateLimiter | None = None
-        self._rate = 1.0
-        self._burst = 1.0
         self._policy_header: tuple[tuple[bytes, bytes], ...] = ()
         self._header_cache: dict[tuple[int, int], tuple[tuple[bytes, bytes], ...]] = {}
         self._last_remaining = -1
         self._last_reset = -1
         self._last_headers: tuple[tuple[bytes, bytes], ...] = ()
-        if rate is not None:
-            rate = check.positive(p + "rate", rate)
-            if burst is None:
-                burst = max(1, math.ceil(rate / 10))
-            burst = check.integer(p + "burst", burst, minimum=1)
-            max_keys = check.integer(p + "max_keys", max_keys, minimum=1)
-            self._limiter = RateLimiter(
-                rate=rate,
-                burst=burst,
-                max_wait=0.0,
-                per_key=True,
-                max_keys=max_keys,
-                clock=self._clock,
-                name="rate_limit",
-            )
-            self._rate = float(rate)
-            self._burst = float(burst)
-            window = max(1, math.ceil(burst / rate))
-            if self._header_mode == "ietf":
-                self._policy_header = (
-                    (b"ratelimit-policy", f'"default";q={burst};w={window}'.encode()),
-                )
-            elif self._header_mode == "legacy":
-                self._policy_header = ((b"ratelimit-limit", str(burst).encode()),)
-        elif burst is not None:
-            raise ConfigurationError(p + "burst", burst, "needs rate to be set")
-        self._timeout = math.inf if timeout is None else check.positive(p + "timeout", timeout)
-        self._total_timeout = (
-            math.inf
-            if total_timeout is None
-            else check.positive(p + "total_timeout", total_timeout)
+        if rate is None:
+            if burst is not None:
+                raise ConfigurationError(_P + "burst", burst, "needs rate to be set")
+            if store is not None:
+                raise ConfigurationError(_P + "rate_store", store, "needs rate to be set")
+            return
+        per_second = check.number(_P + "rate", rate, minimum=_MIN_RATE, maximum=_MAX_RATE)
+        if burst is None:
+            burst = max(1, math.ceil(per_second / 10))
+        size = check.integer(_P + "burst", burst, minimum=1, maximum=_MAX_BURST)
+        self._limiter = RateLimiter(
+            rate=per_second,
+            burst=size,
+            max_wait=0.0,
+            per_key=True,
+            max_keys=check.integer(_P + "max_keys", max_keys, minimum=1),
+            store=store,
+            clock=self._clock,
+            name="rate_limit",
         )
-        self._timed = self._timeout != math.inf or self._total_timeout != math.inf
-        if deadline_header is not None:
-            given: object = deadline_header
-            if not isinstance(given, str) or not given.strip():
+        window = max(1, math.ceil(size / per_second))
+        if self._header_mode == "ietf":
+            self._policy_header = (
+                (b"ratelimit-policy", f'"default";q={size};w={window}'.encode()),
+            )
+        elif self._header_mode == "legacy":
+            self._policy_header = ((b"ratelimit-limit", str(size).encode()),)
+
+    def _init_deadlines(self, timeout: object, total_timeout: object, header: object) -> None:
+        self._timeout = _INF if timeout is None else _seconds(_P + "timeout", timeout)
+        self._total_timeout = (
+            _INF if total_timeout is None else _seconds(_P + "total_timeout", total_timeout)
+        )
+        self._timed = self._timeout != _INF or self._total_timeout != _INF
+        self._deadline_header: bytes | None = None
+        if header is not None:
+            if not isinstance(header, str) or not header.strip():
                 raise ConfigurationError(
-                    p + "deadline_header", deadline_header, "expected a header name or None"
+                    _P + "deadline_header", header, "expected a header name or None"
                 )
-            self._deadline_header: bytes | None = deadline_header.strip().lower().encode()
-        else:
-            self._deadline_header = None
-        exact: set[str] = set()
-        prefixes: list[str] = []
+            self._deadline_header = header.strip().lower().encode()
+
+    def _init_exclude(
+        self, exclude: Iterable[str], exclude_defaults: object, limit_websockets: object
+    ) -> None:
+        if not isinstance(exclude_defaults, bool):
+            raise ConfigurationError(
+                _P + "exclude_defaults", exclude_defaults, "expected True or False"
+            )
         if isinstance(exclude, str):
             exclude = [exclude]
-        for path in exclude:
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        for path in (*(DEFAULT_EXCLUDE if exclude_defaults else ()), *exclude):
             entry: object = path
             if not isinstance(entry, str) or not path.startswith("/"):
-                raise ConfigurationError(p + "exclude", path, "expected paths starting with '/'")
+                raise ConfigurationError(_P + "exclude", path, "expected paths starting with '/'")
             if path.endswith("*"):
                 prefixes.append(path[:-1])
             else:
@@ -337,11 +428,18 @@ class ResilienceMiddleware:
         self._exclude_exact = frozenset(exact)
         self._exclude_prefixes = tuple(prefixes)
         self._exclude_any = bool(exact or prefixes)
-        self._limit_websockets = bool(limit_websockets)
+        if not isinstance(limit_websockets, bool):
+            raise ConfigurationError(
+                _P + "limit_websockets", limit_websockets, "expected True or False"
+            )
+        self._limit_websockets = limit_websockets
+
+    def _init_telemetry(self, name: str, listeners: Iterable[Listener], telemetry: Any) -> None:
         listeners = tuple(listeners)
         self._pipeline = Pipeline(
-            name=check.name(p + "name", name),
+            name=check.name(_P + "name", name),
             clock=self._clock,
+            classify=_RESPONSE_CLASSIFIER,
             listeners=listeners,
             telemetry=telemetry,
         )
@@ -352,18 +450,7 @@ class ResilienceMiddleware:
         self._observe = observer is not None or self._listening
         probe = getattr(observer, "recording", None)
         self._recording: Callable[[], bool] | None = probe if callable(probe) else None
-        self._quiet_until = -math.inf  # no need to ask _recording() before (time.monotonic)
-        self._slots: _Slots = _Slots()
-        self._slot_limit = 0
-        if self._bulkhead is not None:
-            # The uncontended path takes and returns the bulkhead's slot inline.
-            self._slots = self._bulkhead._slots
-            self._slot_limit = self._bulkhead.max_concurrent
-        # The wheel runtime needs asyncio's own clock; other clocks use the anyio runtime.
-        self._fast = self._clock is SYSTEM_CLOCK
-        self._wheel: Wheel | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # see __call__
-        self._operations: set[str] = set()
+        self._quiet_until = -_INF  # no need to ask _recording() before (time.monotonic)
 
     @property
     def app(self) -> ASGIApp:
@@ -413,14 +500,7 @@ class ResilienceMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI connection scope."""
         if scope["type"] != "http":
-            if (
-                scope["type"] == "websocket"
-                and self._limit_websockets
-                and not self._excluded(scope)
-            ):
-                await self._websocket(scope, receive, send)
-            else:
-                await self._app(scope, receive, send)
+            await self._not_http(scope, receive, send)
             return
         if self._exclude_any:
             path = scope.get("path", "")
@@ -429,181 +509,255 @@ class ResilienceMiddleware:
             ):
                 await self._app(scope, receive, send)
                 return
-        # The hot path, in one frame: nothing below allocates for a feature not configured.
-        # asyncio with the system clock runs on the shared wheel in the request's own task.
-        # The loop is looked up once (a lookup costs a getpid() system call on CPython 3.11):
-        # while it runs on this thread, it is the running loop here.
-        task: asyncio.Task[Any] | None = None
-        loop = self._loop
-        if loop is not None and loop._thread_id == _get_ident():  # type: ignore[attr-defined]
-            task = _current_task(loop)
-        elif self._fast:
-            task = self._find_task()
-            if task is not None:
-                loop = task.get_loop()
-        if task is not None:
-            # The system clock on asyncio reads time.monotonic(): the same number, directly.
-            now = mono = _monotonic()
-        else:
-            mono = _monotonic()
-            now = self._clock.now()
-        ctx: Context | None = None
-        if self._observe and (
-            self._listening or (mono >= self._quiet_until and self._recording_now(mono))
-        ):
-            ctx = self._begin(scope)
+        # Nothing below allocates for a feature not configured. asyncio with the system
+        # clock runs on the timer service, in the request's own task.
+        task = self._current_task()  # None: the anyio runtime
+        # The system clock on asyncio reads time.monotonic(): the same number, directly.
+        mono = _monotonic()
+        now = mono if task is not None else self._clock.now()
+        ctx = self._context_for(scope, mono) if self._observe else None
         error: BaseException | None = None
+        status: int | None = None
         try:
             extra: tuple[tuple[bytes, bytes], ...] | None = None
             limiter = self._limiter
-            if limiter is not None:
-                peer_key = self._peer_key
-                if peer_key is not None:  # no custom key, no trusted proxy: the peer address
-                    client = scope.get("client")
-                    key = peer_key(client[0]) if client else NO_PEER_KEY
-                else:
-                    key = self.client_key(scope)
-                took = limiter._try_take_one_now(key, now)
-                if took is None:  # an external store, or a queue: the asynchronous path
-                    status = await limiter.try_acquire(key)
-                    allowed, wait, tokens = status.allowed, status.retry_after, status.remaining
-                else:
-                    wait, tokens = took
-                    allowed = not wait
-                if self._header_mode_on:
-                    # tokens is in [0, burst]: whole tokens left, whole seconds until full.
-                    remaining = int(tokens + 1e-9)
-                    reset = _ceil((self._burst - tokens) / self._rate - 1e-9)
-                    if remaining == self._last_remaining and reset == self._last_reset:
-                        extra = self._last_headers
-                    else:
-                        extra = self._rate_headers(remaining, reset)
-                if not allowed:
-                    await self._rate_limited(ctx, send, wait, extra or ())
+            if limiter is not None:  # one synchronous decision, unless the store is remote
+                key = self._rate_key(scope)
+                decision = limiter.try_acquire_nowait(key, now=now)
+                if decision is None:
+                    decision = await limiter.try_acquire(key)
+                extra = self._headers_of(decision)
+                if not decision.allowed:
+                    await self._rate_limited(ctx, send, decision.retry_after, extra)
                     return
-
-            if self._timed:
-                start_deadline = now + self._timeout
-                end_deadline = now + self._total_timeout
-            else:
-                start_deadline = end_deadline = _INF
-            header = self._deadline_header
-            if header is not None:
-                for name, value in scope.get("headers", ()):
-                    if name == header:
-                        caller = _caller_deadline(value, now)
-                        if caller is not None:
-                            if caller <= now:
-                                await self._caller_deadline_passed(ctx, send, extra)
-                                return
-                            end_deadline = min(end_deadline, caller)
-                        break
-            if end_deadline < start_deadline:  # noqa: PLR1730 - min() costs a call per request
-                start_deadline = end_deadline
-
-            # The app's own resilient calls inherit the time left (resilient.remaining()),
-            # and so does the bulkhead's queue wait.
-            published = (
-                None
-                if start_deadline == _INF
-                else new_request_deadline(self._clock, start_deadline, end_deadline, now)
-            )
-            if task is None:
-                await self._run_anyio(
+            published = self._request_deadline(scope, now)
+            if published is _PASSED:
+                await self._caller_deadline_passed(ctx, send, extra)
+            elif task is None:
+                status = await self._run_anyio(
                     new_scope_exchange(scope, receive, send, now, extra, published, self._clock),
                     ctx,
                     send,
                 )
-                return
-            wheel = self._wheel
-            if wheel is None or wheel.loop is not loop:
-                assert loop is not None
-                wheel = self._wheel = Wheel(loop)
-            exchange = new_wheel_exchange(scope, receive, send, now, extra, published, wheel, task)
-            refusal: RejectedError | None = None
-            cancelling = task.cancelling()
-            wheel.recent[exchange] = None  # looked at on the next tick if still running
-            if wheel.armed is None:
-                wheel.arm_next()
-            # The app's own resilient calls inherit the time left (resilient.remaining()),
-            # and so does the bulkhead's queue wait: the published deadline reads like a
-            # Context.
-            token = None if published is None else push_deadline(published)  # type: ignore[arg-type]
-            try:
-                slots = self._slots
-                if self._bulkhead is None:
-                    await self._app(scope, exchange.receive, exchange.send)
-                elif slots.running < self._slot_limit:
-                    slots.running += 1  # a free slot: no yield, no allocation
-                    try:
-                        await self._app(scope, exchange.receive, exchange.send)
-                    finally:
-                        if slots.waiters:
-                            _release(slots)
-                        else:
-                            slots.running -= 1
-                else:
-                    refusal = await self._queue_and_run(exchange)
-            except asyncio.CancelledError:
-                if exchange.reason is None or task.uncancel() > cancelling:
-                    raise
             else:
-                if exchange.reason is not None and task.uncancel() <= cancelling:
-                    await _consume_cancellation(task, cancelling)
-            finally:
-                if token is not None:
-                    pop_deadline(token)
-                if exchange.tick or exchange.watch is not None:
-                    exchange.finish()
-                else:  # finish(), inlined for a request that ended before its first tick
-                    exchange.phase = DONE
-                    wheel.recent.pop(exchange, None)
-            if refusal is not None:
-                await self._refused(refusal, ctx, send, extra)
-            elif exchange.reason is not None:
-                await self._after_fire(exchange, ctx, send)
+                status = await self._run_timed(
+                    new_timer_exchange(
+                        scope,
+                        receive,
+                        send,
+                        now,
+                        extra,
+                        published,
+                        self._arrivals,  # type: ignore[arg-type] # set with task
+                        task,
+                    ),
+                    ctx,
+                    send,
+                )
         except BaseException as exc:
             error = exc
             raise
         finally:
             if ctx is not None:
-                self._end(ctx, scope, error)
+                self._end(ctx, scope, error, status)
 
-    def _find_task(self) -> asyncio.Task[Any] | None:
-        # The asyncio task running this request, or None (trio, including trio as an asyncio
-        # guest, or no task): the anyio runtime then. Caches a loop that records the thread
-        # it runs on (asyncio's own loops do), so later requests skip this lookup.
-        loop = _running_loop()
+    def _context_for(self, scope: Scope, mono: float) -> Context | None:
+        # A Context for the observer and listeners, or None while nothing records.
+        if self._listening or (mono >= self._quiet_until and self._recording_now(mono)):
+            return self._begin(scope)
+        return None
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Lifespan passes through; websockets too unless limit_websockets.
+        if scope["type"] == "websocket" and self._limit_websockets and not self._excluded(scope):
+            await self._websocket(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
+
+    def _current_task(self) -> asyncio.Task[Any] | None:
+        # The asyncio task to run the request in on the timer service, or None for the anyio
+        # runtime (trio, trio as an asyncio guest, a custom clock, or no task).
+        # Makes self._arrivals those of the running loop.
+        if not self._fast:
+            return None
+        loop = current_loop()
         if loop is None:
             return None
-        task = _current_task(loop)
-        if task is not None and getattr(loop, "_thread_id", None) == _get_ident():
-            self._loop = loop
-        return task
+        arrivals = self._arrivals
+        if arrivals is None or arrivals.loop is not loop:
+            self._arrivals = Arrivals(loop)
+        return _current_task(loop)
 
-    async def _queue_and_run(self, exchange: WheelExchange) -> RejectedError | None:
+    def _rate_key(self, scope: Scope) -> str:
+        peer_key = self._peer_key
+        if peer_key is not None:  # no custom key, no trusted proxy: the peer address
+            client = scope.get("client")
+            return peer_key(client[0]) if client else NO_PEER_KEY
+        return self.client_key(scope)
+
+    def _headers_of(self, status: RateLimitStatus) -> tuple[tuple[bytes, bytes], ...]:
+        # The RateLimit headers of a decision: whole tokens left, whole seconds until full.
+        if not self._header_mode_on:
+            return ()
+        remaining = int(status.remaining + 1e-9)
+        reset = _ceil(status.reset - 1e-9)
+        if remaining == self._last_remaining and reset == self._last_reset:
+            return self._last_headers
+        return self._rate_headers(remaining, reset)
+
+    def _request_deadline(self, scope: Scope, now: float) -> RequestDeadline | None:
+        # The request's deadline: the configured timeouts tightened by the caller's header.
+        # None: no deadline at all; _PASSED: the caller's deadline already passed.
+        if self._timed:
+            start_deadline = now + self._timeout
+            end_deadline = now + self._total_timeout
+        else:
+            start_deadline = end_deadline = _INF
+        header = self._deadline_header
+        if header is not None:
+            for name, value in scope.get("headers", ()):
+                if name == header:
+                    caller = _caller_deadline(value, now)
+                    if caller is not None:
+                        if caller <= now:
+                            return _PASSED
+                        end_deadline = min(end_deadline, caller)
+                    break
+        if end_deadline < start_deadline:  # noqa: PLR1730 - min() costs a call per request
+            start_deadline = end_deadline
+        if start_deadline == _INF:
+            return None
+        # The app's own resilient calls inherit the time left (resilient.remaining()), and
+        # so does the bulkhead's queue wait: the published deadline reads like a Context.
+        return new_request_deadline(self._clock, start_deadline, end_deadline, now)
+
+    async def _run_timed(
+        self, exchange: TimerExchange, ctx: Context | None, send: Send
+    ) -> int | None:
+        # asyncio, system clock: the app runs in this task and a timer of the timer service
+        # cancels it (Task.cancel(), balanced with uncancel() as asyncio.timeout does).
+        # Returns the status the app answered with (None: the middleware answered, or
+        # nobody did).
+        task = exchange.task
+        cancelling = task.cancelling()
+        exchange.start()
+        published = exchange.published
+        token = None if published is None else push_deadline(published)  # type: ignore[arg-type]
+        refusal: Refusal | None = None
+        bulkhead = self._bulkhead
+        try:
+            # _run_in_slot(), inlined for the free slot: no coroutine of ours in between.
+            if bulkhead is None:
+                await self._app(exchange.scope, exchange.receive, exchange.send)
+            elif bulkhead.try_acquire():
+                try:
+                    await self._app(exchange.scope, exchange.receive, exchange.send)
+                finally:
+                    bulkhead.release()
+            else:
+                refusal = await self._queue_and_run(exchange)
+        except asyncio.CancelledError:
+            if exchange.reason is None or task.uncancel() > cancelling:
+                raise
+        else:
+            if exchange.reason is not None and task.uncancel() <= cancelling:
+                await _consume_cancellation(task, cancelling)
+        finally:
+            if token is not None:
+                pop_deadline(token)
+            exchange.finish()
+        if refusal is None and exchange.reason is None:
+            return exchange.status  # the app answered
+        return await self._outcome(exchange, refusal, ctx, send)
+
+    async def _run_anyio(
+        self, exchange: ScopeExchange, ctx: Context | None, send: Send
+    ) -> int | None:
+        # trio, custom clocks (FakeClock), or no asyncio task: an anyio cancel scope in this
+        # task, the timer and the disconnect watcher in helper tasks. Returns as _run_timed.
+        published = exchange.published
+        token = None if published is None else push_deadline(published)  # type: ignore[arg-type]
+        error: Exception | None = None
+        refusal: Refusal | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                exchange.task_group = tg
+                exchange.cancel_scope = anyio.CancelScope()
+                if published is not None:
+                    exchange.timed = True  # moving the deadline wakes the timer task
+                    tg.start_soon(exchange.timer)
+                exchange._start_watcher()
+                try:
+                    with exchange.cancel_scope:
+                        refusal = await self._run_in_slot(exchange)
+                except Exception as exc:  # re-raised below, outside the task group (no group)
+                    error = exc
+                finally:
+                    exchange.finish()
+                    tg.cancel_scope.cancel()
+        finally:
+            if token is not None:
+                pop_deadline(token)
+            exchange.finish()
+        if error is not None:
+            raise error
+        return await self._outcome(exchange, refusal, ctx, send)
+
+    async def _outcome(
+        self, exchange: Exchange, refusal: Refusal | None, ctx: Context | None, send: Send
+    ) -> int | None:
+        # After the app ran (or was refused a slot): answer for it when it could not.
+        if refusal is not None:
+            await self._refused(refusal, ctx, send, exchange.extra_headers)
+            return None
+        if exchange.reason is not None:
+            await self._after_fire(exchange, ctx, send)
+            return None
+        return exchange.status
+
+    async def _run_in_slot(self, exchange: Exchange) -> Refusal | None:
+        # Run the app holding a concurrency slot, queueing for one when none is free. The
+        # anyio runtime's; _run_timed, the hot path, has it inline (one coroutine less per
+        # request, measurable in the server's CPU per request).
+        bulkhead = self._bulkhead
+        if bulkhead is None:
+            await self._app(exchange.scope, exchange.receive, exchange.send)
+        elif bulkhead.try_acquire():  # a free slot: no yield
+            try:
+                await self._app(exchange.scope, exchange.receive, exchange.send)
+            finally:
+                bulkhead.release()
+        else:
+            return await self._queue_and_run(exchange)
+        return None
+
+    async def _queue_and_run(self, exchange: Exchange) -> Refusal | None:
         # No free slot: queue in the bulkhead (bounded by max_wait and the deadline).
         bulkhead = self._bulkhead
         assert bulkhead is not None
+        if self._max_wait <= 0.0 or bulkhead.snapshot().waiting >= bulkhead.max_waiting:
+            return "full"  # refused at once: nobody waits
         try:
-            await bulkhead.__aenter__()
-        except (BulkheadFullError, TimeoutExceeded) as exc:
-            return exc  # full, waited too long, or the deadline passed: never ran
+            await bulkhead.acquire()  # bounded by max_wait and the published deadline
+        except BulkheadFullError:
+            return "wait_timeout"  # no slot freed within max_wait: never ran
+        except TimeoutExceeded as exc:
+            return exc  # the request's deadline passed while it waited: never ran
         try:
             await self._app(exchange.scope, exchange.receive, exchange.send)
         finally:
-            _release(self._slots)
+            bulkhead.release()
         return None
 
     async def _refused(
         self,
-        refusal: RejectedError,
+        refusal: Refusal,
         ctx: Context | None,
         send: Send,
         extra: tuple[tuple[bytes, bytes], ...] | None,
     ) -> None:
-        if isinstance(refusal, BulkheadFullError):
-            await self._shed(ctx, send, extra, waited=self._max_wait > 0.0)
+        if isinstance(refusal, str):
+            await self._shed(ctx, send, extra, reason=refusal)
         else:
             await self._reject(
                 ctx,
@@ -628,12 +782,16 @@ class ResilienceMiddleware:
                 report_listener_error(observer)
         return ctx
 
-    def _end(self, ctx: Context, scope: Scope, error: BaseException | None) -> None:
+    def _end(
+        self, ctx: Context, scope: Scope, error: BaseException | None, status: int | None
+    ) -> None:
+        # The outcome: an exception (raised, or the refusal in ctx.extra), else the status
+        # the app answered with (its 5xx are failures, its 4xx client errors).
         ctx.operation = self._operation(scope, ctx.operation)
         observer = ctx.observer
         if observer is not None:
             try:
-                observer.end(ctx, error if error is not None else ctx.extra, None)
+                observer.end(ctx, error if error is not None else ctx.extra, status)
             except Exception:
                 report_listener_error(observer)
 
@@ -688,55 +846,6 @@ class ResilienceMiddleware:
             reason="deadline",
             headers=[*extra] if extra else [],
         )
-
-    async def _admit_and_run(self, exchange: Exchange) -> RejectedError | None:
-        bulkhead = self._bulkhead
-        if bulkhead is None:
-            await self._app(exchange.scope, exchange.receive, exchange.send)
-            return None
-        try:
-            await bulkhead.__aenter__()  # no yield while a slot is free
-        except (BulkheadFullError, TimeoutExceeded) as exc:
-            return exc  # refused (full, waited too long, or the deadline passed): never ran
-        try:
-            await self._app(exchange.scope, exchange.receive, exchange.send)
-        finally:
-            await bulkhead.__aexit__(None, None, None)
-        return None
-
-    async def _run_anyio(self, exchange: ScopeExchange, ctx: Context | None, send: Send) -> None:
-        # trio, custom clocks (FakeClock), or no asyncio task: an anyio cancel scope in this
-        # task, the timer and the disconnect watcher in helper tasks.
-        published = exchange.published
-        token = None if published is None else push_deadline(published)  # type: ignore[arg-type]
-        error: Exception | None = None
-        refusal: RejectedError | None = None
-        try:
-            async with anyio.create_task_group() as tg:
-                exchange.task_group = tg
-                exchange.cancel_scope = anyio.CancelScope()
-                if exchange.published is not None:
-                    exchange.tick = 1  # a timer holds the deadline: moving it needs rearm()
-                    tg.start_soon(exchange.timer)
-                exchange._start_watcher()
-                try:
-                    with exchange.cancel_scope:
-                        refusal = await self._admit_and_run(exchange)
-                except Exception as exc:  # re-raised below, outside the task group (no group)
-                    error = exc
-                finally:
-                    exchange.finish()
-                    tg.cancel_scope.cancel()
-        finally:
-            if token is not None:
-                pop_deadline(token)
-            exchange.finish()
-        if error is not None:
-            raise error
-        if refusal is not None:
-            await self._refused(refusal, ctx, send, exchange.extra_headers)
-        elif exchange.reason is not None:
-            await self._after_fire(exchange, ctx, send)
 
     async def _after_fire(self, exchange: Exchange, ctx: Context | None, send: Send) -> None:
         if exchange.reason == DISCONNECT:
@@ -829,11 +938,13 @@ class ResilienceMiddleware:
         send: Send,
         extra: tuple[tuple[bytes, bytes], ...] | None,
         *,
-        waited: bool = False,
+        reason: str,
     ) -> None:
+        # reason: "full" (refused at once: the waiting room was full, or nobody may wait)
+        # or "wait_timeout" (it waited max_wait and no slot freed).
         retry_after = self._shed_retry_after
         exc = BulkheadFullError(
-            "server overloaded: no free slot" + (" in time" if waited else ""),
+            "server overloaded: no free slot" + (" in time" if reason == "wait_timeout" else ""),
             policy="load_shedding",
             retry_after=retry_after,
         )
@@ -843,7 +954,7 @@ class ResilienceMiddleware:
             status=503,
             text=b"Service Unavailable\n",
             exc=exc,
-            reason="wait_timeout" if waited else "full",
+            reason=reason,
             headers=[(b"retry-after", _seconds_header(retry_after)), *(extra or ())],
         )
 

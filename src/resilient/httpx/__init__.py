@@ -22,6 +22,13 @@ from ._classify import (
     parse_retry_after,
     retry_after_seconds,
 )
+from ._errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    RateLimitedError,
+    RejectedError,
+    TimeoutExceeded,
+)
 from ._preset import standard
 from ._transport import (
     DEADLINE_HEADER,
@@ -39,7 +46,12 @@ __all__ = [
     "IDEMPOTENT_METHODS",
     "ROUTE_EXTENSION",
     "TRANSIENT_STATUSES",
+    "BulkheadFullError",
+    "CircuitOpenError",
+    "RateLimitedError",
+    "RejectedError",
     "ResilientTransport",
+    "TimeoutExceeded",
     "UnsafeResendError",
     "http_classifier",
     "parse_retry_after",

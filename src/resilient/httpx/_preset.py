@@ -8,8 +8,10 @@ from typing import Any
 import httpx
 from opentelemetry import trace
 
+from resilient import _validate as check
 from resilient._classify import Classification, ClassifierLike, Outcome, Verdict
 from resilient._exceptions import ConfigurationError
+from resilient._pipeline import Pipeline
 from resilient._presets import standard as _standard_pipeline
 
 from ._transport import _MAX_BUFFER, DEADLINE_HEADER, IDEMPOTENT_METHODS, ResilientTransport
@@ -20,7 +22,8 @@ __all__ = ["standard"]
 def standard(
     transport: httpx.AsyncBaseTransport | None = None,
     *,
-    name: str = "http",
+    name: str | None = None,
+    base_url: str | httpx.URL | None = None,
     classify: ClassifierLike
     | Callable[[Outcome], Classification | Verdict | None]
     | Iterable[Any]
@@ -31,6 +34,8 @@ def standard(
     deadline_header: str = DEADLINE_HEADER,
     tracer_provider: trace.TracerProvider | None = None,
     buffer_limit: int = _MAX_BUFFER,
+    limits: httpx.Limits | None = None,
+    config: Pipeline | None = None,
     **options: Any,
 ) -> ResilientTransport:
     """A ``ResilientTransport`` running ``resilient.standard()`` with one state per host.
@@ -44,7 +49,11 @@ def standard(
 
     Args:
         transport: what sends requests (default ``httpx.AsyncHTTPTransport()``).
-        name: the pipeline's name (a bounded telemetry attribute).
+        name: the pipeline's name (a bounded telemetry attribute); default: the host (and
+            port, when not the scheme's) of ``base_url``, else ``"http"``. Name each upstream
+            so two of them never share a metric series.
+        base_url: the upstream this transport calls (the client's ``base_url``): names the
+            pipeline when ``name`` is not given.
         classify: classification replacing ``http_classifier()`` (given to the transport,
             which keeps its idempotency rules on top of it).
         retry_methods: methods that may be retried.
@@ -53,9 +62,14 @@ def standard(
         deadline_header: the header for it.
         tracer_provider: the OpenTelemetry tracer provider for attempt spans.
         buffer_limit: see ``ResilientTransport``.
+        limits: see ``ResilientTransport``.
+        config: a configured pipeline (``resilient.config.load(...)["payments"]``) to run
+            instead of building one; it follows reloads. ``name`` and ``**options`` are then
+            not used (give neither).
         **options: any option of ``resilient.standard()`` (``total_timeout``,
-            ``attempt_timeout``, ``attempts``, ``rate``, ``max_concurrent``, ``clock``,
-            ``telemetry``, ...), except ``classify`` and ``per_key``.
+            ``attempt_timeout``, ``attempts``, ``rate``, ``rate_store`` (a fleet-wide
+            quota per host, e.g. ``resilient.redis.RedisBucketStore``), ``max_concurrent``,
+            ``clock``, ``telemetry``, ...), except ``classify`` and ``per_key``.
 
     Raises:
         ConfigurationError: an invalid option (the message names it).
@@ -65,15 +79,54 @@ def standard(
             raise ConfigurationError(
                 f"standard.{taken}", options[taken], "set by resilient.httpx.standard() itself"
             )
-    pipeline = _standard_pipeline(name, per_key=True, **options)
-    return ResilientTransport(
-        pipeline,
-        transport,
-        classify=classify,
-        retry_methods=retry_methods,
-        idempotency_header=idempotency_header,
-        propagate_deadline=propagate_deadline,
-        deadline_header=deadline_header,
-        tracer_provider=tracer_provider,
-        buffer_limit=buffer_limit,
+    if name is None:
+        name = _name_of(base_url)
+    elif base_url is not None:
+        _name_of(base_url)  # still checked
+    if config is not None:
+        if not isinstance(config, Pipeline):
+            raise ConfigurationError(
+                "standard.config", config, "expected a pipeline from resilient.config.load()"
+            )
+        if options:
+            raise ConfigurationError(
+                "standard.config",
+                config,
+                f"given with options {sorted(options)}: set them in the configuration instead",
+            )
+        pipeline = config
+    else:
+        pipeline = _standard_pipeline(name, per_key=True, **options)
+    transport_options: dict[str, Any] = {
+        "classify": classify,
+        "retry_methods": retry_methods,
+        "idempotency_header": idempotency_header,
+        "propagate_deadline": propagate_deadline,
+        "deadline_header": deadline_header,
+        "tracer_provider": tracer_provider,
+        "buffer_limit": buffer_limit,
+        "limits": limits,
+    }
+    names = {f"ResilientTransport.{option}": option for option in transport_options}
+    names["ResilientTransport.transport"] = "transport"
+    names["ResilientTransport.limits.max_connections"] = "limits.max_connections"
+    return check.renamed(
+        names,
+        lambda: ResilientTransport(pipeline, transport, **transport_options),
+        prefix="standard",
     )
+
+
+def _name_of(base_url: object) -> str:
+    """The pipeline name for an upstream: ``host`` or ``host:port`` of its URL."""
+    if base_url is None:
+        return "http"
+    try:
+        url = httpx.URL(base_url) if isinstance(base_url, str | httpx.URL) else None
+    except (httpx.InvalidURL, TypeError, ValueError):
+        url = None
+    if url is None or not url.host:
+        raise ConfigurationError(
+            "standard.base_url", base_url, "expected an absolute http(s) URL or None"
+        )
+    return url.host if url.port is None else f"{url.host}:{url.port}"

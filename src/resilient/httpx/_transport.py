@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
 from typing import Any, Final, final
 
@@ -13,14 +14,16 @@ import anyio
 import httpx
 from opentelemetry import trace
 
-from resilient import __version__
+from resilient import Bulkhead, RejectedError, __version__
 from resilient import _validate as check
 from resilient._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
 from resilient._classify import Classification as _Classification
 from resilient._exceptions import ConfigurationError, ResilientError
 from resilient._pipeline import Pipeline
+from resilient.extend import BulkheadSnapshot
 
 from ._classify import NEVER_SENT, NotRetryable, http_classifier
+from ._errors import as_http_error
 from ._spans import end_span, start_span
 
 __all__ = [
@@ -56,6 +59,7 @@ integer measured when the attempt is sent (relative, so the two clocks need not 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _MAX_BUFFER = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
+_UNBOUNDED = 10**15  # the pool gate's waiting room: unbounded (httpx's pool timeout bounds it)
 
 
 def _replayable(stream: object) -> bool:
@@ -82,6 +86,151 @@ async def _close(response: httpx.Response) -> None:
     # task is being cancelled (a timeout cutting a call must not poison the pool).
     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
         await response.aclose()
+
+
+def _pool_size(transport: httpx.AsyncBaseTransport) -> int | None:
+    """The ``max_connections`` of an ``httpx.AsyncHTTPTransport``'s pool (``None``: unknown).
+
+    httpx and httpcore do not publish it; a transport they built has it on its pool.
+    """
+    if not isinstance(transport, httpx.AsyncHTTPTransport):
+        return None
+    size = getattr(getattr(transport, "_pool", None), "_max_connections", None)
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
+    return None
+
+
+@final
+class _PoolGate:
+    """Admits at most as many requests into the connection pool as it has connections.
+
+    httpcore's pool leaks a connection when a request is cancelled while it waits inside the
+    pool for a connection (encode/httpcore#1093): the connection created for it stays
+    "connecting" forever, until the pool answers every request with ``PoolTimeout``. Waiting
+    here instead, in a ``Bulkhead`` (FIFO, cancel-safe: a slot handed to a caller that is
+    cancelled at that moment is passed on), means no request ever waits inside httpcore's
+    pool. A slot is held until the response is closed, exactly as long as the pool holds
+    the connection.
+    """
+
+    __slots__ = ("bulkhead", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.bulkhead = Bulkhead(
+            max_concurrent=size, max_waiting=_UNBOUNDED, max_wait=math.inf, name="http_pool"
+        )
+
+    async def enter(self, request: httpx.Request, ctx: Any) -> None:
+        """Take a slot, waiting at most httpx's pool timeout (then ``httpx.PoolTimeout``)."""
+        bulkhead = self.bulkhead
+        if bulkhead.try_acquire():
+            return
+        timeouts = request.extensions.get("timeout")
+        limit = timeouts.get("pool") if isinstance(timeouts, dict) else None
+        if limit is None:
+            await bulkhead.acquire()
+            return
+        clock = ctx.clock
+        scope = clock.timeout_at(clock.now() + limit)
+        try:
+            async with scope:
+                await bulkhead.acquire()
+        except TimeoutError:
+            if not scope.expired():
+                raise  # the call's own deadline, not the pool timeout
+            raise httpx.PoolTimeout(
+                f"resilient: no connection of the pool ({self.size}) freed within {limit:g}s",
+                request=request,
+            ) from None
+
+    def leave(self) -> None:
+        """Give the slot back."""
+        self.bulkhead.release()
+
+
+_gates: weakref.WeakKeyDictionary[httpx.AsyncBaseTransport, _PoolGate] = weakref.WeakKeyDictionary()
+
+
+def _gate_for(transport: httpx.AsyncBaseTransport, limits: httpx.Limits | None) -> _PoolGate | None:
+    """The one gate of ``transport``'s pool, shared by every ``ResilientTransport`` over it."""
+    pooled = _pool_size(transport)
+    if pooled is not None and pooled > _UNBOUNDED:
+        pooled = None  # httpcore keeps "no limit" as sys.maxsize
+    size = pooled if limits is None else limits.max_connections
+    if pooled is not None and limits is not None and limits.max_connections != pooled:
+        raise ConfigurationError(
+            "ResilientTransport.limits",
+            limits,
+            f"max_connections={limits.max_connections} disagrees with the transport's own pool "
+            f"({pooled} connections); give the limits to the transport, or to this option alone",
+        )
+    if size is None or size > _UNBOUNDED:
+        return None  # no limit (httpcore reads None as sys.maxsize): the pool never queues
+    if size < 1:
+        raise ConfigurationError(
+            "ResilientTransport.limits.max_connections", size, "must be at least 1"
+        )
+    gate = _gates.get(transport)
+    if gate is None:
+        gate = _gates[transport] = _PoolGate(size)
+    elif gate.size != size:
+        raise ConfigurationError(
+            "ResilientTransport.limits",
+            limits,
+            f"the transport's pool is already gated at {gate.size} connections by another "
+            "ResilientTransport",
+        )
+    return gate
+
+
+@final
+class _HeldStream(httpx.AsyncByteStream):
+    """A response body holding a pool slot until it is closed (once, whatever happens)."""
+
+    __slots__ = ("_gate", "_stream")
+
+    def __init__(self, stream: httpx.AsyncByteStream, gate: _PoolGate) -> None:
+        self._stream = stream
+        self._gate: _PoolGate | None = gate
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        gate = self._gate
+        if gate is None:
+            return
+        self._gate = None
+        try:
+            # Shielded so the pool gets its connection back (httpcore updates its own
+            # bookkeeping here) before the slot is given to the next caller.
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+        finally:
+            gate.leave()
+
+
+async def _send_gated(
+    transport: httpx.AsyncBaseTransport, gate: _PoolGate, request: httpx.Request, ctx: Any
+) -> httpx.Response:
+    """Send holding a slot of the pool gate, until the response is closed."""
+    await gate.enter(request, ctx)
+    try:
+        response = await transport.handle_async_request(request)
+    except BaseException:
+        gate.leave()
+        raise
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    response.stream = _HeldStream(stream, gate)
+    return response
 
 
 @final
@@ -167,16 +316,23 @@ class _Exchange:
             "idempotent, or a streamed body), and its previous attempt was cut; not re-sent"
         )
 
+    async def _again(self) -> httpx.Response | None:
+        """Before a resend: the answer to give instead when it is not safe, else ``None``."""
+        if not self.resendable and (self.left or not self.replayable):
+            return self._replay()
+        last = self.last
+        if last is not None:
+            # A new attempt means the previous response is being discarded, whatever the
+            # retry policy does with it: release its connection now.
+            self.last = None
+            await _close(last)
+        return None
+
     async def __call__(self) -> httpx.Response:
         if self.sends:
-            if not self.resendable and (self.left or not self.replayable):
-                return self._replay()
-            last = self.last
-            if last is not None:
-                # A new attempt means the previous response is being discarded, whatever the
-                # retry policy does with it: release its connection now.
-                self.last = None
-                await _close(last)
+            instead = await self._again()
+            if instead is not None:
+                return instead
         request = self.request
         owner = self.owner
         ctx = self.ctx
@@ -197,9 +353,13 @@ class _Exchange:
             kind = "hedge" if self.inflight else ctx.attempt_kind
             span = start_span(tracer, request, self.route, resends, ctx.span, kind)
         settled: httpx.Response | None = None
+        gate = owner._gate
         self.inflight += 1
         try:
-            response = await owner._transport.handle_async_request(request)
+            if gate is None:
+                response = await owner._transport.handle_async_request(request)
+            else:
+                response = await _send_gated(owner._transport, gate, request, ctx)
             self._keep(response)
             if owner._buffer_limit and owner._worth_buffering(response, ctx, request):
                 await owner._buffer(response)
@@ -224,6 +384,93 @@ class _Exchange:
         self.last = response
 
 
+def _wrapped(
+    transport: httpx.AsyncBaseTransport | None, limits: httpx.Limits | None
+) -> httpx.AsyncBaseTransport:
+    """The transport that sends requests: the one given, or one built with ``limits``."""
+    if limits is not None:
+        if not isinstance(limits, httpx.Limits):
+            raise ConfigurationError(
+                "ResilientTransport.limits", limits, "expected an httpx.Limits or None"
+            )
+        check.optional(
+            check.integer, "ResilientTransport.limits.max_connections", limits.max_connections
+        )
+    if transport is None:
+        return (
+            httpx.AsyncHTTPTransport()
+            if limits is None
+            else httpx.AsyncHTTPTransport(limits=limits)
+        )
+    if not callable(getattr(transport, "handle_async_request", None)):
+        raise ConfigurationError(
+            "ResilientTransport.transport", transport, "expected an httpx async transport"
+        )
+    return transport
+
+
+def _methods(retry_methods: object) -> frozenset[str]:
+    if isinstance(retry_methods, str) or not isinstance(retry_methods, Iterable):
+        raise ConfigurationError(
+            "ResilientTransport.retry_methods", retry_methods, "expected a set of methods"
+        )
+    methods = []
+    for method in retry_methods:
+        if not isinstance(method, str) or not _TOKEN.match(method):
+            raise ConfigurationError(
+                "ResilientTransport.retry_methods", method, "expected an HTTP method name"
+            )
+        methods.append(method.upper())
+    return frozenset(methods)
+
+
+def _headers(
+    idempotency_header: object, deadline_header: object, propagate_deadline: object
+) -> tuple[str | None, str | None]:
+    """(idempotency header, deadline header to send or ``None``), checked together."""
+    if idempotency_header is not None and not (
+        isinstance(idempotency_header, str) and _TOKEN.match(idempotency_header)
+    ):
+        raise ConfigurationError(
+            "ResilientTransport.idempotency_header",
+            idempotency_header,
+            "expected a header name or None",
+        )
+    if not isinstance(deadline_header, str) or not _TOKEN.match(deadline_header):
+        raise ConfigurationError(
+            "ResilientTransport.deadline_header", deadline_header, "expected a header name"
+        )
+    if not isinstance(propagate_deadline, bool):
+        raise ConfigurationError(
+            "ResilientTransport.propagate_deadline", propagate_deadline, "expected a bool"
+        )
+    if not propagate_deadline and deadline_header.lower() != DEADLINE_HEADER:
+        raise ConfigurationError(
+            "ResilientTransport.deadline_header",
+            deadline_header,
+            "only means something with ResilientTransport.propagate_deadline=True",
+        )
+    return idempotency_header, deadline_header.lower() if propagate_deadline else None
+
+
+def _tracing(
+    telemetry: object, tracer_provider: trace.TracerProvider | None, pipeline: Pipeline
+) -> _Tracing | None:
+    if telemetry is None:
+        telemetry = pipeline.observer is not None
+    elif not isinstance(telemetry, bool):
+        raise ConfigurationError(
+            "ResilientTransport.telemetry", telemetry, "expected True, False or None"
+        )
+    elif tracer_provider is not None and not telemetry:
+        raise ConfigurationError(
+            "ResilientTransport.tracer_provider",
+            tracer_provider,
+            "only means something without ResilientTransport.telemetry=False",
+        )
+    return _Tracing(tracer_provider) if telemetry else None
+
+
 @final
 class ResilientTransport(httpx.AsyncBaseTransport):
     """An httpx transport running every request through a ``Pipeline``.
@@ -243,7 +490,13 @@ class ResilientTransport(httpx.AsyncBaseTransport):
       timeouts);
     - a body held in memory is re-sent byte for byte; a streamed body that cannot be
       replayed makes the request non-retryable and is never re-sent (not even empty);
-    - every discarded response is closed, so retries never leak pooled connections.
+    - every discarded response is closed, so retries never leak pooled connections;
+    - no request waits inside httpcore's pool (where a cancelled waiter leaks a connection,
+      encode/httpcore#1093): requests queue in a cancel-safe gate sized to the pool's
+      ``max_connections`` and hold their slot until their response is closed;
+    - a policy's refusal (``resilient.CircuitOpenError``, ``TimeoutExceeded``, ...) is raised
+      refined into httpx's tree (``resilient.httpx.CircuitOpenError`` is also an
+      ``httpx.TransportError``), so ``except httpx.HTTPError`` catches everything.
 
     The transport adds no policy of its own: what runs is exactly the pipeline.
 
@@ -266,9 +519,13 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         buffer_limit: a retryable response (a 503, a 429) whose body is at most this many
             bytes is read at once and its connection released, so a call waiting to retry
             holds no connection; ``0`` disables it.
+        limits: the pool's ``httpx.Limits``: the default transport is built with them, and
+            the pool gate is sized to their ``max_connections`` (default: read from an
+            ``httpx.AsyncHTTPTransport``; no gate for other transports).
 
     Raises:
-        ConfigurationError: an invalid option.
+        ConfigurationError: an invalid option, or ``limits`` disagreeing with the gate another
+            ``ResilientTransport`` already put on the same transport.
     """
 
     __slots__ = (
@@ -276,6 +533,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         "_classifier",
         "_context",
         "_deadline_header",
+        "_gate",
         "_idempotency_header",
         "_not_replayable",
         "_not_retryable",
@@ -303,6 +561,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         telemetry: bool | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         buffer_limit: int = _MAX_BUFFER,
+        limits: httpx.Limits | None = None,
     ) -> None:
         options: dict[str, object] = {
             "pipeline": pipeline,
@@ -315,12 +574,8 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             raise ConfigurationError(
                 "ResilientTransport.pipeline", pipeline, "expected a resilient.Pipeline"
             )
-        if transport is None:
-            transport = httpx.AsyncHTTPTransport()
-        elif not callable(getattr(transport, "handle_async_request", None)):
-            raise ConfigurationError(
-                "ResilientTransport.transport", transport, "expected an httpx async transport"
-            )
+        transport = _wrapped(transport, limits)
+        self._gate = _gate_for(transport, limits)
         self._pipeline = pipeline
         self._transport = transport
         self._context = pipeline.context
@@ -334,46 +589,11 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         self._classifier: ClassifierLike = classifier
         self._not_retryable = NotRetryable(classifier, unsent_ok=True)
         self._not_replayable = NotRetryable(classifier, unsent_ok=False)
-        if isinstance(retry_methods, str):
-            raise ConfigurationError(
-                "ResilientTransport.retry_methods", retry_methods, "expected a set of methods"
-            )
-        methods = []
-        candidates: Iterable[object] = retry_methods
-        for method in candidates:
-            if not isinstance(method, str) or not _TOKEN.match(method):
-                raise ConfigurationError(
-                    "ResilientTransport.retry_methods", method, "expected an HTTP method name"
-                )
-            methods.append(method.upper())
-        self._retry_methods = frozenset(methods)
-        header_option = options["idempotency_header"]
-        if header_option is not None and not (
-            isinstance(header_option, str) and _TOKEN.match(header_option)
-        ):
-            raise ConfigurationError(
-                "ResilientTransport.idempotency_header",
-                idempotency_header,
-                "expected a header name or None",
-            )
-        self._idempotency_header = idempotency_header
-        header_option = options["deadline_header"]
-        if not isinstance(header_option, str) or not _TOKEN.match(header_option):
-            raise ConfigurationError(
-                "ResilientTransport.deadline_header", deadline_header, "expected a header name"
-            )
-        if not isinstance(options["propagate_deadline"], bool):
-            raise ConfigurationError(
-                "ResilientTransport.propagate_deadline", propagate_deadline, "expected a bool"
-            )
-        self._deadline_header = deadline_header.lower() if propagate_deadline else None
-        if telemetry is None:
-            telemetry = pipeline.observer is not None
-        elif not isinstance(options["telemetry"], bool):
-            raise ConfigurationError(
-                "ResilientTransport.telemetry", telemetry, "expected True, False or None"
-            )
-        self._tracing = _Tracing(tracer_provider) if telemetry else None
+        self._retry_methods = _methods(retry_methods)
+        self._idempotency_header, self._deadline_header = _headers(
+            options["idempotency_header"], options["deadline_header"], propagate_deadline
+        )
+        self._tracing = _tracing(options["telemetry"], tracer_provider, pipeline)
         self._buffer_limit = check.integer(
             "ResilientTransport.buffer_limit", buffer_limit, minimum=0
         )
@@ -388,6 +608,16 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         """The wrapped transport that sends requests."""
         return self._transport
 
+    def pool_snapshot(self) -> BulkheadSnapshot | None:
+        """Requests holding a pool connection now (``running``) and waiting for one.
+
+        A response holds its connection until it is closed. ``None`` when the transport does
+        not know the pool's size (a transport other than ``httpx.AsyncHTTPTransport`` and no
+        ``limits=``): requests then go to the wrapped transport unqueued.
+        """
+        gate = self._gate
+        return None if gate is None else gate.bulkhead.snapshot()
+
     @property
     def classifier(self) -> ClassifierLike:
         """The classification used for requests that may be retried."""
@@ -397,8 +627,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         """Send ``request`` through the pipeline and return the response it settles on.
 
         Raises:
-            Whatever the last attempt raised (httpx's exceptions), or a
-            ``resilient.RejectedError`` when a policy refused the call.
+            httpx.HTTPError: whatever the last attempt raised (httpx's exceptions,
+                ``httpx.PoolTimeout`` from the pool gate), or a policy's refusal refined into
+                httpx's tree (``resilient.httpx.CircuitOpenError``, ``TimeoutExceeded``...).
         """
         url = request.url
         host = url.host
@@ -434,6 +665,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         try:
             result = await self._run(ctx)
             return result  # type: ignore[no-any-return]
+        except RejectedError as exc:
+            as_http_error(exc, request)  # refined in place: the same exception, also httpx's
+            raise
         finally:
             last = exchange.last
             if last is not None and last is not result:

@@ -41,12 +41,73 @@ DEFAULT_MAX_SIZE = 1 << 20
 DEFAULT_MAX_DEPTH = 64
 
 _TAG = re.compile(rb"@v([1-9][0-9]{0,8}):")
+
+
 _JSON = JsonCodec()
 _MISSING = object()
 
 
 def _tag(number: int) -> bytes:
     return b"@v%d:" % number
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+_JSON_KEYS: dict[object, str] = {True: "true", False: "false", None: "null"}
+
+
+def _plain(data: dict[str, Any]) -> bool:
+    """Whether ``data`` holds only what every codec reads back as it was written.
+
+    Dicts with ``str`` keys, lists, and ``str``/``int``/``float``/``bool``/``None`` values
+    (exact types). Iterative: called only on a record the codec already encoded, so it is
+    acyclic and within ``max_depth``.
+    """
+    stack: list[Any] = [data]
+    pop = stack.pop
+    push = stack.append
+    plain = _PLAIN
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is dict:
+            for key, value in item.items():
+                if type(key) is not str:
+                    return False
+                if type(value) not in plain:
+                    push(value)
+        elif kind is list:
+            for value in item:
+                if type(value) not in plain:
+                    push(value)
+        else:
+            return False
+    return True
+
+
+def _first_difference(written: Any, read: Any, path: str = "record") -> str:
+    """Where the read-back record first differs (for the error message; iterative)."""
+    stack = [(written, read, path)]
+    while stack:
+        a, b, where = stack.pop()
+        if type(a) is not type(b):
+            return f"{where} is a {type(a).__name__} that reads back as a {type(b).__name__}"
+        if isinstance(a, dict):
+            for key in a:
+                if type(key) is not str:
+                    return (
+                        f"{where} has the key {key!r} ({type(key).__name__}), which reads back "
+                        f"as the string {_JSON_KEYS.get(key, str(key))!r}"
+                    )
+                if key not in b:
+                    return f"{where}[{key!r}] does not read back"
+                stack.append((a[key], b[key], f"{where}[{key!r}]"))
+        elif isinstance(a, list):
+            if len(a) != len(b):
+                return f"{where} reads back with another length"
+            stack.extend((x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b, strict=True)))
+        elif a != b:
+            return f"{where} = {a!r} reads back as {b!r}"
+    return "the record reads back different"
 
 
 @final
@@ -564,6 +625,10 @@ class VersionedSerializer(Generic[T]):
         except SerdeError as exc:
             _prefix(exc, self._name)
             raise
+        except Exception as exc:  # RecursionError from a deep payload, and the like
+            raise MalformedPayloadError(
+                f"{self._name}: cannot read the payload ({type(exc).__name__}: {exc})"
+            ) from exc
 
     def _as_bytes(self, payload: object) -> bytes:
         if isinstance(payload, str):
@@ -634,21 +699,25 @@ class VersionedSerializer(Generic[T]):
 
         Raises:
             EncodeError: the object is not of the model's type, a value cannot be encoded,
-                a step failed, or the payload would exceed ``max_size``/``max_depth``;
-                ``LossyWriteError`` when an older version cannot hold the record.
+                the record would not read back equal (a non-string key, keys that collide
+                once written, a tuple), a step failed, the payload would exceed
+                ``max_size``/``max_depth``, or anything else failed (a ``RecursionError``
+                included); ``LossyWriteError`` when an older version cannot hold the record.
             UnsupportedVersionError: ``version`` (or the ``write`` callable's answer) is not
                 writable. An exception raised by the ``write`` callable itself propagates
                 unchanged.
         """
+        state = self._write_state if version is None else None
+        chosen: object = version
+        if state is None and version is None:
+            # The write callable runs outside the conversion below: its own exception
+            # propagates unchanged.
+            chosen = self._write_fn()  # type: ignore[misc]
         try:
-            if version is None:
-                state = self._write_state
+            if state is None:
+                state = self._writable.get(chosen) if type(chosen) is int else None
                 if state is None:
-                    state = self._resolve_write()
-            else:
-                state = self._writable.get(version) if type(version) is int else None
-                if state is None:
-                    raise self._unwritable(version)
+                    raise self._unwritable(chosen)
             to_data = self._to_data
             if to_data is None:
                 if not isinstance(obj, dict):
@@ -671,8 +740,9 @@ class VersionedSerializer(Generic[T]):
                     )
             if state.downgrades:
                 data = self._downgrade(state, data)
+            codec: Codec = state.codec  # type: ignore[assignment]
             try:
-                body = state.codec.encode(data, self._limits)  # type: ignore[union-attr]
+                body = codec.encode(data, self._limits)
             except SerdeError:
                 raise
             except Exception as exc:
@@ -680,6 +750,8 @@ class VersionedSerializer(Generic[T]):
                     f"{state.codec!r} cannot encode a version {state.number} record "
                     f"({type(exc).__name__})"
                 ) from exc
+            if not _plain(data):
+                self._check_reads_back(codec, state.number, data, body)
             payload = state.header + body if state.header else body
             if len(payload) > self._max_size:
                 raise EncodeError(
@@ -690,6 +762,35 @@ class VersionedSerializer(Generic[T]):
         except SerdeError as exc:
             _prefix(exc, self._name)
             raise
+        except Exception as exc:  # RecursionError from a deep record, MemoryError aside
+            raise EncodeError(
+                f"{self._name}: cannot write the record ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def _check_reads_back(
+        self, codec: Codec, number: int, data: dict[str, Any], body: bytes
+    ) -> None:
+        """Refuse a record that would not read back equal (non-string keys, tuples...)."""
+        try:
+            read = codec.decode(body, self._limits)
+        except MalformedPayloadError as exc:
+            # Two keys that JSON writes alike ({1: "a", "1": "b"}) read back as a duplicate.
+            raise EncodeError(
+                f"version {number} record would not read back: {exc} (non-string keys "
+                "are written as strings and collide with string keys)"
+            ) from exc
+        except SerdeError:
+            raise
+        except Exception as exc:
+            raise EncodeError(
+                f"version {number} record would not read back ({type(exc).__name__})"
+            ) from exc
+        if read != data:
+            raise EncodeError(
+                f"version {number} record would not read back as written: "
+                f"{_first_difference(data, read)}; write only str keys, lists (not tuples) "
+                "and JSON's scalar types"
+            )
 
     def _resolve_write(self) -> _State:
         state = self._write_state
@@ -716,7 +817,15 @@ class VersionedSerializer(Generic[T]):
         data = _upgrade(state.downgrades, dict(original), EncodeError, "downgrade")
         if self._check_downgrade:
             back = _upgrade(state.upgrades, dict(data), EncodeError)
-            if back != original:
+            try:
+                lost = back != original
+            except RecursionError as exc:
+                raise EncodeError(
+                    f"the record nests too deep to check the downgrade to version {state.number} "
+                    "(the comparison hit Python's recursion limit; lower max_depth or pass "
+                    "check_downgrade=False)"
+                ) from exc
+            if lost:
                 fields = tuple(
                     sorted(
                         str(key)

@@ -5,9 +5,12 @@ OpenTelemetry SDK, its Prometheus exporter and prometheus-client). Two lines in 
 
     from resilient.telemetry import prometheus
 
-    app.mount("/metrics", prometheus.asgi_app())  # Starlette / FastAPI
+    prometheus.add_route(app)  # Starlette / FastAPI: /metrics (and /metrics/), no redirect
     # or, for any service: a background thread serving http://localhost:9464/metrics
     prometheus.start_http_server()
+
+``ResilienceMiddleware`` never limits, sheds or times out ``/metrics`` and ``/metrics/``
+(they are in its default exclusions): a busy service is still scraped.
 
 Metrics are recorded once, through OpenTelemetry, and the OpenTelemetry Prometheus exporter
 translates them at scrape time following the OpenTelemetry-to-Prometheus rules:
@@ -33,7 +36,15 @@ from resilient._exceptions import ConfigurationError
 
 from ._otel import installed_meter_provider
 
-__all__ = ["MetricsServer", "asgi_app", "install", "meter_provider", "start_http_server"]
+__all__ = [
+    "MetricsApp",
+    "MetricsServer",
+    "add_route",
+    "asgi_app",
+    "install",
+    "meter_provider",
+    "start_http_server",
+]
 
 DEFAULT_PORT = 9464
 """The OpenTelemetry specification's default Prometheus exporter port."""
@@ -106,11 +117,31 @@ def install() -> MeterProvider:
         )
 
 
-def asgi_app(registry: CollectorRegistry | None = None) -> Any:
+@final
+class MetricsApp:
+    """An ASGI app answering every HTTP request it is routed to with the metrics.
+
+    Built by ``asgi_app()``. An object rather than a function, so that a Starlette
+    ``Route`` takes it as an ASGI app (a plain function would be called as an endpoint).
+    """
+
+    __slots__ = ("_app", "registry")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._app = make_asgi_app(registry)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve one request in the Prometheus text (or OpenMetrics) format."""
+        await self._app(scope, receive, send)
+
+
+def asgi_app(registry: CollectorRegistry | None = None) -> MetricsApp:
     """An ASGI app serving the metrics in the Prometheus text (or OpenMetrics) format.
 
-    Mount it at ``/metrics``. Without ``registry`` it serves prometheus-client's default
-    registry and calls ``install()`` first.
+    It answers whatever path it is routed to; ``add_route()`` routes it on a Starlette or
+    FastAPI app. Without ``registry`` it serves prometheus-client's default registry and
+    calls ``install()`` first.
 
     Args:
         registry: the registry to serve (for a provider from ``meter_provider(registry=...)``).
@@ -121,7 +152,43 @@ def asgi_app(registry: CollectorRegistry | None = None) -> Any:
     if registry is None:
         install()
         registry = REGISTRY
-    return make_asgi_app(registry)
+    return MetricsApp(registry)
+
+
+def add_route(
+    app: Any, path: str = "/metrics", *, registry: CollectorRegistry | None = None
+) -> MetricsApp:
+    """Serve the metrics at ``path`` on a Starlette or FastAPI app.
+
+    Both ``path`` and ``path + "/"`` answer 200 (``app.mount(path, ...)`` would answer
+    ``path`` with a 307 redirect), and neither appears in FastAPI's OpenAPI schema.
+    ``ResilienceMiddleware`` excludes ``/metrics`` and ``/metrics/`` by default; pass
+    another ``path`` to its ``exclude`` as well.
+
+    Args:
+        app: a Starlette or FastAPI application (anything with Starlette's ``add_route``).
+        path: where to serve, starting with ``/`` (default ``/metrics``).
+        registry: as for ``asgi_app()``.
+
+    Returns:
+        The ``MetricsApp`` now routed at ``path``.
+
+    Raises:
+        ConfigurationError: an invalid ``path`` or ``app``, or see ``install()``.
+    """
+    given: object = path
+    if not isinstance(given, str) or not path.startswith("/") or path.rstrip("/") == "":
+        raise ConfigurationError("add_route.path", path, "expected a path such as '/metrics'")
+    add = getattr(app, "add_route", None)
+    if not callable(add):
+        raise ConfigurationError(
+            "add_route.app", app, "expected a Starlette or FastAPI app (else use asgi_app())"
+        )
+    metrics = asgi_app(registry)
+    base = path.rstrip("/")
+    for route in (base, base + "/"):
+        add(route, metrics, include_in_schema=False)
+    return metrics
 
 
 @final
