@@ -755,10 +755,10 @@ class Hedge(PolicyDecorator):
     Args:
         delay: seconds without an answer before a hedge starts, >= 0, or ``"adaptive"``.
         max_hedges: hedges per call at most, >= 0 (default 1; 0 turns hedging off).
-        percentile: adaptive delay: the latency quantile to hedge at, in (0, 1) (0.95).
-        min_delay: adaptive delay: the smallest delay, > 0 (0.005 s).
-        max_delay: adaptive delay: the largest delay, > ``min_delay`` (1.0 s).
-        min_samples: adaptive delay: latencies needed before the percentile is used (20).
+        percentile: adaptive delay only: the latency quantile to hedge at, in (0, 1) (0.95).
+        min_delay: adaptive delay only: the smallest delay, > 0 (0.005 s).
+        max_delay: adaptive delay only: the largest delay, > ``min_delay`` (1.0 s).
+        min_samples: adaptive delay only: latencies needed before the percentile is used (20).
         budget: a ``RetryBudget`` shared with retries; by default a fresh ``RetryBudget()``
             per ``Hedge``; ``None`` turns budgeting off.
         deposit: whether each call's first attempt earns budget tokens here (default True).
@@ -794,10 +794,10 @@ class Hedge(PolicyDecorator):
         *,
         delay: float | str = _ADAPTIVE,
         max_hedges: int = 1,
-        percentile: float = 0.95,
-        min_delay: float = 0.005,
-        max_delay: float = 1.0,
-        min_samples: int = 20,
+        percentile: float | None = None,
+        min_delay: float | None = None,
+        max_delay: float | None = None,
+        min_samples: int | None = None,
         budget: RetryBudget | _Default | None = _DEFAULT_BUDGET,
         deposit: bool = True,
         classify: ClassifierLike
@@ -808,19 +808,30 @@ class Hedge(PolicyDecorator):
         name: str = "hedge",
     ) -> None:
         self._latency: LatencyHistogram | None
+        adaptive = {
+            "percentile": percentile,
+            "min_delay": min_delay,
+            "max_delay": max_delay,
+            "min_samples": min_samples,
+        }
         if delay == _ADAPTIVE and isinstance(delay, str):
             self._delay = _INF
             self._latency = LatencyHistogram(
-                percentile=percentile,
-                floor=min_delay,
-                cap=max_delay,
-                min_samples=min_samples,
+                percentile=0.95 if percentile is None else percentile,
+                floor=0.005 if min_delay is None else min_delay,
+                cap=1.0 if max_delay is None else max_delay,
+                min_samples=20 if min_samples is None else min_samples,
             )
         elif isinstance(delay, str):
             raise ConfigurationError("Hedge.delay", delay, 'expected seconds or "adaptive"')
         else:
             self._delay = check.non_negative("Hedge.delay", delay)
             self._latency = None
+            for option, value in adaptive.items():
+                if value is not None:
+                    raise ConfigurationError(
+                        f"Hedge.{option}", value, 'applies to delay="adaptive" only'
+                    )
         self._max_hedges = check.integer("Hedge.max_hedges", max_hedges, minimum=0)
         if isinstance(budget, _Default):
             budget = RetryBudget()
@@ -829,6 +840,8 @@ class Hedge(PolicyDecorator):
         self._budget: RetryBudget | None = budget
         if not isinstance(deposit, bool):
             raise ConfigurationError("Hedge.deposit", deposit, "expected a bool")
+        if budget is None and not deposit:
+            raise ConfigurationError("Hedge.deposit", deposit, "applies to a budget (budget=None)")
         self._deposit = deposit
         self._classifier = as_classifier("Hedge.classify", classify)
         self._on_discard = check.optional(check.callable_, "Hedge.on_discard", on_discard)
