@@ -29,7 +29,7 @@ from resilient._events import (
     CircuitStateChanged,
     Event,
     Listener,
-    report_listener_error,
+    notify,
 )
 from resilient._exceptions import CircuitOpenError
 from resilient._pipeline import Call
@@ -276,11 +276,7 @@ class Machine:
     def _deliver(self, event: Event, ctx: Context | None) -> None:
         if ctx is not None:
             ctx.emit(event)
-        for listener in self.listeners:
-            try:
-                listener(event)
-            except Exception:
-                report_listener_error(listener)
+        notify(self.listeners, event)
 
     def reject(
         self,
