@@ -279,6 +279,25 @@ def report_budget_refused(ctx: Context, policy: str, at: float, attempt: int) ->
     )
 
 
+def report_wait_ended(
+    ctx: Context, policy: str, at: float, waited: float, *, admitted: bool
+) -> None:
+    """Emit ``WaitEnded``: a call left a queue after ``waited`` seconds, admitted or not.
+
+    Call only when ``ctx.listening``.
+    """
+    ctx.emit(
+        WaitEnded(
+            pipeline=ctx.pipeline,
+            operation=ctx.operation,
+            policy=policy,
+            at=at,
+            waited=waited,
+            admitted=admitted,
+        )
+    )
+
+
 def report_rejection(
     ctx: Context,
     policy: str,
@@ -292,16 +311,7 @@ def report_rejection(
     ``CallRejected``. Call only when ``ctx.listening``."""
     at = ctx.clock.now()
     if waited is not None:
-        ctx.emit(
-            WaitEnded(
-                pipeline=ctx.pipeline,
-                operation=ctx.operation,
-                policy=policy,
-                at=at,
-                waited=waited,
-                admitted=False,
-            )
-        )
+        report_wait_ended(ctx, policy, at, waited, admitted=False)
     ctx.emit(
         CallRejected(
             pipeline=ctx.pipeline,
