@@ -559,7 +559,8 @@ class CircuitBreaker(PolicyDecorator):
                 )
         new = CircuitBreaker(**{**current, **options})
         new._default_kind = self._default_kind
-        new._machine.clock = self._machine.clock  # the states' times are on that clock
+        if self._machine.clock is not None:  # the states' times are on that clock
+            new._machine.bind(self._machine.clock)
         same = _same_shape(self._ring, new._ring)
         new._state = self._state if same else new._carried(self._state)
         if self._keys is not None and new._per_key:

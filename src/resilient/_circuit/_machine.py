@@ -19,6 +19,7 @@ machine reads comes from it. Manual control may run before that: it reads no clo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, final
 
 from resilient._classify import ClassifierLike, Verdict
@@ -55,6 +56,10 @@ from ._window import Window
 __all__ = ["Machine"]
 
 
+def _unbound_now() -> float:
+    return 0.0  # manual control before any call: no clock yet
+
+
 @final
 class Machine:
     """The transitions of one breaker's states (every key's), on the breaker's clock."""
@@ -72,6 +77,7 @@ class Machine:
         "max_open_for",
         "minimum_calls",
         "name",
+        "now",
         "open_for",
         "slow_after",
         "sp",
@@ -105,17 +111,15 @@ class Machine:
         self.max_half_open = max_half_open
         self.listeners = listeners
         self.clock: Clock | None = None
+        self.now: Callable[[], float] = _unbound_now
+        """The bound clock's time; 0.0 before the first call binds a clock."""
 
-    def bind(self, clock: Clock) -> Clock:
-        """Take ``clock`` as the breaker's clock, unless one is bound already; return it."""
+    def bind(self, clock: Clock) -> None:
+        """Take ``clock`` as the breaker's clock, unless one is bound already."""
         if self.clock is None:
             self.clock = clock
-        return self.clock
-
-    def now(self) -> float:
-        """The bound clock's time; before any call (no clock bound yet) 0.0."""
-        clock = self.clock
-        return 0.0 if clock is None else clock.now()
+            # The clock's own method: reading the time costs no frame of the machine's.
+            self.now = clock.now
 
     # -- admission and probes ---------------------------------------------------------------
 
