@@ -84,6 +84,10 @@ def standard(
             raise ConfigurationError(
                 f"standard.{taken}", options[taken], "set by resilient.httpx.standard() itself"
             )
+    if config is not None and name is not None:
+        raise ConfigurationError(
+            "standard.name", name, "given with config: the configured pipeline has its name"
+        )
     if name is None:
         name = _name_of(base_url)
     elif base_url is not None:
