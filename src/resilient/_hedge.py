@@ -28,7 +28,12 @@ from ._classify import (
 )
 from ._clock import SystemClock, Timer, call_at, current_loop
 from ._context import Context
-from ._events import AttemptEnded, AttemptStarted, BudgetRefused, Event, error_type
+from ._events import (
+    Event,
+    report_attempt_ended,
+    report_attempt_started,
+    report_budget_refused,
+)
 from ._exceptions import ConfigurationError
 from ._pipeline import Call, PolicyDecorator
 
@@ -321,15 +326,7 @@ class _Round:
         if budget is not None and not budget.try_withdraw(now):
             ctx = self.ctx
             if ctx.listening:
-                ctx.emit(
-                    BudgetRefused(
-                        pipeline=ctx.pipeline,
-                        operation=ctx.operation,
-                        policy=hedge.name,
-                        at=now,
-                        attempt=self.started,
-                    )
-                )
+                report_budget_refused(ctx, hedge.name, now, self.started)
             return False
         return True
 
@@ -338,16 +335,7 @@ class _Round:
         ctx = self.ctx
         if ctx.listening and not self.hedges:
             # Attempts are reported for hedged calls only: the original's start, now.
-            ctx.emit(
-                AttemptStarted(
-                    pipeline=ctx.pipeline,
-                    operation=ctx.operation,
-                    policy=self.hedge.name,
-                    at=self.begun,
-                    attempt=1,
-                    kind=ctx.attempt_kind,
-                )
-            )
+            report_attempt_started(ctx, self.hedge.name, self.begun, 1, ctx.attempt_kind)
         self.hedges += 1
         self.started += 1
         self.pending += 1
@@ -376,16 +364,7 @@ class _Round:
         kind = ctx.attempt_kind if number == 1 else "hedge"
         started = ctx.clock.now()
         if ctx.listening and number > 1:  # the original's start is reported by twin()
-            ctx.emit(
-                AttemptStarted(
-                    pipeline=ctx.pipeline,
-                    operation=ctx.operation,
-                    policy=self.hedge.name,
-                    at=started,
-                    attempt=number,
-                    kind=kind,
-                )
-            )
+            report_attempt_started(ctx, self.hedge.name, started, number, kind)
         return kind, started
 
     def cut(self, ctx: Context, started: float) -> None:
@@ -443,19 +422,7 @@ class _Round:
         if latency is not None and verdict is not _REJECTED:
             latency.record(now - started)
         if ctx.listening and self.hedges:
-            ctx.emit(
-                AttemptEnded(
-                    pipeline=ctx.pipeline,
-                    operation=ctx.operation,
-                    policy=hedge.name,
-                    at=now,
-                    attempt=number,
-                    verdict=verdict,
-                    duration=now - started,
-                    error_type=None if error is None else error_type(error),
-                    kind=kind,
-                )
-            )
+            report_attempt_ended(ctx, hedge.name, now, number, verdict, started, error, kind)
         if self.finished:
             # Another attempt already won (both ended in the same instant).
             if error is None:
