@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Final, final
 from . import _validate as check
 from ._clock import SYSTEM_CLOCK, Clock
 from ._context import Context
-from ._events import WaitEnded, report_rejection
+from ._events import report_rejection, report_wait_ended
 from ._exceptions import BulkheadFullError, ConfigurationError, RejectedError
 from ._keyed import BoundedKeyMap
 from ._limits import AdaptiveLimit
@@ -461,16 +461,7 @@ class Bulkhead(PolicyDecorator):
         if not admitted:
             raise self._refuse(ctx, _why(waiter, by_discipline, by_deadline), waited)
         if ctx.listening:
-            ctx.emit(
-                WaitEnded(
-                    pipeline=ctx.pipeline,
-                    operation=ctx.operation,
-                    policy=self.name,
-                    at=clock.now(),
-                    waited=waited,
-                    admitted=True,
-                )
-            )
+            report_wait_ended(ctx, self.name, clock.now(), waited, admitted=True)
 
     def _refuse(self, ctx: Context, reason: str, waited: float | None) -> Exception:
         exc: Exception

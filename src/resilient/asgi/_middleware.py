@@ -428,6 +428,13 @@ class ResilienceMiddleware:
         self._total_timeout = (
             _INF if total_timeout is None else _seconds(_P + "total_timeout", total_timeout)
         )
+        if self._total_timeout < self._timeout < _INF:
+            raise ConfigurationError(
+                _P + "timeout",
+                timeout,
+                f"must not exceed {_P}total_timeout={total_timeout!r} (the response could never "
+                "start in time and still finish within the total)",
+            )
         self._timed = self._timeout != _INF or self._total_timeout != _INF
         self._deadline_header: bytes | None = None
         if header is not None:
