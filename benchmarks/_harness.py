@@ -104,6 +104,8 @@ def run_timed(
             per_call = max((time.perf_counter_ns() - start) / YIELD_EVERY, 1.0)
             n = int(sample * 1e9 / per_call)
             counts[name] = max(YIELD_EVERY, min(n - n % YIELD_EVERY, 500_000))
+        gc.collect()
+        gc.freeze()  # what the cases built stays alive: out of the per-sample collections
         for _ in range(rounds):
             for name, case in built.items():
                 calls = counts[name]
@@ -112,7 +114,10 @@ def run_timed(
                 await case(calls)
                 results[name].samples_ns.append((time.perf_counter_ns() - start) / calls)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        gc.unfreeze()
     return results
 
 

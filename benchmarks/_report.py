@@ -73,7 +73,7 @@ def _headline(report: dict[str, Any]) -> list[str]:
         f"`asyncio.timeout` (target: at most 1.3x);",
         f"- **{results[PEER_STACK] / ours:.1f}x faster** than the same five jobs done by "
         f"tenacity + aiobreaker + asyncio.Semaphore + aiolimiter + asyncio.timeout "
-        f"(target: at least 6x);",
+        f"(target: at least 5x);",
     ]
     for peer, label in (("hyx: 5 policies", "hyx"), ("pyresilience: 5 policies", "pyresilience")):
         if peer in results:
@@ -105,7 +105,12 @@ def render(report: dict[str, Any], *, chart: bool) -> str:
             "## Targets",
             "",
             "`make test` runs the quick mode and fails when a ratio exceeds its target by more "
-            "than 1.5x; this full run is checked against the targets themselves.",
+            "than 1.5x; "
+            + (
+                "this table is such a quick run (its verdicts allow that margin)."
+                if report.get("mode") == "quick"
+                else "this full run is checked against the targets themselves."
+            ),
             "",
             "| ratio | measured | target | verdict | suite |",
             "|---|---:|---:|---|---|",
