@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint typecheck unit bench-smoke lock clean
+.PHONY: test demo bench lint typecheck unit bench-smoke docs dist lock clean
 
 $(STAMP): requirements/dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -18,13 +18,14 @@ $(STAMP): requirements/dev.txt pyproject.toml
 # ruff (complexity rules included) and the architecture contracts (import-linter: layers,
 # a core free of optional dependencies, serde apart; see pyproject.toml)
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples tools
+	$(BIN)/ruff format --check src tests benchmarks examples tools
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy --strict tests/typing
+	$(BIN)/mypy --strict tools
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -32,8 +33,21 @@ unit: $(STAMP)
 bench-smoke: $(STAMP)
 	$(BIN)/python -m benchmarks --quick
 
-# lint, type-check, the whole suite on asyncio and trio, and the benchmark smoke run
-test: lint typecheck unit bench-smoke
+# The documentation site (mkdocs.yml) into site/; strict: any warning, a broken link or
+# anchor or a docstring griffe cannot parse, fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The sdist and wheel into dist/, then checked like a release (tools/check_dist.py: twine,
+# check-wheel-contents, the typed marker, one version, a clean-venv install running an example).
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --quiet --no-isolation --outdir dist .
+	$(BIN)/python tools/check_dist.py dist
+
+# lint, type-check, the whole suite on asyncio and trio, the benchmark smoke run, the docs site
+# and the release artefacts
+test: lint typecheck unit bench-smoke docs dist
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
@@ -49,4 +63,4 @@ lock:
 	rm -rf .lockvenv
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) .mypy_cache .ruff_cache build dist site

@@ -52,13 +52,23 @@ async def main() -> None:
         except resilient.TimeoutExceeded as exc:
             print("timed out:", str(exc).splitlines()[0])
 
-    print("\nspans:")
-    for span in spans.get_finished_spans():
+    # OpenTelemetry's span status is UNSET unless something went wrong (libraries never set
+    # OK): ERROR marks a call that failed, not one that succeeded after a retry.
+    print("\nspans (status UNSET = no error, ERROR = the call failed):")
+    finished = spans.get_finished_spans()
+    for span in finished:
         attrs = dict(span.attributes or {})
+        if "resilient.verdict" not in attrs:
+            # Not the library's: the application's own span, the parent of the calls above.
+            children = [
+                s for s in finished if s.parent and s.parent.span_id == span.context.span_id
+            ]
+            print(f"  {span.name:<20} the caller's own span, parent of {len(children)} call spans")
+            continue
         print(
             f"  {span.name:<20} status={span.status.status_code.name:<5} "
-            f"verdict={attrs.get('resilient.verdict', '-'):<9} "
-            f"attempts={attrs.get('resilient.attempts', '-')}"
+            f"verdict={attrs['resilient.verdict']:<9} "
+            f"attempts={attrs.get('resilient.attempts')}"
         )
         for event in span.events:
             details = {

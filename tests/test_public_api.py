@@ -28,7 +28,8 @@ def test_the_top_level_holds_what_an_application_writes() -> None:
     assert set(resilient.__all__) == {
         # the policies, the pipeline, the preset and the decorators
         "Pipeline", "Retry", "RetryBudget", "CircuitBreaker", "Bulkhead", "RateLimiter",
-        "Timeout", "standard", "retry", "circuit_breaker", "bulkhead", "rate_limit", "timeout",
+        "Timeout", "Hedge", "Fallback", "standard", "retry", "circuit_breaker", "bulkhead",
+        "rate_limit", "timeout",
         # classification
         "Verdict", "Classification", "Classifier", "Outcome", "on_exception", "on_result",
         # the exceptions

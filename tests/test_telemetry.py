@@ -283,6 +283,7 @@ async def test_retry_then_success_shows_every_attempt(otel: Otel, clock: FakeClo
     assert first == {
         "resilient.policy": "retry",
         "resilient.attempt": 1,
+        "resilient.attempt.kind": "original",
         "resilient.verdict": "transient",
         "resilient.duration": pytest.approx(0.1),
         "error.type": "ConnectionError",
@@ -296,6 +297,7 @@ async def test_retry_then_success_shows_every_attempt(otel: Otel, clock: FakeClo
     }
     assert second["resilient.attempt"] == 2
     assert second["resilient.verdict"] == "success"
+    assert second["resilient.attempt.kind"] == "retry"
     assert otel.values("resilient.retries") == {
         attrs(
             pipeline="payments", operation="charge", policy="retry", error_type="ConnectionError"
@@ -309,8 +311,10 @@ async def test_retry_then_success_shows_every_attempt(otel: Otel, clock: FakeClo
             policy="retry",
             verdict="transient",
             error_type="ConnectionError",
-        ): 1,
-        attrs(pipeline="payments", operation="charge", policy="retry", verdict="success"): 1,
+        )
+        | {("resilient.attempt.kind", "original")}: 1,
+        attrs(pipeline="payments", operation="charge", policy="retry", verdict="success")
+        | {("resilient.attempt.kind", "retry")}: 1,
     }
     assert otel.values(CALL) == {
         attrs(pipeline="payments", operation="charge", verdict="success"): (
@@ -647,6 +651,8 @@ def test_metric_names_are_stable() -> None:
         ("resilient.bulkhead.waiting", "{call}"),
         ("resilient.ratelimiter.tokens", "{token}"),
         ("resilient.ratelimiter.waiting", "{call}"),
+        ("resilient.hedges", "{hedge}"),
+        ("resilient.fallbacks", "{call}"),
     ]
 
 

@@ -58,6 +58,7 @@ async def test_retry_then_success(otel: Otel, clock: FakeClock) -> None:
             {
                 "resilient.policy": "retry",
                 "resilient.attempt": 1,
+                "resilient.attempt.kind": "original",
                 "resilient.verdict": "transient",
                 "resilient.duration": pytest.approx(0.1),
                 "error.type": "ConnectionError",
@@ -78,6 +79,7 @@ async def test_retry_then_success(otel: Otel, clock: FakeClock) -> None:
             {
                 "resilient.policy": "retry",
                 "resilient.attempt": 2,
+                "resilient.attempt.kind": "retry",
                 "resilient.verdict": "success",
                 "resilient.duration": pytest.approx(0.1),
             },

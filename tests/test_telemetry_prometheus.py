@@ -7,6 +7,7 @@ import sys
 import textwrap
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
@@ -17,6 +18,8 @@ from resilient import (
     CircuitBreaker,
     CircuitOpenError,
     ConfigurationError,
+    Fallback,
+    Hedge,
     Pipeline,
     RateLimiter,
     Retry,
@@ -37,6 +40,16 @@ async def flaky(failures: list[Exception]) -> str:
     if failures:
         raise failures.pop()
     return "ok"
+
+
+async def twins(calls: list[int], gate: anyio.Event) -> str:
+    """The first attempt answers (a failure) only once a second one ran (and failed)."""
+    calls.append(len(calls))
+    if len(calls) == 1:
+        await gate.wait()
+        raise ConnectionError("original")
+    gate.set()
+    raise ConnectionError("hedge")
 
 
 async def stuck(clock: FakeClock) -> None:
@@ -76,7 +89,17 @@ async def _exercise(telemetry: Telemetry, clock: FakeClock) -> list[Pipeline]:
         await search.call(flaky, [ConnectionError("x")])
     with pytest.raises(CircuitOpenError):
         await search.call(flaky, [])
-    return [payments, search]
+    backup = Pipeline(
+        Fallback(value="cached"),
+        Hedge(delay=0.0, budget=None),  # the hedge starts at once; both attempts fail
+        name="backup",
+        clock=clock,
+        telemetry=telemetry,
+    )
+    calls: list[int] = []
+    assert await backup.call(twins, calls, anyio.Event()) == "cached"
+    assert calls == [0, 1]  # the original and its hedge
+    return [payments, search, backup]
 
 
 async def test_metrics_endpoint_serves_every_metric_with_prometheus_names(
@@ -121,6 +144,7 @@ async def test_metrics_endpoint_serves_every_metric_with_prometheus_names(
         ("payments", "transient", "resilient.TimeoutExceeded"): 1.0,
         ("search", "transient", "ConnectionError"): 1.0,
         ("search", "rejected", "resilient.CircuitOpenError"): 1.0,
+        ("backup", "success", ""): 1.0,
     }
     retries = families["resilient_retries"]
     assert retries.type == "counter"
@@ -148,7 +172,12 @@ async def test_metrics_endpoint_serves_every_metric_with_prometheus_names(
     assert wait.labels["resilient_admitted"] == "true"
     refusals = families["resilient_retry_budget_refusals"].samples
     assert sum(s.value for s in refusals if s.name.endswith("_total")) == 2.0
-    assert len(pipelines) == 2
+    (hedges,) = [s for s in families["resilient_hedges"].samples if s.name.endswith("_total")]
+    assert (hedges.labels["resilient_pipeline"], hedges.value) == ("backup", 1.0)
+    (fallbacks,) = [s for s in families["resilient_fallbacks"].samples if s.name.endswith("_total")]
+    assert fallbacks.labels["resilient_verdict"] == "transient"
+    assert fallbacks.labels["error_type"] == "ConnectionError"
+    assert len(pipelines) == 3
 
 
 async def test_asgi_app_serves_the_text_format(clock: FakeClock) -> None:

@@ -45,6 +45,8 @@ from ._exceptions import (
     ResilientError,
     TimeoutExceeded,
 )
+from ._fallback import Fallback
+from ._hedge import Hedge
 from ._pipeline import Pipeline
 from ._presets import standard
 from ._ratelimit import RateLimiter
@@ -62,6 +64,8 @@ __all__ = [
     "Classification",
     "Classifier",
     "ConfigurationError",
+    "Fallback",
+    "Hedge",
     "Outcome",
     "Pipeline",
     "RateLimitedError",

@@ -52,6 +52,12 @@ class Context:
         pipeline: the pipeline's name.
         operation: a bounded name for what is called (function name or route template).
         attempt: the current attempt number, 1-based (set by ``Retry``; 1 without it).
+        attempt_kind: what the running attempt is: ``"original"``, ``"retry"`` or ``"hedge"``
+            (a bounded telemetry attribute; ``Hedge`` runs each hedge on a copy of the context
+            marked ``"hedge"``; ``Retry`` marks attempts after the first ``"retry"``).
+        resendable: whether the call may be sent more than once (``True`` by default); an
+            integration sets ``False`` when re-sending is unsafe (an HTTP POST without an
+            idempotency key), and ``Hedge`` then never starts a second attempt.
         deadline: absolute time (on ``clock``) by which the call must finish; ``math.inf``
             when unbounded. Policies only ever tighten it.
         clock: the pipeline's clock.
@@ -68,6 +74,7 @@ class Context:
     __slots__ = (
         "args",
         "attempt",
+        "attempt_kind",
         "classifier",
         "clock",
         "deadline",
@@ -83,6 +90,7 @@ class Context:
         "operation",
         "pipeline",
         "random",
+        "resendable",
         "span",
         "telemetry",
     )
@@ -90,6 +98,8 @@ class Context:
     pipeline: str
     operation: str
     attempt: int
+    attempt_kind: str
+    resendable: bool
     clock: Clock
     random: Callable[[], float]
     classifier: ClassifierLike
@@ -126,6 +136,8 @@ class Context:
         self.pipeline = pipeline
         self.operation = operation
         self.attempt = 1
+        self.attempt_kind = "original"
+        self.resendable = True
         self.clock = clock
         self.random = random
         self.classifier = classifier

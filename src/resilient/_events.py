@@ -58,9 +58,14 @@ class Event:
 
 @dataclass(slots=True, kw_only=True)
 class AttemptStarted(Event):
-    """An attempt (1 for the first call) is about to run."""
+    """An attempt (1 for the first call) is about to run.
+
+    ``kind`` is ``"original"``, ``"retry"`` or ``"hedge"``; ``None`` (what ``Retry`` sends)
+    means attempt 1 is the original and later ones are retries.
+    """
 
     attempt: int
+    kind: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -68,12 +73,14 @@ class AttemptEnded(Event):
     """An attempt finished with a verdict after ``duration`` seconds.
 
     ``error_type`` is the exception's qualified class name, ``None`` for a returned value.
+    ``kind`` is as in ``AttemptStarted``.
     """
 
     attempt: int
     verdict: Verdict
     duration: float
     error_type: str | None
+    kind: str | None = None
 
 
 @dataclass(slots=True, kw_only=True)

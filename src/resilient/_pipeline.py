@@ -305,8 +305,8 @@ class Pipeline:
         """Run ``await fn(*args, **kwargs)`` through the pipeline and return its result.
 
         Raises:
-            Whatever the call finally raised (the last original exception when retries ran
-            out), or a ``RejectedError`` when a policy refused the call.
+            Exception: whatever the call finally raised (the last original exception when
+                retries ran out), or a ``RejectedError`` when a policy refused the call.
         """
         chain = self._chain
         if chain is None:

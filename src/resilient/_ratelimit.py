@@ -781,6 +781,61 @@ class RateLimiter(PolicyDecorator):
             report_rejection(ctx, self.name, exc, reason=reason, retry_after=hint, waited=waited)
         return exc
 
+    # -- reconfiguration (used by resilient.config reloads) ----------------------------------
+
+    def reconfigure(self, *, now: float | None = None, **options: Any) -> RateLimiter:
+        """A limiter with ``options`` changed that keeps this limiter's tokens.
+
+        ``options`` are constructor keywords; the ones not given keep this limiter's values.
+        Each bucket this limiter keeps in memory (the unkeyed one and every keyed one) holds
+        in the new limiter the tokens it holds at ``now`` (capped at the new ``burst``) and
+        refills at the new ``rate`` from there. Buckets in a ``store`` given to the
+        constructor belong to that store, which the new limiter keeps using. Callers already
+        waiting for tokens finish their wait on this limiter.
+
+        Args:
+            now: the time of the handover on the clock calls use (default: this limiter's
+                clock).
+            **options: constructor keywords to change.
+
+        Raises:
+            ConfigurationError: an unknown or invalid option (this limiter is unchanged).
+        """
+        current = {
+            "rate": self._rate,
+            "burst": self._burst,
+            "max_wait": self._max_wait,
+            "cost": self._cost_fn if self._cost_fn is not None else self._cost,
+            "per_key": self._per_key,
+            "max_keys": self._max_keys,
+            "idle_ttl": self._idle_ttl,
+            "store": self._store,
+            "clock": self._clock,
+            "name": self.name,
+        }
+        for option, value in options.items():
+            if option not in current:
+                raise ConfigurationError(
+                    f"RateLimiter.reconfigure.{option}", value, "not an option"
+                )
+        new = RateLimiter(**{**current, **options})
+        at = self._clock.now() if now is None else now
+
+        def carried(full_at: float) -> float:
+            if full_at == EMPTY:
+                return EMPTY
+            tokens = min(bucket_tokens(full_at, at, self._rate, self._burst), new._burst)
+            return at + (new._burst - tokens) / new._rate
+
+        new._full_at = carried(self._full_at)
+        memory = self._memory
+        if memory is not None and self._store is None and new._store is None:
+            mine = new._keyed()
+            mine._cell.full_at = carried(memory._cell.full_at)
+            for key, cell in memory._keys.items() if memory._keys is not None else ():
+                mine._get(key, at).full_at = carried(cell.full_at)
+        return new
+
     def __repr__(self) -> str:
         return (
             f"RateLimiter(rate={self._rate:g}, burst={self._burst:g}, "

@@ -303,6 +303,7 @@ class Retry(PolicyDecorator):
                 # A zero delay retries at once: yielding to the event loop here would cost more
                 # than the retry itself, and the number of attempts is bounded.
                 attempt += 1
+                ctx.attempt_kind = "retry"
             _chain_last_failure(error, last_error if verdict is _REJECTED else None)
             last_error = None
             self._ended(ctx, attempt, error, reason, verdict)

@@ -25,6 +25,8 @@ from ._events import (
     TimeoutFired,
     WaitEnded,
 )
+from ._fallback import FallbackUsed
+from ._hedge import HedgeEnded, HedgeStarted
 
 __all__ = [
     "AttemptEnded",
@@ -34,6 +36,9 @@ __all__ = [
     "CallRejected",
     "CircuitStateChanged",
     "Event",
+    "FallbackUsed",
+    "HedgeEnded",
+    "HedgeStarted",
     "Listener",
     "RetryGaveUp",
     "RetryScheduled",

@@ -58,6 +58,13 @@ MIN_BUCKET = 1e-6
 """The narrowest bucket of a time window, in seconds: finer is noise (and float trouble)."""
 
 
+def _same_shape(a: TimeWindow | CountWindow, b: TimeWindow | CountWindow) -> bool:
+    """Whether states of a breaker with window ``a`` can serve one with window ``b``."""
+    if isinstance(a, TimeWindow) and isinstance(b, TimeWindow):
+        return (a.buckets, a.width, a.tracks_slow) == (b.buckets, b.width, b.tracks_slow)
+    return isinstance(a, CountWindow) and isinstance(b, CountWindow) and a.size == b.size
+
+
 def open_schedule(open_for: float, growth: float, max_open_for: float | None) -> tuple[float, int]:
     """``(max_open_for, growth steps)``: how long the open time may grow, in how many steps.
 
@@ -334,8 +341,8 @@ class CircuitBreaker(PolicyDecorator):
         Raises:
             CircuitOpenError: the breaker is open, forced open, or half-open with every probe
                 slot taken.
-            Whatever ``call`` raised (recorded first), including the error of the call that
-                trips the breaker.
+            Exception: whatever ``call`` raised (recorded first), including the error of the
+                call that trips the breaker.
 
         A pipeline composes the breaker's step once (``compose``); calling ``execute``
         directly works the same but builds that step on every call.
@@ -703,6 +710,85 @@ class CircuitBreaker(PolicyDecorator):
             trips=st.trips,
             probes=st.probes,
         )
+
+    # -- reconfiguration (used by resilient.config reloads) ----------------------------------
+
+    def reconfigure(self, **options: Any) -> CircuitBreaker:
+        """A breaker with ``options`` changed that takes over this breaker's state.
+
+        ``options`` are constructor keywords; the ones not given keep this breaker's values.
+        Every state (the unkeyed one and each key's) carries over: its kind (closed, open
+        until the same time, half-open, forced, disabled) and its trips; and, when the
+        window keeps its shape (``window_type``, ``window``, ``buckets``, and whether slow
+        calls are tracked), the outcomes in it. The two breakers then share those states, so
+        calls this breaker already admitted still count when they end. When the shape
+        changes, each window starts empty and outstanding probes become stragglers. New
+        thresholds apply from the next outcome. Give new calls to the returned breaker; this
+        one keeps serving only the calls it admitted.
+
+        Raises:
+            ConfigurationError: an unknown or invalid option (this breaker is unchanged).
+        """
+        current = self._options()
+        for option, value in options.items():
+            if option not in current:
+                raise ConfigurationError(
+                    f"CircuitBreaker.reconfigure.{option}", value, "not an option"
+                )
+        new = CircuitBreaker(**{**current, **options})
+        new._default_kind = self._default_kind
+        new._now_hint = self._now_hint
+        same = _same_shape(self._ring, new._ring)
+        new._state = self._state if same else new._carried(self._state)
+        if self._keys is not None and new._per_key:
+            pending = {key: st if same else new._carried(st) for key, st in self._keys.items()}
+
+            def adopt(key: str) -> State:
+                found = pending.pop(key, None)
+                return new._new_state(key) if found is None else found
+
+            keys = new._keys = BoundedKeyMap(
+                adopt,
+                max_keys=new._max_keys,
+                idle_ttl=new._key_idle,
+                evictable=evictable,
+                parameter="CircuitBreaker.max_keys",
+            )
+            for key in list(pending):  # least recently used first, as they were
+                keys.get(key, self._now_hint)
+        return new
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "failure_rate": self._fp / self._fq,
+            "window": self._window,
+            "minimum_calls": self._minimum_calls,
+            "open_for": self._open_for,
+            "half_open_calls": self._half_open_calls,
+            "slow_call_duration": self._slow_after,
+            "slow_call_rate": self._slow_rate,
+            "window_type": "time" if self._timed else "count",
+            "buckets": self._buckets,
+            "open_for_growth": self._growth,
+            "max_open_for": self._max_open_for,
+            "open_jitter": self._jitter,
+            "max_half_open": self._max_half_open,
+            "classify": self._classifier,
+            "per_key": self._per_key,
+            "max_keys": self._max_keys,
+            "key_idle": self._key_idle,
+            "listeners": self._listeners,
+            "name": self.name,
+        }
+
+    def _carried(self, old: State) -> State:
+        # The state's kind, open time and trips in a window of this breaker's shape; a new
+        # generation, so calls admitted under the old one are stragglers.
+        st = State(old.key, old.kind, self._ring.new_ring())
+        st.gen = old.gen + 1
+        st.trips = old.trips
+        st.until = old.until
+        return st
 
     def __repr__(self) -> str:
         window = f"{self._window:g}s" if self._timed else f"{self._window} calls"

@@ -11,6 +11,7 @@ from opentelemetry import trace
 from resilient import _validate as check
 from resilient._classify import Classification, ClassifierLike, Outcome, Verdict
 from resilient._exceptions import ConfigurationError
+from resilient._pipeline import Pipeline
 from resilient._presets import standard as _standard_pipeline
 
 from ._transport import _MAX_BUFFER, DEADLINE_HEADER, IDEMPOTENT_METHODS, ResilientTransport
@@ -34,6 +35,7 @@ def standard(
     tracer_provider: trace.TracerProvider | None = None,
     buffer_limit: int = _MAX_BUFFER,
     limits: httpx.Limits | None = None,
+    config: Pipeline | None = None,
     **options: Any,
 ) -> ResilientTransport:
     """A ``ResilientTransport`` running ``resilient.standard()`` with one state per host.
@@ -61,6 +63,9 @@ def standard(
         tracer_provider: the OpenTelemetry tracer provider for attempt spans.
         buffer_limit: see ``ResilientTransport``.
         limits: see ``ResilientTransport``.
+        config: a configured pipeline (``resilient.config.load(...)["payments"]``) to run
+            instead of building one; it follows reloads. ``name`` and ``**options`` are then
+            not used (give neither).
         **options: any option of ``resilient.standard()`` (``total_timeout``,
             ``attempt_timeout``, ``attempts``, ``rate``, ``rate_store`` (a fleet-wide
             quota per host, e.g. ``resilient.redis.RedisBucketStore``), ``max_concurrent``,
@@ -78,7 +83,20 @@ def standard(
         name = _name_of(base_url)
     elif base_url is not None:
         _name_of(base_url)  # still checked
-    pipeline = _standard_pipeline(name, per_key=True, **options)
+    if config is not None:
+        if not isinstance(config, Pipeline):
+            raise ConfigurationError(
+                "standard.config", config, "expected a pipeline from resilient.config.load()"
+            )
+        if options:
+            raise ConfigurationError(
+                "standard.config",
+                config,
+                f"given with options {sorted(options)}: set them in the configuration instead",
+            )
+        pipeline = config
+    else:
+        pipeline = _standard_pipeline(name, per_key=True, **options)
     transport_options: dict[str, Any] = {
         "classify": classify,
         "retry_methods": retry_methods,

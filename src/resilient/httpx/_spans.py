@@ -16,13 +16,19 @@ _KNOWN_METHODS = frozenset(
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def start_span(
-    tracer: trace.Tracer, request: httpx.Request, route: str | None, resends: int, parent: Any
+def start_span(  # noqa: PLR0917
+    tracer: trace.Tracer,
+    request: httpx.Request,
+    route: str | None,
+    resends: int,
+    parent: Any,
+    kind: str = "original",
 ) -> trace.Span:
     """Start the client span of one attempt; inject its trace context into the request.
 
     Only bounded, credential-free attributes: method, host, port, scheme and path (never the
-    query string or user info), the route template when known, and the resend count.
+    query string or user info), the route template when known, the resend count and the
+    attempt's kind (``resilient.attempt.kind``: ``original``, ``retry`` or ``hedge``).
     """
     context = trace.set_span_in_context(parent) if isinstance(parent, trace.Span) else None
     method = request.method
@@ -50,6 +56,7 @@ def start_span(
         attributes["url.template"] = route
     if resends:
         attributes["http.request.resend_count"] = resends
+    attributes["resilient.attempt.kind"] = kind
     span.set_attributes(attributes)
     propagate.inject(request.headers, context=trace.set_span_in_context(span))
     return span

@@ -272,6 +272,7 @@ class _Exchange:
     __slots__ = (
         "ctx",
         "error",
+        "inflight",
         "last",
         "left",
         "owner",
@@ -280,6 +281,7 @@ class _Exchange:
         "resendable",
         "route",
         "sends",
+        "stray",
     )
 
     def __init__(
@@ -299,6 +301,8 @@ class _Exchange:
         self.left = False
         self.last: httpx.Response | None = None
         self.error: Exception | None = None
+        self.stray: list[httpx.Response] | None = None
+        self.inflight = 0
         self.ctx: Any = None
 
     def _replay(self) -> httpx.Response:
@@ -345,15 +349,18 @@ class _Exchange:
         tracer = None if tracing is None else tracing.tracer()
         span = None
         if tracer is not None:
-            span = start_span(tracer, request, self.route, resends, ctx.span)
+            # An attempt starting while another runs is a hedge (retries never overlap).
+            kind = "hedge" if self.inflight else ctx.attempt_kind
+            span = start_span(tracer, request, self.route, resends, ctx.span, kind)
         settled: httpx.Response | None = None
         gate = owner._gate
+        self.inflight += 1
         try:
             if gate is None:
                 response = await owner._transport.handle_async_request(request)
             else:
                 response = await _send_gated(owner._transport, gate, request, ctx)
-            self.last = response
+            self._keep(response)
             if owner._buffer_limit and owner._worth_buffering(response, ctx, request):
                 await owner._buffer(response)
             settled = response
@@ -363,9 +370,18 @@ class _Exchange:
                 self.left = False
             raise
         finally:
+            self.inflight -= 1
             if span is not None:
                 end_span(span, settled, self.error)
         return response
+
+    def _keep(self, response: httpx.Response) -> None:
+        # Concurrent (hedged) attempts: every response not returned gets closed at the end.
+        if self.last is not None:
+            if self.stray is None:
+                self.stray = []
+            self.stray.append(self.last)
+        self.last = response
 
 
 def _wrapped(
@@ -644,6 +660,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         )
         exchange.ctx = ctx
         ctx.extra = request
+        ctx.resendable = exchange.resendable  # a Hedge never sends an unsafe request twice
         result: Any = None
         try:
             result = await self._run(ctx)
@@ -655,6 +672,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
             last = exchange.last
             if last is not None and last is not result:
                 await _close(last)
+            for response in exchange.stray or ():
+                if response is not result:
+                    await _close(response)
 
     def _worth_buffering(self, response: httpx.Response, ctx: Any, request: httpx.Request) -> bool:
         # A response the pipeline may retry is read now (when small) so that its connection

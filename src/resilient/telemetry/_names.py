@@ -19,6 +19,8 @@ REASON: Final = "resilient.reason"
 STATE: Final = "resilient.circuit.state"
 PREVIOUS_STATE: Final = "resilient.circuit.previous_state"
 ADMITTED: Final = "resilient.admitted"
+ATTEMPT_KIND: Final = "resilient.attempt.kind"
+"""``original``, ``retry`` or ``hedge``: what an attempt was sent as."""
 # Span-only attributes (numbers and per-call details, never used on metrics).
 ATTEMPT: Final = "resilient.attempt"
 ATTEMPTS: Final = "resilient.attempts"
@@ -28,6 +30,10 @@ RETRY_AFTER: Final = "resilient.retry_after"
 TIMEOUT: Final = "resilient.timeout"
 WAITED: Final = "resilient.waited"
 CIRCUIT_KEY: Final = "resilient.circuit.key"
+HEDGE: Final = "resilient.hedge"
+HEDGE_DELAY: Final = "resilient.hedge.delay"
+WINNER: Final = "resilient.hedge.winner"
+CANCELLED_ATTEMPTS: Final = "resilient.hedge.cancelled"
 
 CANCELLED: Final = "cancelled"
 """The ``resilient.verdict`` of a call its caller cancelled (not a failure)."""
@@ -43,6 +49,9 @@ EV_REJECTED: Final = "resilient.rejected"
 EV_CIRCUIT: Final = "resilient.circuit.state_change"
 EV_TIMEOUT: Final = "resilient.timeout"
 EV_WAIT: Final = "resilient.wait"
+EV_HEDGE: Final = "resilient.hedge"
+EV_HEDGE_ENDED: Final = "resilient.hedge.ended"
+EV_FALLBACK: Final = "resilient.fallback"
 
 # Instrument names.
 CALL_DURATION: Final = "resilient.call.duration"
@@ -59,6 +68,8 @@ BULKHEAD_RUNNING: Final = "resilient.bulkhead.running"
 BULKHEAD_WAITING: Final = "resilient.bulkhead.waiting"
 RATELIMITER_TOKENS: Final = "resilient.ratelimiter.tokens"
 RATELIMITER_WAITING: Final = "resilient.ratelimiter.waiting"
+HEDGES: Final = "resilient.hedges"
+FALLBACKS: Final = "resilient.fallbacks"
 
 # Seconds: from 1 ms to 1 min, the range of a dependency call (OTel's default boundaries are
 # meant for milliseconds and would put every call in the first bucket).
@@ -118,8 +129,9 @@ METRICS: Final = (
         ATTEMPT_DURATION,
         "Histogram",
         "s",
-        (*_CALL, POLICY, VERDICT, ERROR_TYPE),
-        "Duration of each attempt made by a Retry policy, by the attempt's verdict.",
+        (*_CALL, POLICY, ATTEMPT_KIND, VERDICT, ERROR_TYPE),
+        "Duration of each attempt made by a Retry or Hedge policy, by the attempt's kind "
+        "(original, retry, hedge) and verdict.",
     ),
     MetricInfo(
         RETRIES,
@@ -206,6 +218,20 @@ METRICS: Final = (
         "{call}",
         (PIPELINE, POLICY),
         "Calls waiting for rate-limiter tokens.",
+    ),
+    MetricInfo(
+        HEDGES,
+        "Counter",
+        "{hedge}",
+        (*_CALL, POLICY),
+        "Hedges started: attempts sent beside one that had not answered within the delay.",
+    ),
+    MetricInfo(
+        FALLBACKS,
+        "Counter",
+        "{call}",
+        (*_CALL, POLICY, VERDICT, ERROR_TYPE),
+        "Calls whose failure a Fallback policy replaced, by the failure's verdict.",
     ),
 )
 """Every instrument the telemetry layer creates (the table in docs/telemetry.md)."""

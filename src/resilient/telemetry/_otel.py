@@ -42,6 +42,8 @@ from resilient._events import (
     report_listener_error,
 )
 from resilient._exceptions import ConfigurationError
+from resilient._fallback import FallbackUsed
+from resilient._hedge import HedgeEnded, HedgeStarted
 
 from . import _names as n
 
@@ -126,7 +128,9 @@ class _Instruments:
         "attempt_duration",
         "budget_refusals",
         "call_duration",
+        "fallbacks",
         "gave_up",
+        "hedges",
         "rejections",
         "retries",
         "timeouts",
@@ -166,6 +170,8 @@ class _Instruments:
         self.rejections = counter(n.REJECTIONS)
         self.timeouts = counter(n.TIMEOUTS)
         self.transitions = counter(n.CIRCUIT_TRANSITIONS)
+        self.hedges = counter(n.HEDGES)
+        self.fallbacks = counter(n.FALLBACKS)
         # Callbacks hold only a weak reference: the meter provider must not keep us alive.
         ref = weakref.ref(self)
 
@@ -467,8 +473,10 @@ _REJECTED: Final = 4
 _CIRCUIT: Final = 5
 _TIMEOUT: Final = 6
 _WAIT: Final = 7
+_HEDGE: Final = 8
+_FALLBACK: Final = 9
 _METRIC_ATTRIBUTES: Final = (
-    (n.OPERATION, n.POLICY, n.VERDICT, n.ERROR_TYPE),
+    (n.OPERATION, n.POLICY, n.ATTEMPT_KIND, n.VERDICT, n.ERROR_TYPE),
     (n.OPERATION, n.POLICY, n.ERROR_TYPE),
     (n.OPERATION, n.POLICY, n.REASON, n.ERROR_TYPE),
     (n.OPERATION, n.POLICY),
@@ -476,6 +484,8 @@ _METRIC_ATTRIBUTES: Final = (
     (n.POLICY, n.STATE, n.PREVIOUS_STATE),
     (n.OPERATION, n.POLICY),
     (n.OPERATION, n.POLICY, n.ADMITTED),
+    (n.OPERATION, n.POLICY),
+    (n.OPERATION, n.POLICY, n.VERDICT, n.ERROR_TYPE),
 )
 
 
@@ -642,10 +652,14 @@ class _Observer:
         _, span, _, instruments, op = state
         error = _event_error(e.error_type)
         verdict = e.verdict.value
+        kind = e.kind
+        if kind is None:  # Retry's events: the first attempt is the original
+            kind = "original" if e.attempt == 1 else "retry"
         if span is not None:
             attrs: dict[str, str | int | float] = {
                 n.POLICY: e.policy,
                 n.ATTEMPT: e.attempt,
+                n.ATTEMPT_KIND: kind,
                 n.VERDICT: verdict,
                 n.DURATION: e.duration,
             }
@@ -655,7 +669,7 @@ class _Observer:
         if instruments is not None:
             instruments.attempt_duration.record(
                 e.duration,
-                self._metric_attrs(_ATTEMPT, op.name, e.policy, verdict, error),
+                self._metric_attrs(_ATTEMPT, op.name, e.policy, kind, verdict, error),
             )
 
     def _on_retry(self, state: _State, e: RetryScheduled) -> None:
@@ -761,6 +775,49 @@ class _Observer:
                 self._metric_attrs(_WAIT, op.name, e.policy, e.admitted),
             )
 
+    def _on_hedge(self, state: _State, e: HedgeStarted) -> None:
+        _, span, _, instruments, op = state
+        if span is not None:
+            span.add_event(
+                n.EV_HEDGE,
+                {
+                    n.POLICY: e.policy,
+                    n.HEDGE: e.hedge,
+                    n.ATTEMPT: e.attempt,
+                    n.HEDGE_DELAY: e.delay,
+                },
+            )
+        if instruments is not None:
+            instruments.hedges.add(1, self._metric_attrs(_HEDGE, op.name, e.policy))
+
+    def _on_hedge_ended(self, state: _State, e: HedgeEnded) -> None:
+        span = state[1]
+        if span is not None:
+            span.add_event(
+                n.EV_HEDGE_ENDED,
+                {
+                    n.POLICY: e.policy,
+                    n.WINNER: e.winner,
+                    n.ATTEMPTS: e.attempts,
+                    n.CANCELLED_ATTEMPTS: e.cancelled,
+                    n.VERDICT: e.verdict.value,
+                },
+            )
+
+    def _on_fallback(self, state: _State, e: FallbackUsed) -> None:
+        _, span, _, instruments, op = state
+        error = _event_error(e.error_type)
+        verdict = e.verdict.value
+        if span is not None:
+            attrs: dict[str, str] = {n.POLICY: e.policy, n.VERDICT: verdict}
+            if error is not None:
+                attrs[n.ERROR_TYPE] = error
+            span.add_event(n.EV_FALLBACK, attrs)
+        if instruments is not None:
+            instruments.fallbacks.add(
+                1, self._metric_attrs(_FALLBACK, op.name, e.policy, verdict, error)
+            )
+
     def __repr__(self) -> str:
         return f"<telemetry observer of pipeline {self._pipeline!r}>"
 
@@ -774,6 +831,9 @@ _HANDLERS: Final[dict[type[Event], Callable[[_Observer, _State, Any], None]]] = 
     CircuitStateChanged: _Observer._on_circuit,
     TimeoutFired: _Observer._on_timeout,
     WaitEnded: _Observer._on_wait,
+    HedgeStarted: _Observer._on_hedge,
+    HedgeEnded: _Observer._on_hedge_ended,
+    FallbackUsed: _Observer._on_fallback,
 }
 
 
