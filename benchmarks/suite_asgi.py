@@ -434,9 +434,9 @@ def cases() -> dict[str, Case]:
 # The target: at most 5% of throughput when nothing is shed, i.e. 1.05. NOT MET on
 # this shared 2-core machine (docs/asgi.md, "Performance"): 15 quick runs measured the typical
 # configuration at 1.17-1.30x and the defaults at 1.05-1.19x (a trivial route costs uvicorn
-# about 45 us of CPU; the typical configuration's RateLimit headers alone cost the server
-# 2-4%). Gated on the server's CPU time per request at the level that holds, so that a
-# regression fails; tighten towards 1.05 as the numbers allow.
+# little CPU, so the typical configuration's RateLimit headers alone cost the server 2-4%;
+# figures in docs/performance.md). Gated on the server's CPU time per request at the level
+# that holds, so that a regression fails; tighten towards 1.05 as the numbers allow.
 GATES = [
     ("uvicorn+Starlette cpu: + ResilienceMiddleware", "uvicorn+Starlette cpu: trivial route", 1.35),
     (

@@ -686,3 +686,66 @@ async def test_keyed_try_acquire_uses_the_partition_of_its_key() -> None:
     bulkhead.release("b")
     bulkhead.release()
     assert [bulkhead.snapshot(k).running for k in ("a", "b", None)] == [0, 0, 0]
+
+
+async def test_admission_calls_and_pipeline_calls_mixed_at_random_lose_no_slot() -> None:
+    """A long-lived bulkhead: try_acquire/release, acquire with cancellations, and pipeline
+    calls interleaved at random; the slots always add up and all come back."""
+    rng = random.Random(15)
+    clock = FakeClock()
+    bulkhead = Bulkhead(max_concurrent=3, max_waiting=4, max_wait=5.0, clock=clock)
+    pipeline = Pipeline(bulkhead, clock=clock, telemetry=False)
+    held = 0  # slots taken by try_acquire()/acquire() and not yet released
+    gate = anyio.Event()
+
+    async def in_pipeline() -> None:
+        with contextlib.suppress(BulkheadFullError):
+            await pipeline.call(gate.wait)
+
+    async def waiting_acquire(scope: anyio.CancelScope) -> None:
+        nonlocal held
+        with scope:
+            try:
+                await bulkhead.acquire()
+            except BulkheadFullError:
+                return
+            held += 1
+
+    async with anyio.create_task_group() as tg:
+        scopes: list[anyio.CancelScope] = []
+        for _ in range(300):
+            op = rng.random()
+            if op < 0.3:
+                if bulkhead.try_acquire():
+                    held += 1
+            elif op < 0.5 and held:
+                bulkhead.release()
+                held -= 1
+            elif op < 0.65:
+                tg.start_soon(in_pipeline)
+            elif op < 0.8:
+                scope = anyio.CancelScope()
+                scopes.append(scope)
+                tg.start_soon(waiting_acquire, scope)
+            elif scopes:
+                scopes.pop(rng.randrange(len(scopes))).cancel()
+            await settle(3)
+            snap = bulkhead.snapshot()
+            assert 0 <= snap.running <= 3
+            assert snap.waiting <= 4
+            assert held <= snap.running
+            if rng.random() < 0.1:  # let the pipeline calls finish now and then
+                gate.set()
+                await settle()
+                gate = anyio.Event()
+        for scope in scopes:
+            scope.cancel()
+        gate.set()
+        await settle()
+        for _ in range(held):
+            bulkhead.release()
+        held = 0
+        await settle()
+    assert bulkhead.snapshot() == BulkheadSnapshot(
+        running=0, waiting=0, max_concurrent=3, max_waiting=4
+    )

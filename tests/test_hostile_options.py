@@ -8,7 +8,10 @@ import contextlib
 import math
 from typing import Any
 
+import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resilient import (
     Bulkhead,
@@ -16,7 +19,7 @@ from resilient import (
     ConfigurationError,
     Pipeline,
     RateLimiter,
-    ResilientError,
+    RejectedError,
     Retry,
     RetryBudget,
     Timeout,
@@ -73,7 +76,7 @@ OPTIONS: dict[str, tuple[type[Any], list[str]]] = {
 }
 
 # Outcomes a working pipeline may end with: its own refusals, the dependency's failure.
-EXPECTED = (ResilientError, ConnectionError)
+EXPECTED = (RejectedError, ConnectionError)
 
 
 def _build(kind: str, option: str, value: Any) -> Any:
@@ -112,21 +115,44 @@ async def _exercise(policy: Any) -> None:
         await pipeline.call(flaky, "late")
 
 
+def _built_or_refused_by_name(kind: str, option: str, value: Any) -> Any:
+    """The policy, or ``None`` when construction refused ``value`` naming ``option``."""
+    try:
+        return _build(kind, option, value)
+    except ConfigurationError as exc:
+        refused = exc
+    assert option in str(refused), (value, refused)  # names the exact option
+    return None
+
+
 CASES = [(kind, option) for kind, (_, options) in OPTIONS.items() for option in options]
 
 
 @pytest.mark.parametrize(("kind", "option"), CASES, ids=[f"{k}.{o}" for k, o in CASES])
 async def test_a_hostile_value_is_refused_by_name_or_works(kind: str, option: str) -> None:
     for value in HOSTILE:
-        try:
-            policy = _build(kind, option, value)
-        except ConfigurationError as exc:
-            refused: ConfigurationError | None = exc
-        else:
-            refused = None
-        if refused is not None:
-            assert option in str(refused), (value, refused)  # names the exact option
+        policy = _built_or_refused_by_name(kind, option, value)
+        if policy is None:
             continue
         # Accepted: it must work, and nothing but the library's own errors or the
         # dependency's failure may come out (no OverflowError, ValueError, ZeroDivisionError).
         await _exercise(policy)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    case=st.sampled_from(CASES),
+    value=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(min_value=-1e-300, max_value=1e-300),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.booleans(),
+        st.none(),
+    ),
+)
+def test_any_number_is_refused_by_name_or_works(case: tuple[str, str], value: Any) -> None:
+    """The same rule, over every float, int and bool Hypothesis can think of."""
+    kind, option = case
+    policy = _built_or_refused_by_name(kind, option, value)
+    if policy is not None:
+        anyio.run(_exercise, policy)

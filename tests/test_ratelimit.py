@@ -846,3 +846,46 @@ async def test_try_acquire_nowait_refuses_while_callers_queue_for_the_bucket() -
         assert not status.allowed
         assert status.retry_after == pytest.approx(1.0)  # after the queue ahead
         await clock.run_until(lambda: limiter.snapshot("busy").waiting == 0, step=0.5)
+
+
+async def test_admission_paths_mixed_at_random_step_one_bucket_exactly() -> None:
+    """A long-lived limiter: try_acquire_nowait, try_acquire, async with and pipeline calls,
+    keyed and unkeyed, interleaved with time passing: every decision is the reference
+    arithmetic's, per key."""
+    rng = random.Random(21)
+    clock = FakeClock(start=50.0)
+    limiter = RateLimiter(rate=5.0, burst=3, max_wait=0, per_key=True, clock=clock)
+    pipeline = Pipeline(limiter, clock=clock, telemetry=False)
+    model: dict[str | None, float] = {}
+    for _ in range(600):
+        clock.advance(rng.choice((0.0, 0.0, 0.05, 0.1, 0.35, 1.0)))
+        key = rng.choice((None, "a", "b"))
+        cost = rng.choice((1.0, 1.0, 2.0))
+        path = rng.randrange(4)
+        state, wait = bucket_take(model.get(key, -math.inf), clock.now(), cost, 5.0, 3.0)
+        if path == 0:
+            status = limiter.try_acquire_nowait(key, cost=cost)
+            assert status is not None
+            allowed, retry_after = status.allowed, status.retry_after
+        elif path == 1:
+            status = await limiter.try_acquire(key, cost=cost)
+            allowed, retry_after = status.allowed, status.retry_after
+        elif path == 2 and key is None and cost == 1.0:
+            try:
+                async with limiter:
+                    pass
+                allowed, retry_after = True, 0.0
+            except RateLimitedError as exc:
+                allowed, retry_after = False, exc.retry_after or 0.0
+        else:
+            try:
+                if cost == 1.0:  # the pipeline's calls cost the limiter's configured 1 token
+                    await pipeline.run(pipeline.context(noop, key=key))
+                else:
+                    await limiter.acquire(key, cost=cost)
+                allowed, retry_after = True, 0.0
+            except RateLimitedError as exc:
+                allowed, retry_after = False, exc.retry_after or 0.0
+        assert allowed == (wait == 0.0), (key, cost, path)
+        assert retry_after == pytest.approx(wait)
+        model[key] = state

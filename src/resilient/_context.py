@@ -117,7 +117,7 @@ class Context:
     deadline_source: str
     deadline_timeout: float
 
-    def __init__(  # noqa: PLR0917
+    def __init__(  # noqa: PLR0917 - built on every call: positional is the cheap call
         self,
         pipeline: str,
         operation: str,

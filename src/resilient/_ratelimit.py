@@ -503,11 +503,6 @@ class RateLimiter(PolicyDecorator):
         wait, tokens = await store.take(key, cost, rate=rate, burst=burst, now=now)
         return self._status(not wait, tokens, wait)
 
-    def _try_take_one_now(self, key: str | None, now: float) -> tuple[float, float] | None:
-        # TODO(asgi): the middleware moves to try_acquire_nowait(); then this goes.
-        status = self.try_acquire_nowait(key, now=now)
-        return None if status is None else (status.retry_after, status.remaining)
-
     async def status(self, key: str | None = None, *, cost: float = 1.0) -> RateLimitStatus:
         """The bucket's numbers now, taking nothing (``allowed``: ``cost`` tokens are there).
 
