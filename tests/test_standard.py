@@ -154,6 +154,19 @@ def test_an_attempt_timeout_above_the_total_is_refused_naming_both() -> None:
     assert len(resilient.standard(attempt_timeout=math.inf, total_timeout=None).policies) == 4
 
 
+def test_the_default_attempt_timeout_never_exceeds_a_shorter_total() -> None:
+    """Only ``total_timeout=2`` given: the default 10 s attempt timeout follows it down."""
+    short = resilient.standard(total_timeout=2.0).policies
+    assert isinstance(short[-1], Timeout)
+    assert short[-1].seconds == 2.0
+    default = resilient.standard().policies
+    assert isinstance(default[-1], Timeout)
+    assert default[-1].seconds == 10.0
+    unbounded = resilient.standard(total_timeout=None).policies
+    assert isinstance(unbounded[-1], Timeout)
+    assert unbounded[-1].seconds == 10.0
+
+
 async def test_transient_failures_are_retried_then_succeed(clock: FakeClock) -> None:
     events = EventRecorder()
     pipeline = resilient.standard(clock=clock, listeners=[events], telemetry=False)

@@ -20,6 +20,7 @@ from ._timeout import Timeout
 __all__ = ["standard"]
 
 _DEFAULT: Any = object()
+_ATTEMPT_TIMEOUT = 10.0
 
 # The policies' parameters, by the option of standard() that sets them: an error names the
 # option the caller wrote.
@@ -116,11 +117,19 @@ def _check_combinations(
         _unused(bulkhead_options, "max_concurrent", "max_concurrent=None builds no bulkhead")
 
 
+def _default_attempt_timeout(total_timeout: object) -> float:
+    # 10 s per attempt, unless the whole call has less (then one timer bounds both).
+    numeric = isinstance(total_timeout, int | float) and not isinstance(total_timeout, bool)
+    if numeric and 0 < total_timeout < _ATTEMPT_TIMEOUT:  # type: ignore[operator]
+        return float(total_timeout)  # type: ignore[arg-type]
+    return _ATTEMPT_TIMEOUT
+
+
 def standard(
     name: str = "default",
     *,
     total_timeout: float | None = 30.0,
-    attempt_timeout: float | None = 10.0,
+    attempt_timeout: float | None = _DEFAULT,
     attempts: int = 3,
     base_delay: float = 0.1,
     max_delay: float = 5.0,
@@ -166,7 +175,8 @@ def standard(
     Args:
         name: the pipeline's name (a telemetry attribute).
         total_timeout: seconds for the whole call, retries included, or ``None``.
-        attempt_timeout: seconds for each attempt, or ``None``.
+        attempt_timeout: seconds for each attempt, or ``None`` (default: 10 s, or the
+            ``total_timeout`` when that is shorter; given explicitly, it may not exceed it).
         attempts: attempts including the first (``Retry.attempts``); 1 disables retries.
         base_delay: ``Retry.base_delay``.
         max_delay: ``Retry.max_delay``.
@@ -199,6 +209,8 @@ def standard(
             retry options with ``attempts=1``, bulkhead options with ``max_concurrent=None``),
             or an ``attempt_timeout`` above the ``total_timeout``: both options are named.
     """
+    if attempt_timeout is _DEFAULT:
+        attempt_timeout = _default_attempt_timeout(total_timeout)
     policies: list[Policy] = []
     _check_combinations(
         total_timeout=total_timeout,
