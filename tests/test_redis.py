@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ import resilient
 from _redis_helpers import RedisServer, shared_url, start_uvicorn
 from resilient import CircuitBreaker, ConfigurationError, RateLimitedError, RateLimiter
 from resilient.events import CircuitStateChanged, Event
-from resilient.extend import TakeResult
+from resilient.extend import MemoryBucketStore, TakeResult
 from resilient.redis import RedisBucketStore, StoreFallback
 from resilient.telemetry import Telemetry
 from resilient.testing import FakeClock
@@ -129,6 +130,29 @@ async def test_cost_and_read_only_tokens(store: RedisBucketStore) -> None:
     for _ in range(3):
         assert round(await store.tokens("k", rate=0.01, burst=4, now=0.0), 3) == 1.0
     assert await store.tokens("never used", rate=0.01, burst=4, now=0.0) == 4.0
+
+
+async def test_the_script_decides_as_the_in_memory_bucket(store: RedisBucketStore) -> None:
+    """300 mixed takes and reads on 5 keys against ``MemoryBucketStore`` at a frozen time.
+
+    At 0.001 token/s the bucket gains under 0.01 token while the test runs: with whole costs
+    every decision is the same, and the numbers agree within that refill.
+    """
+    rng = random.Random(17)
+    reference = MemoryBucketStore()
+    rate, burst = 0.001, 7.0
+    for _ in range(300):
+        key = f"k{rng.randrange(5)}"
+        if rng.random() < 0.2:
+            got = await store.tokens(key, rate=rate, burst=burst, now=0.0)
+            assert got == pytest.approx(reference.tokens_now(key, rate, burst, 0.0), abs=0.01)
+            continue
+        cost = float(rng.choice((1, 2, 3)))
+        taken = await store.take(key, cost, rate=rate, burst=burst, now=0.0)
+        wait = reference.take_now(key, cost, rate, burst, 0.0)
+        assert (taken.wait == 0.0) == (wait == 0.0)
+        assert taken.wait == pytest.approx(wait, abs=10.0)  # seconds: 0.01 token at 0.001/s
+        assert taken.tokens == pytest.approx(reference.tokens_now(key, rate, burst, 0.0), abs=0.01)
 
 
 async def test_the_bucket_refills_at_rate_on_the_servers_clock(store: RedisBucketStore) -> None:
