@@ -550,6 +550,30 @@ async def test_local_fallback_enforces_its_share_of_the_quota(prefix: str) -> No
     assert allowed == [True, True, False, False]  # 8 * 0.25 tokens in this process
 
 
+async def test_deny_lets_a_patient_caller_ask_again_before_refusing(
+    prefix: str, clock: FakeClock
+) -> None:
+    """With ``max_wait`` above ``deny_retry_after`` the caller waits and asks Redis again
+    (it may be back), then is refused once ``max_wait`` is spent."""
+    port = RedisServer().port  # nothing listens there
+    seen: list[Event] = []
+    store = RedisBucketStore(
+        f"redis://127.0.0.1:{port}/0",
+        prefix=prefix,
+        on_unavailable="deny",
+        deny_retry_after=1.0,
+        listeners=[seen.append],
+        telemetry=False,
+    )
+    limiter = RateLimiter(rate=1.0, burst=1, max_wait=3.5, store=store, clock=clock)
+    with pytest.raises(RateLimitedError) as info:
+        await limiter.acquire()
+    assert info.value.retry_after == 1.0
+    assert 3.0 <= clock.now() <= 3.5
+    asked = sorted({e.at for e in seen if isinstance(e, StoreFallback)})
+    assert asked == [0.0, 1.0, 2.0, 3.0]  # Redis asked again after each retry_after
+
+
 async def test_a_cancelled_decision_propagates_the_cancellation(
     own_redis: RedisServer, prefix: str
 ) -> None:
