@@ -125,6 +125,11 @@ def service(upstream_url: str) -> Any:
         breaker = next(p for p in policies if isinstance(p, resilient.CircuitBreaker))
         pool = transport.pool_snapshot()
         assert pool is not None
+        # httpcore's own view: httpx does not expose its pool, httpcore's pool lists its
+        # connections publicly. A connection neither idle nor closed at rest is leaked
+        # (encode/httpcore#1093 leaves them "connecting" forever).
+        connections = transport.transport._pool.connections  # type: ignore[attr-defined]
+        busy = sum(not (c.is_idle() or c.is_closed()) for c in connections)
         own_limiter = middleware.rate_limiter
         assert own_limiter is not None
         return {
@@ -143,6 +148,7 @@ def service(upstream_url: str) -> Any:
                 "breaker_states": sorted({s.state for s in breaker.snapshots()}),
                 "pool_running": pool.running,
                 "pool_waiting": pool.waiting,
+                "httpcore_connections_busy": busy,
             },
         }
 
@@ -152,6 +158,18 @@ def service(upstream_url: str) -> Any:
         await _drain(receive)
         if scope["path"] == "/stats":
             await _json(send, 200, stats())
+            return
+        if scope["path"] == "/probe":  # the pool itself, past the pipeline (and its breaker)
+            request = httpx.Request("GET", f"{upstream_url}/chaos")
+            request.extensions["timeout"] = httpx.Timeout(2.0).as_dict()
+            try:
+                answer = await transport.transport.handle_async_request(request)
+                await answer.aread()
+                await answer.aclose()
+            except httpx.HTTPError as exc:
+                await _json(send, 503, {"pool": type(exc).__name__})
+                return
+            await _json(send, answer.status_code, {"pool": "serves"})
             return
         try:
             response = await client.get("/data", extensions={"resilient.route": "/data"})
@@ -178,7 +196,7 @@ def service(upstream_url: str) -> Any:
         burst=5,
         client_key=client_key,
         timeout=2.0,
-        exclude=["/stats"],
+        exclude=["/stats", "/probe"],
     )
     return middleware
 

@@ -628,7 +628,10 @@ def _value_strategy(key: Any) -> Any:
         high = key.maximum if key.maximum is not None else low + 1000.0
         if key.below is not None:
             high = key.below - 1e-3
-        base = st.floats(min_value=low, max_value=high, allow_nan=False)
+        # Valid numbers under the one validation rule: 0, or at least 1e-9 in size.
+        base = st.floats(min_value=low, max_value=high, allow_nan=False).map(
+            lambda v: 0.0 if 0.0 < abs(v) < 1e-9 else v
+        )
     return st.one_of(base, st.just(False)) if key.off else base
 
 

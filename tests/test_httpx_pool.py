@@ -8,11 +8,13 @@ transport queues requests in its own cancel-safe gate, sized to the pool, instea
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
@@ -274,3 +276,46 @@ def test_transport_options_that_cannot_work_together_are_refused_naming_both() -
     # The same values that agree are accepted.
     ResilientTransport(pipeline, _pool(2), limits=httpx.Limits(max_connections=2))
     ResilientTransport(pipeline, _pool(2), propagate_deadline=True, deadline_header="x-budget")
+
+
+class _ShieldedCleanup(httpx.AsyncBaseTransport):
+    """Cleans up like httpcore: on cancellation, a shielded cleanup that awaits a few times
+    (httpcore returns the connection to the pool there); records whether it finished."""
+
+    def __init__(self) -> None:
+        self.started = anyio.Event()
+        self.cleaned = False
+        self.closed_bodies = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            self.started.set()
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for _ in range(5):
+                    await anyio.lowlevel.checkpoint()
+                self.cleaned = True
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_second_task_cancellation_cannot_cut_the_pools_cleanup() -> None:
+    """asyncio only (trio's cancellation always respects shields): two ``Task.cancel()``
+    in a row, as two timers firing together do, still let the wrapped transport finish its
+    shielded cleanup before the caller's cancellation goes on; the slot is then free."""
+    upstream = _ShieldedCleanup()
+    transport = ResilientTransport(
+        resilient.Pipeline(telemetry=False), upstream, limits=httpx.Limits(max_connections=1)
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        caller = asyncio.ensure_future(client.get("http://svc.test/"))
+        await upstream.started.wait()
+        caller.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        caller.cancel()  # lands while the cleanup awaits inside its shield
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    assert upstream.cleaned
+    assert _counts(transport) == (0, 0)

@@ -145,8 +145,8 @@ async def test_nothing_is_lost_under_faults_cancellations_and_deadlines() -> Non
             await anyio.sleep(0.5)
             stats = await _stats(client, service)
             chaos = (await client.get(f"{upstream}/chaos")).json()
-            # The same client still gets answers: nothing was poisoned.
-            after = await client.get(f"{service}/work", headers={"x-client": "after"})
+            # The service's pool still answers at once: nothing was poisoned.
+            after = await client.get(f"{service}/probe")
     figures = {
         "seconds": LOAD_SECONDS,
         "requests_sent": sent,
@@ -159,6 +159,7 @@ async def test_nothing_is_lost_under_faults_cancellations_and_deadlines() -> Non
         "breaker_states_at_end": stats["upstream"]["breaker_states"],
         "memory_after_warm_up": warm_memory,
         "memory_at_end": stats["memory"],
+        "after_the_soak": f"{after.status_code} {after.text[:80]}",
     }
     report = os.environ.get("RESILIENT_SOAK_REPORT")
     if report:
@@ -172,9 +173,9 @@ async def test_nothing_is_lost_under_faults_cancellations_and_deadlines() -> Non
     assert not any(figures["leftovers"].values()), figures["leftovers"]
     assert warm_memory is not None
     assert stats["memory"] - warm_memory < MEMORY_SLACK, figures
-    assert after.status_code in APP_STATUSES | MIDDLEWARE_STATUSES
+    assert after.status_code == 200, figures["after_the_soak"]  # the pool still serves
     # The soak did what it claims: faults were injected, callers left, deadlines cut work.
     assert chaos["errors"] > 0
     assert abandoned > 0
     assert statuses["429 (middleware)"] > 0
-    assert sent > 200
+    assert sent > 100

@@ -195,7 +195,8 @@ class ResilienceMiddleware:
             httpapi draft), ``"legacy"`` (``RateLimit-Limit``/``-Remaining``/``-Reset``) or
             ``"none"``.
         timeout: seconds the app may take to start its response (``None``, ``math.inf`` or
-            anything from ``FOREVER``, a billion seconds, on: no limit).
+            anything from ``FOREVER``, a billion seconds, on: no limit; above 1e15
+            refused, as every number of the library).
         total_timeout: seconds the whole response may take, streaming included (as
             ``timeout`` for no limit).
         deadline_header: request header with the caller's remaining time in milliseconds

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import re
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from types import TracebackType
 from typing import Any, Final, final
 
@@ -21,6 +22,7 @@ from resilient._classify import Classification as _Classification
 from resilient._exceptions import ConfigurationError, ResilientError
 from resilient._pipeline import Pipeline
 from resilient.extend import BulkheadSnapshot
+from resilient.timers import current_loop
 
 from ._classify import NEVER_SENT, NotRetryable, http_classifier
 from ._errors import as_http_error
@@ -56,6 +58,7 @@ integer measured when the attempt is sent (relative, so the two clocks need not 
 ``resilient.asgi`` reads it on the server side.
 """
 
+
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _MAX_BUFFER = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -84,8 +87,73 @@ def _replayable(stream: object) -> bool:
 async def _close(response: httpx.Response) -> None:
     # Shielded: a discarded response must release its pooled connection even when the
     # task is being cancelled (a timeout cutting a call must not poison the pool).
-    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-        await response.aclose()
+    with contextlib.suppress(Exception):
+        await _to_the_end(response.aclose)
+
+
+async def _send_to_the_end(
+    transport: httpx.AsyncBaseTransport, request: httpx.Request
+) -> httpx.Response:
+    """``transport.handle_async_request(request)``, whose cleanup a cancellation cannot cut.
+
+    On asyncio the request runs in a task of its own, and a cancellation of the caller
+    reaches it as an anyio cancel scope's, which httpcore's shielded cleanup holds off (a
+    task cancellation would cut it and leave the connection busy forever). The caller waits
+    for that cleanup, then its cancellation goes on. On trio shields hold anyway.
+    """
+    loop = current_loop()
+    if loop is None:
+        return await transport.handle_async_request(request)
+    scope = anyio.CancelScope()
+
+    async def send() -> httpx.Response | None:
+        with scope:
+            return await transport.handle_async_request(request)
+        return None  # cancelled through the scope
+
+    task = loop.create_task(send())
+    try:
+        response = await asyncio.shield(task)
+    except asyncio.CancelledError:
+        scope.cancel()
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+        if not task.cancelled() and task.exception() is None:
+            late = task.result()
+            if late is not None:  # it answered as the caller left: give the connection back
+                await _to_the_end(late.aclose)
+        raise
+    assert response is not None
+    return response
+
+
+async def _to_the_end(close: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``close()`` to its end even if the caller is cancelled meanwhile, then re-raise.
+
+    httpcore shields its cleanup with anyio cancel scopes; asyncio's ``Task.cancel()`` (what
+    ``asyncio.timeout`` and the library's own timers use) goes through them, and a second
+    cancellation landing while httpcore returns a connection leaves the pool believing the
+    connection busy forever. On asyncio the close therefore runs in a task of its own, which
+    such a cancellation cannot reach; on trio the shield is enough.
+    """
+    loop = current_loop()
+    if loop is None:  # trio: its cancellation respects the shield
+        with anyio.CancelScope(shield=True):
+            await close()
+        return
+    task = loop.create_task(close())
+    cancelled: BaseException | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():
+                break
+            cancelled = exc  # finish closing first; the cancellation then goes on
+    if cancelled is not None:
+        raise cancelled
+    task.result()
 
 
 def _pool_size(transport: httpx.AsyncBaseTransport) -> int | None:
@@ -209,10 +277,9 @@ class _HeldStream(httpx.AsyncByteStream):
             return
         self._gate = None
         try:
-            # Shielded so the pool gets its connection back (httpcore updates its own
+            # To its end, so the pool gets its connection back (httpcore updates its own
             # bookkeeping here) before the slot is given to the next caller.
-            with anyio.CancelScope(shield=True):
-                await self._stream.aclose()
+            await _to_the_end(self._stream.aclose)
         finally:
             gate.leave()
 
@@ -223,7 +290,7 @@ async def _send_gated(
     """Send holding a slot of the pool gate, until the response is closed."""
     await gate.enter(request, ctx)
     try:
-        response = await transport.handle_async_request(request)
+        response = await _send_to_the_end(transport, request)
     except BaseException:
         gate.leave()
         raise
