@@ -33,6 +33,7 @@ SUITES = [
     "suite_telemetry",
     "suite_asgi",
     "suite_httpx",
+    "suite_overload",
     "suite_redis",
     "suite_hedge",
 ]

@@ -216,6 +216,9 @@ def main() -> None:
         log_level="error",
         access_log=False,
         backlog=1024,
+        # Longer than any soak: an idle keep-alive connection is never closed by the server
+        # just as the load process reuses it (a race of HTTP/1.1 itself, not of the library).
+        timeout_keep_alive=120,
     )
     server = uvicorn.Server(config)
 

@@ -455,3 +455,14 @@ def test_add_route_refuses_what_it_cannot_route() -> None:
     with pytest.raises(ConfigurationError) as info:
         prometheus.add_route(Starlette(), "metrics", registry=registry)
     assert info.value.parameter == "add_route.path"
+
+
+def test_a_timeout_above_the_total_timeout_is_refused_naming_both() -> None:
+    """``timeout=5, total_timeout=2`` cannot work: refused at construction, both named."""
+    with pytest.raises(ConfigurationError) as info:
+        ResilienceMiddleware(ok_app, timeout=5.0, total_timeout=2.0)
+    assert info.value.parameter == P + "timeout"
+    assert P + "total_timeout=2.0" in str(info.value)
+    ResilienceMiddleware(ok_app, timeout=2.0, total_timeout=2.0)
+    ResilienceMiddleware(ok_app, timeout=5.0)
+    ResilienceMiddleware(ok_app, total_timeout=2.0)

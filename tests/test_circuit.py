@@ -728,3 +728,40 @@ def test_bad_options_raise_configuration_error(options: dict[str, Any], paramete
 def test_options_are_keyword_only() -> None:
     with pytest.raises(TypeError):
         CircuitBreaker(0.5)  # type: ignore[misc]
+
+
+# -- the clock, bound once ------------------------------------------------------------------
+
+
+async def test_the_first_call_binds_the_clock_every_later_time_comes_from_it() -> None:
+    first, second = FakeClock(), FakeClock(start=1000.0)
+    breaker = CircuitBreaker(minimum_calls=1, open_for=5.0, open_jitter=0.0)
+    await call(Pipeline(breaker, clock=first, telemetry=False), succeed)
+    # A pipeline on another clock: the breaker keeps the times of the clock it was bound to.
+    await call(Pipeline(breaker, clock=second, telemetry=False), fail)
+    assert breaker.snapshot().open_until == 5.0
+    first.advance(5.0)
+    assert await call(Pipeline(breaker, clock=second, telemetry=False), succeed) == "ok"
+    assert breaker.snapshot().state == "closed"
+
+
+async def test_manual_control_reads_the_bound_clock(clock: FakeClock) -> None:
+    own = EventRecorder()
+    breaker, pipeline = make(clock, listeners=[own])
+    breaker.force_open()  # before any call: no clock bound yet
+    clock.advance(7.0)
+    assert isinstance(await call(pipeline, succeed), CircuitOpenError)  # binds the clock
+    clock.advance(3.0)
+    breaker.reset()
+    assert [e.at for e in own.of_type(CircuitStateChanged)] == [0.0, 10.0]
+
+
+async def test_a_reconfigured_breaker_keeps_the_clock_of_its_states(clock: FakeClock) -> None:
+    breaker, pipeline = make(clock, minimum_calls=1, open_for=5.0)
+    clock.advance(100.0)
+    await call(pipeline, fail)
+    new = breaker.reconfigure(open_for=10.0)
+    other = Pipeline(new, clock=FakeClock(), telemetry=False)  # a clock at 0.0
+    assert isinstance(await call(other, succeed), CircuitOpenError), "open until 105.0"
+    clock.advance(5.0)
+    assert await call(other, succeed) == "ok"

@@ -246,6 +246,7 @@ async def test_fallback_as_a_decorator(clock: FakeClock) -> None:
         ({"value": 1, "exceptions": (asyncio.CancelledError,)}, "Fallback.exceptions"),
         ({"value": 1, "exceptions": ("ValueError",)}, "Fallback.exceptions"),
         ({"value": 1, "on_discard": 3}, "Fallback.on_discard"),
+        ({"value": 1, "verdicts": ()}, "Fallback.verdicts"),
         ({"value": 1, "name": ""}, "Fallback.name"),
     ],
 )

@@ -763,6 +763,9 @@ def test_adaptive_delay_follows_observed_latency() -> None:
         ({"budget": object()}, "Hedge.budget"),
         ({"deposit": "yes"}, "Hedge.deposit"),
         ({"on_discard": 3}, "Hedge.on_discard"),
+        ({"delay": 0.05, "percentile": 0.99}, "Hedge.percentile"),
+        ({"delay": 0.05, "max_delay": 2.0}, "Hedge.max_delay"),
+        ({"budget": None, "deposit": False}, "Hedge.deposit"),
         ({"name": ""}, "Hedge.name"),
     ],
 )

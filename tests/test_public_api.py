@@ -37,6 +37,8 @@ def test_the_top_level_holds_what_an_application_writes() -> None:
         "RateLimitedError", "TimeoutExceeded", "ConfigurationError",
         # telemetry and the time left
         "Telemetry", "remaining",
+        # overload control (DESIGN.md)
+        "AdaptiveLimit", "Throttle",
     }  # fmt: skip
 
 

@@ -649,6 +649,7 @@ def test_metric_names_are_stable() -> None:
         ("resilient.circuit.state", "{circuit}"),
         ("resilient.bulkhead.running", "{call}"),
         ("resilient.bulkhead.waiting", "{call}"),
+        ("resilient.bulkhead.limit", "{call}"),
         ("resilient.ratelimiter.tokens", "{token}"),
         ("resilient.ratelimiter.waiting", "{call}"),
         ("resilient.hedges", "{hedge}"),

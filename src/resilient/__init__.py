@@ -47,16 +47,19 @@ from ._exceptions import (
 )
 from ._fallback import Fallback
 from ._hedge import Hedge
+from ._limits import AdaptiveLimit
 from ._pipeline import Pipeline
 from ._presets import standard
 from ._ratelimit import RateLimiter
 from ._retry import Retry
+from ._throttle import Throttle
 from ._timeout import Timeout
 from .telemetry import Telemetry
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "AdaptiveLimit",
     "Bulkhead",
     "BulkheadFullError",
     "CircuitBreaker",
@@ -75,6 +78,7 @@ __all__ = [
     "Retry",
     "RetryBudget",
     "Telemetry",
+    "Throttle",
     "Timeout",
     "TimeoutExceeded",
     "Verdict",

@@ -5,25 +5,30 @@ slot is taken does a caller get a waiter (an event in a FIFO queue, created lazi
 released slot is handed directly to the first waiter, so a newcomer can never overtake the
 queue, and a waiter that is cancelled after it was handed a slot passes the slot on: no slot
 is ever lost or counted twice, whatever is cancelled when.
+
+``max_concurrent`` may be an ``AdaptiveLimit``: admission then compares with the limit it
+learned, and every completed call reports its latency (and whether it was dropped) to it. The
+waiting room's order and shedding are a queue discipline (``queue=``): FIFO by default, CoDel
+or adaptive LIFO (see ``_queues``).
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
+from time import monotonic as _monotonic
 from types import TracebackType
-from typing import Any, ClassVar, final
-
-import anyio
+from typing import Any, ClassVar, Final, final
 
 from . import _validate as check
 from ._clock import SYSTEM_CLOCK, Clock
 from ._context import Context
-from ._events import WaitEnded, report_rejection
-from ._exceptions import BulkheadFullError, ConfigurationError
+from ._events import report_rejection, report_wait_ended
+from ._exceptions import BulkheadFullError, ConfigurationError, RejectedError
 from ._keyed import BoundedKeyMap
+from ._limits import AdaptiveLimit
 from ._pipeline import Call, PolicyDecorator
+from ._queues import FIFO, QueueDiscipline, Waiter, WaitQueue, queue_discipline
 
 __all__ = ["Bulkhead", "BulkheadSnapshot"]
 
@@ -35,7 +40,7 @@ class BulkheadSnapshot:
     Attributes:
         running: calls holding a slot.
         waiting: calls queued for a slot.
-        max_concurrent: the configured number of slots.
+        max_concurrent: the number of slots now (an adaptive limit's current value).
         max_waiting: the configured size of the waiting room.
         keys: partitions currently tracked (0 for an unkeyed bulkhead).
     """
@@ -47,39 +52,56 @@ class BulkheadSnapshot:
     keys: int = 0
 
 
-@final
-class _Waiter:
-    __slots__ = ("event", "granted")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.granted = False
+_FIFO: Final = FIFO()
 
 
 @final
 class _Slots:
-    """One partition: a counter and a FIFO of waiters created on first contention.
+    """One partition: a counter, its limit, and a queue of waiters made on first contention.
 
-    Invariant: ``waiters`` is non-empty only while ``running == max_concurrent`` (a released
-    slot goes to the first waiter instead of back to the counter).
+    Invariant: ``waiters`` is non-empty only while ``running >= limit`` (a released slot goes
+    to the next waiter instead of back to the counter). ``limit`` is fixed, or follows an
+    adaptive limit (it may then drop below ``running``: releases shrink ``running`` first).
     """
 
-    __slots__ = ("running", "waiters")
+    __slots__ = ("discipline", "limit", "running", "waiters")
 
-    def __init__(self, _key: str = "") -> None:
+    def __init__(self, _key: str = "", limit: int = 0, discipline: QueueDiscipline = _FIFO) -> None:
         self.running = 0
-        self.waiters: deque[_Waiter] | None = None
+        self.limit = limit
+        self.discipline = discipline
+        self.waiters: WaitQueue | None = None
 
 
 def _release(slots: _Slots) -> None:
-    """Give a slot back: straight to the first waiter if any, else to the counter."""
+    """Give a slot back: straight to the next waiter if any, else to the counter."""
     waiters = slots.waiters
-    if waiters:
-        waiter = waiters.popleft()
+    if waiters and slots.running <= slots.limit:
+        waiter = waiters.take()
+        if waiter is not None:
+            waiter.granted = True
+            waiter.event.set()
+            return
+    slots.running -= 1
+
+
+def _why(waiter: Waiter, by_discipline: bool, by_deadline: bool) -> str:
+    """The refusal reason of a wait that ended without a slot."""
+    if waiter.dropped or (by_discipline and not by_deadline):
+        return "queue_shed"
+    return "deadline" if by_deadline else "wait_timeout"
+
+
+def _admit_waiters(slots: _Slots) -> None:
+    """After the limit grew: hand the new slots to waiters."""
+    waiters = slots.waiters
+    while waiters and slots.running < slots.limit:
+        waiter = waiters.take()
+        if waiter is None:
+            return
+        slots.running += 1
         waiter.granted = True
         waiter.event.set()
-    else:
-        slots.running -= 1
 
 
 def _idle(slots: _Slots) -> bool:
@@ -99,11 +121,22 @@ class Bulkhead(PolicyDecorator):
     used from successive ``asyncio.run()`` calls and from trio: it captures no event loop.
     Outside a pipeline it is an async context manager (``async with bulkhead: ...``).
 
+    ``max_concurrent`` may be an ``AdaptiveLimit``: the number of slots then follows the
+    latency of the calls (see docs/overload.md). Calls that complete report their latency to
+    it; a call that raised a timeout or a refusal (``TimeoutError``, ``RejectedError``)
+    reports a drop; other errors and cancellations report nothing.
+
     Args:
-        max_concurrent: calls allowed to run at once (>= 1).
+        max_concurrent: calls allowed to run at once (>= 1), or an ``AdaptiveLimit`` (not with
+            ``per_key``; one bulkhead per ``AdaptiveLimit`` instance).
         max_waiting: calls allowed to wait for a slot (>= 0; 0 rejects at once when full).
         max_wait: seconds a call may wait for a slot (>= 0, ``math.inf`` allowed; 0 never
             waits).
+        queue: the waiting room's discipline: ``"fifo"`` (default: arrival order, no
+            shedding), ``"codel"`` (shed waiters queued past 5 ms once the queue stood for
+            100 ms; nobody queues past 100 ms), ``"lifo"`` (CoDel, serving the newest first
+            while the queue stands), or a ``resilient.overload`` discipline object
+            (``CoDel(target=..., interval=...)``, ``AdaptiveLIFO(...)``).
         per_key: keep one set of slots per ``ctx.key`` (for example per host); calls without
             a key share one partition.
         max_keys: the most partitions kept when ``per_key`` (least recently used evicted).
@@ -119,7 +152,9 @@ class Bulkhead(PolicyDecorator):
     """
 
     __slots__ = (
+        "_adaptive",
         "_clock",
+        "_discipline",
         "_keys",
         "_max",
         "_max_wait",
@@ -134,9 +169,10 @@ class Bulkhead(PolicyDecorator):
     def __init__(
         self,
         *,
-        max_concurrent: int = 32,
+        max_concurrent: int | AdaptiveLimit = 32,
         max_waiting: int = 64,
         max_wait: float = 1.0,
+        queue: str | QueueDiscipline = "fifo",
         per_key: bool = False,
         max_keys: int = 10_000,
         idle_ttl: float = 60.0,
@@ -145,7 +181,21 @@ class Bulkhead(PolicyDecorator):
         name: str = "bulkhead",
     ) -> None:
         self.name = check.name("Bulkhead.name", name)
-        self._max = check.integer("Bulkhead.max_concurrent", max_concurrent, minimum=1)
+        adaptive: AdaptiveLimit | None = None
+        if isinstance(max_concurrent, AdaptiveLimit):
+            adaptive = max_concurrent
+            if per_key:
+                raise ConfigurationError(
+                    "Bulkhead.max_concurrent",
+                    max_concurrent,
+                    "an AdaptiveLimit learns one dependency's capacity: not with per_key=True",
+                )
+            adaptive.claim(self, "Bulkhead.max_concurrent")
+            self._max = adaptive.limit
+        else:
+            self._max = check.integer("Bulkhead.max_concurrent", max_concurrent, minimum=1)
+        self._adaptive = adaptive
+        self._discipline = queue_discipline("Bulkhead.queue", queue)
         self._max_waiting = check.integer("Bulkhead.max_waiting", max_waiting, minimum=0)
         self._max_wait = check.non_negative("Bulkhead.max_wait", max_wait, allow_inf=True)
         if not isinstance(per_key, bool):
@@ -157,11 +207,12 @@ class Bulkhead(PolicyDecorator):
         if clock is not None and not callable(getattr(clock, "timeout_at", None)):
             raise ConfigurationError("Bulkhead.clock", clock, "expected a Clock")
         self._clock: Clock = clock if clock is not None else SYSTEM_CLOCK
-        self._slots = _Slots()
+        self._slots = _Slots(limit=self._max, discipline=self._discipline)
         self._keys: BoundedKeyMap[_Slots] | None = None
         if per_key:
+            limit, discipline = self._max, self._discipline
             self._keys = BoundedKeyMap(
-                _Slots,
+                lambda _key: _Slots(limit=limit, discipline=discipline),
                 max_keys=max_keys,
                 idle_ttl=idle_ttl,
                 evictable=_idle,
@@ -173,8 +224,19 @@ class Bulkhead(PolicyDecorator):
 
     @property
     def max_concurrent(self) -> int:
-        """Calls allowed to run at once."""
-        return self._max
+        """Calls allowed to run at once now (an adaptive limit's current value)."""
+        adaptive = self._adaptive
+        return self._max if adaptive is None else adaptive.limit
+
+    @property
+    def adaptive_limit(self) -> AdaptiveLimit | None:
+        """The ``AdaptiveLimit`` the slots follow, or ``None`` for a fixed number."""
+        return self._adaptive
+
+    @property
+    def queue(self) -> QueueDiscipline:
+        """The waiting room's discipline."""
+        return self._discipline
 
     @property
     def max_waiting(self) -> int:
@@ -205,7 +267,7 @@ class Bulkhead(PolicyDecorator):
         return BulkheadSnapshot(
             running=running,
             waiting=waiting,
-            max_concurrent=self._max,
+            max_concurrent=self.max_concurrent,
             max_waiting=self._max_waiting,
             keys=0 if keys is None else len(keys),
         )
@@ -219,17 +281,57 @@ class Bulkhead(PolicyDecorator):
             BulkheadFullError: no slot, and the waiting room is full or the wait ran out.
             TimeoutExceeded: the call's deadline ended the wait.
         """
-        keys = self._keys
-        key = ctx.key
-        slots = self._slots if keys is None or key is None else keys.get(key, ctx.clock.now())
-        if slots.running < self._max:  # try_acquire(), for a partition already looked up
+        adaptive = self._adaptive
+        if adaptive is None:
+            keys = self._keys
+            key = ctx.key
+            slots = self._slots if keys is None or key is None else keys.get(key, ctx.clock.now())
+            if slots.running < self._max:  # try_acquire(), for a partition already looked up
+                slots.running += 1
+            else:
+                await self._wait(slots, ctx)
+            try:
+                return await call(ctx)
+            finally:
+                _release(slots)
+        # Adaptive (one unkeyed partition): the limit learns from every completed call.
+        slots = self._slots
+        if slots.running < slots.limit:
             slots.running += 1
         else:
             await self._wait(slots, ctx)
+        clock = ctx.clock
+        # A latency is a difference: the system clock's own base (trio's clock on trio) is
+        # not needed, and time.monotonic() skips the backend check of SYSTEM_CLOCK.now().
+        now = _monotonic if clock is SYSTEM_CLOCK else clock.now
+        start = now()
         try:
-            return await call(ctx)
-        finally:
+            result = await call(ctx)
+        except (TimeoutError, RejectedError):
+            self._sample_and_release(slots, now() - start, True)
+            raise
+        except BaseException:
+            _release(slots)  # an error unrelated to load, or a cancellation: nothing learned
+            raise
+        # _sample_and_release(), inlined for the common case.
+        before = slots.limit
+        limit = slots.limit = adaptive.update(now() - start, slots.running)
+        if slots.waiters:
             _release(slots)
+            if limit > before:
+                _admit_waiters(slots)
+        else:
+            slots.running -= 1
+        return result
+
+    def _sample_and_release(self, slots: _Slots, rtt: float, dropped: bool) -> None:
+        adaptive = self._adaptive
+        assert adaptive is not None
+        before = slots.limit
+        limit = slots.limit = adaptive.update(rtt, slots.running, dropped)
+        _release(slots)
+        if limit > before:
+            _admit_waiters(slots)
 
     # -- admission for integrations and direct use ----------------------------------------
 
@@ -239,7 +341,7 @@ class Bulkhead(PolicyDecorator):
             return self._slots
         return keys.get(key, self._clock.now())
 
-    def try_acquire(self, key: str | None = None) -> bool:
+    def try_acquire(self, key: str | None = None, *, headroom: int = 0) -> bool:
         """Take a slot now if one is free; never waits, never raises a refusal.
 
         Callers already waiting keep their turn: while any wait, every slot is taken, so this
@@ -247,9 +349,11 @@ class Bulkhead(PolicyDecorator):
 
         Args:
             key: the partition when ``per_key`` (``None``: the shared partition).
+            headroom: take a slot only if at least this many would stay free (slots kept
+                for more important callers, as the middleware's criticality does).
         """
         slots = self._partition(key)
-        if slots.running < self._max:
+        if slots.running + headroom < slots.limit:
             slots.running += 1
             return True
         return False
@@ -265,24 +369,32 @@ class Bulkhead(PolicyDecorator):
             TimeoutExceeded: an enclosing resilient deadline ended the wait.
         """
         slots = self._partition(key)
-        if slots.running < self._max:
+        if slots.running < slots.limit:
             slots.running += 1
             return
         await self._wait(slots, self._direct_context(key))
 
-    def release(self, key: str | None = None) -> None:
+    def release(
+        self, key: str | None = None, *, latency: float | None = None, dropped: bool = False
+    ) -> None:
         """Give back a slot taken by ``try_acquire(key)`` or ``acquire(key)``.
 
-        The slot goes straight to the first waiter, if any, so nobody can overtake the queue.
+        The slot goes straight to the next waiter, if any, so nobody can overtake the queue.
+        With an ``AdaptiveLimit``, pass the call's ``latency`` (seconds it held the slot) and
+        whether it was ``dropped`` (timed out, or refused downstream) so the limit learns from
+        it; without ``latency`` nothing is learned from this call.
 
         Raises:
             RuntimeError: no slot of this partition is held.
         """
         keys = self._keys
         slots = self._slots if keys is None or key is None else keys.peek(key)
-        if slots is None or (slots.running <= 0 and not slots.waiters):
+        if slots is None or slots.running <= 0:
             raise RuntimeError(f"bulkhead {self.name!r}: release() without a held slot")
-        _release(slots)
+        if latency is not None and self._adaptive is not None:
+            self._sample_and_release(slots, latency, dropped)
+        else:
+            _release(slots)
 
     async def __aenter__(self) -> None:
         """Take a slot (waiting as configured) for the body of ``async with bulkhead:``.
@@ -312,19 +424,21 @@ class Bulkhead(PolicyDecorator):
         """Return holding a slot, or raise; on any exit without a slot, hold nothing."""
         waiters = slots.waiters
         if waiters is None:
-            waiters = slots.waiters = deque()
+            waiters = slots.waiters = slots.discipline.new_queue()
         if self._max_wait <= 0.0 or len(waiters) >= self._max_waiting:
             raise self._refuse(ctx, "full", None)
         clock = ctx.clock
         start = clock.now()
         deadline = ctx.deadline
-        limit = start + self._max_wait
+        cap = slots.discipline.max_queue_time
+        by_discipline = cap < self._max_wait
+        limit = start + (cap if by_discipline else self._max_wait)
         by_deadline = deadline < limit
         until = deadline if by_deadline else limit
         if until <= start:
             raise self._refuse(ctx, "deadline", None)
-        waiter = _Waiter()
-        waiters.append(waiter)
+        waiter = Waiter(start)
+        waiters.push(waiter, clock)
         admitted = False
         try:
             if until == math.inf:
@@ -332,7 +446,7 @@ class Bulkhead(PolicyDecorator):
             else:
                 async with clock.timeout_at(until):
                     await waiter.event.wait()
-            admitted = True
+            admitted = waiter.granted
         except TimeoutError:
             pass  # our timer: the wait ran out (handled below, after the cleanup)
         finally:
@@ -341,22 +455,13 @@ class Bulkhead(PolicyDecorator):
                     # Handed a slot at the very moment the wait ended (cancelled or timed
                     # out): pass it on so it is neither lost nor held by a caller who left.
                     _release(slots)
-                else:
+                elif not waiter.dropped:
                     waiters.remove(waiter)
         waited = clock.now() - start
         if not admitted:
-            raise self._refuse(ctx, "deadline" if by_deadline else "wait_timeout", waited)
+            raise self._refuse(ctx, _why(waiter, by_discipline, by_deadline), waited)
         if ctx.listening:
-            ctx.emit(
-                WaitEnded(
-                    pipeline=ctx.pipeline,
-                    operation=ctx.operation,
-                    policy=self.name,
-                    at=clock.now(),
-                    waited=waited,
-                    admitted=True,
-                )
-            )
+            report_wait_ended(ctx, self.name, clock.now(), waited, admitted=True)
 
     def _refuse(self, ctx: Context, reason: str, waited: float | None) -> Exception:
         exc: Exception
@@ -367,11 +472,16 @@ class Bulkhead(PolicyDecorator):
             hint = self._retry_after
             if reason == "full":
                 message = (
-                    f"bulkhead {self.name!r} is full: {self._max} running, "
+                    f"bulkhead {self.name!r} is full: {self.max_concurrent} running, "
                     f"{self._max_waiting} waiting at most"
                 )
                 if self._max_waiting and self._max_wait <= 0.0:
                     message += " (max_wait=0: callers never wait)"
+            elif reason == "queue_shed":
+                message = (
+                    f"bulkhead {self.name!r}: shed from a standing queue "
+                    f"({self._discipline!r}) after waiting {waited or 0.0:.3g}s"
+                )
             else:
                 message = f"bulkhead {self.name!r}: no slot freed within {self._max_wait:g}s"
             exc = BulkheadFullError(message, policy=self.name, retry_after=hint)
@@ -380,7 +490,10 @@ class Bulkhead(PolicyDecorator):
         return exc
 
     def __repr__(self) -> str:
+        limit = self._adaptive if self._adaptive is not None else self._max
+        discipline = self._discipline
+        queue = "" if discipline.name == "fifo" else f", queue={discipline!r}"
         return (
-            f"Bulkhead(max_concurrent={self._max}, max_waiting={self._max_waiting}, "
-            f"max_wait={self._max_wait:g}, name={self.name!r})"
+            f"Bulkhead(max_concurrent={limit!r}, max_waiting={self._max_waiting}, "
+            f"max_wait={self._max_wait:g}{queue}, name={self.name!r})"
         )

@@ -18,7 +18,7 @@ from typing import Any, final
 
 from ._classify import DEFAULT_CLASSIFIER, ClassifierLike
 from ._clock import Clock
-from ._events import CallObserver, Event, Listener, report_listener_error
+from ._events import CallObserver, Event, Listener, notify, report_listener_error
 from ._exceptions import TimeoutExceeded
 
 __all__ = ["Context", "remaining"]
@@ -202,11 +202,7 @@ class Context:
 
     def emit(self, event: Event) -> None:
         """Deliver ``event`` to the pipeline's listeners and observer; never raises."""
-        for listener in self.listeners:
-            try:
-                listener(event)
-            except Exception:
-                report_listener_error(listener)
+        notify(self.listeners, event)
         observer = self.observer
         if observer is not None:
             try:

@@ -184,6 +184,15 @@ def report_listener_error(listener: object) -> None:
     logger.exception("resilient: listener %r raised; the call's outcome is unchanged", listener)
 
 
+def notify(listeners: tuple[Listener, ...], event: Event) -> None:
+    """Give ``event`` to each listener; one that raises is logged and the rest still run."""
+    for listener in listeners:
+        try:
+            listener(event)
+        except Exception:
+            report_listener_error(listener)
+
+
 _ERROR_TYPES: dict[type[BaseException], str] = {}
 _MAX_ERROR_TYPES = 1024
 
@@ -210,6 +219,85 @@ def error_type(exc: BaseException) -> str:
     return name
 
 
+def report_attempt_started(
+    ctx: Context, policy: str, at: float, attempt: int, kind: str | None = None
+) -> None:
+    """Emit ``AttemptStarted`` (``Retry`` and ``Hedge`` report attempts alike).
+
+    Call only when ``ctx.listening``.
+    """
+    ctx.emit(
+        AttemptStarted(
+            pipeline=ctx.pipeline,
+            operation=ctx.operation,
+            policy=policy,
+            at=at,
+            attempt=attempt,
+            kind=kind,
+        )
+    )
+
+
+def report_attempt_ended(  # noqa: PLR0917 - the event's fields, in its order
+    ctx: Context,
+    policy: str,
+    at: float,
+    attempt: int,
+    verdict: Verdict,
+    started: float,
+    error: BaseException | None,
+    kind: str | None = None,
+) -> None:
+    """Emit ``AttemptEnded`` for an attempt that began at ``started`` and ended at ``at``.
+
+    Call only when ``ctx.listening``.
+    """
+    ctx.emit(
+        AttemptEnded(
+            pipeline=ctx.pipeline,
+            operation=ctx.operation,
+            policy=policy,
+            at=at,
+            attempt=attempt,
+            verdict=verdict,
+            duration=at - started,
+            error_type=None if error is None else error_type(error),
+            kind=kind,
+        )
+    )
+
+
+def report_budget_refused(ctx: Context, policy: str, at: float, attempt: int) -> None:
+    """Emit ``BudgetRefused`` (``Retry`` and ``Hedge`` alike): no budget for another attempt.
+
+    Call only when ``ctx.listening``.
+    """
+    ctx.emit(
+        BudgetRefused(
+            pipeline=ctx.pipeline, operation=ctx.operation, policy=policy, at=at, attempt=attempt
+        )
+    )
+
+
+def report_wait_ended(
+    ctx: Context, policy: str, at: float, waited: float, *, admitted: bool
+) -> None:
+    """Emit ``WaitEnded``: a call left a queue after ``waited`` seconds, admitted or not.
+
+    Call only when ``ctx.listening``.
+    """
+    ctx.emit(
+        WaitEnded(
+            pipeline=ctx.pipeline,
+            operation=ctx.operation,
+            policy=policy,
+            at=at,
+            waited=waited,
+            admitted=admitted,
+        )
+    )
+
+
 def report_rejection(
     ctx: Context,
     policy: str,
@@ -223,16 +311,7 @@ def report_rejection(
     ``CallRejected``. Call only when ``ctx.listening``."""
     at = ctx.clock.now()
     if waited is not None:
-        ctx.emit(
-            WaitEnded(
-                pipeline=ctx.pipeline,
-                operation=ctx.operation,
-                policy=policy,
-                at=at,
-                waited=waited,
-                admitted=False,
-            )
-        )
+        report_wait_ended(ctx, policy, at, waited, admitted=False)
     ctx.emit(
         CallRejected(
             pipeline=ctx.pipeline,

@@ -134,6 +134,10 @@ class Fallback(PolicyDecorator):
                 )
             types.append(kind)
         self._exceptions = tuple(types)
+        if not self._verdicts and not self._exceptions:
+            raise ConfigurationError(
+                "Fallback.verdicts", verdicts, "no verdict and no exception type: it never applies"
+            )
         self._classifier = as_classifier("Fallback.classify", classify)
         self._on_discard = check.optional(check.callable_, "Fallback.on_discard", on_discard)
         self.name = check.name("Fallback.name", name)

@@ -28,7 +28,12 @@ from ._classify import (
 )
 from ._clock import SystemClock, Timer, call_at, current_loop
 from ._context import Context
-from ._events import AttemptEnded, AttemptStarted, BudgetRefused, Event, error_type
+from ._events import (
+    Event,
+    report_attempt_ended,
+    report_attempt_started,
+    report_budget_refused,
+)
 from ._exceptions import ConfigurationError
 from ._pipeline import Call, PolicyDecorator
 
@@ -321,15 +326,7 @@ class _Round:
         if budget is not None and not budget.try_withdraw(now):
             ctx = self.ctx
             if ctx.listening:
-                ctx.emit(
-                    BudgetRefused(
-                        pipeline=ctx.pipeline,
-                        operation=ctx.operation,
-                        policy=hedge.name,
-                        at=now,
-                        attempt=self.started,
-                    )
-                )
+                report_budget_refused(ctx, hedge.name, now, self.started)
             return False
         return True
 
@@ -338,16 +335,7 @@ class _Round:
         ctx = self.ctx
         if ctx.listening and not self.hedges:
             # Attempts are reported for hedged calls only: the original's start, now.
-            ctx.emit(
-                AttemptStarted(
-                    pipeline=ctx.pipeline,
-                    operation=ctx.operation,
-                    policy=self.hedge.name,
-                    at=self.begun,
-                    attempt=1,
-                    kind=ctx.attempt_kind,
-                )
-            )
+            report_attempt_started(ctx, self.hedge.name, self.begun, 1, ctx.attempt_kind)
         self.hedges += 1
         self.started += 1
         self.pending += 1
@@ -376,16 +364,7 @@ class _Round:
         kind = ctx.attempt_kind if number == 1 else "hedge"
         started = ctx.clock.now()
         if ctx.listening and number > 1:  # the original's start is reported by twin()
-            ctx.emit(
-                AttemptStarted(
-                    pipeline=ctx.pipeline,
-                    operation=ctx.operation,
-                    policy=self.hedge.name,
-                    at=started,
-                    attempt=number,
-                    kind=kind,
-                )
-            )
+            report_attempt_started(ctx, self.hedge.name, started, number, kind)
         return kind, started
 
     def cut(self, ctx: Context, started: float) -> None:
@@ -443,19 +422,7 @@ class _Round:
         if latency is not None and verdict is not _REJECTED:
             latency.record(now - started)
         if ctx.listening and self.hedges:
-            ctx.emit(
-                AttemptEnded(
-                    pipeline=ctx.pipeline,
-                    operation=ctx.operation,
-                    policy=hedge.name,
-                    at=now,
-                    attempt=number,
-                    verdict=verdict,
-                    duration=now - started,
-                    error_type=None if error is None else error_type(error),
-                    kind=kind,
-                )
-            )
+            report_attempt_ended(ctx, hedge.name, now, number, verdict, started, error, kind)
         if self.finished:
             # Another attempt already won (both ended in the same instant).
             if error is None:
@@ -755,10 +722,10 @@ class Hedge(PolicyDecorator):
     Args:
         delay: seconds without an answer before a hedge starts, >= 0, or ``"adaptive"``.
         max_hedges: hedges per call at most, >= 0 (default 1; 0 turns hedging off).
-        percentile: adaptive delay: the latency quantile to hedge at, in (0, 1) (0.95).
-        min_delay: adaptive delay: the smallest delay, > 0 (0.005 s).
-        max_delay: adaptive delay: the largest delay, > ``min_delay`` (1.0 s).
-        min_samples: adaptive delay: latencies needed before the percentile is used (20).
+        percentile: adaptive delay only: the latency quantile to hedge at, in (0, 1) (0.95).
+        min_delay: adaptive delay only: the smallest delay, > 0 (0.005 s).
+        max_delay: adaptive delay only: the largest delay, > ``min_delay`` (1.0 s).
+        min_samples: adaptive delay only: latencies needed before the percentile is used (20).
         budget: a ``RetryBudget`` shared with retries; by default a fresh ``RetryBudget()``
             per ``Hedge``; ``None`` turns budgeting off.
         deposit: whether each call's first attempt earns budget tokens here (default True).
@@ -794,10 +761,10 @@ class Hedge(PolicyDecorator):
         *,
         delay: float | str = _ADAPTIVE,
         max_hedges: int = 1,
-        percentile: float = 0.95,
-        min_delay: float = 0.005,
-        max_delay: float = 1.0,
-        min_samples: int = 20,
+        percentile: float | None = None,
+        min_delay: float | None = None,
+        max_delay: float | None = None,
+        min_samples: int | None = None,
         budget: RetryBudget | _Default | None = _DEFAULT_BUDGET,
         deposit: bool = True,
         classify: ClassifierLike
@@ -808,19 +775,30 @@ class Hedge(PolicyDecorator):
         name: str = "hedge",
     ) -> None:
         self._latency: LatencyHistogram | None
+        adaptive = {
+            "percentile": percentile,
+            "min_delay": min_delay,
+            "max_delay": max_delay,
+            "min_samples": min_samples,
+        }
         if delay == _ADAPTIVE and isinstance(delay, str):
             self._delay = _INF
             self._latency = LatencyHistogram(
-                percentile=percentile,
-                floor=min_delay,
-                cap=max_delay,
-                min_samples=min_samples,
+                percentile=0.95 if percentile is None else percentile,
+                floor=0.005 if min_delay is None else min_delay,
+                cap=1.0 if max_delay is None else max_delay,
+                min_samples=20 if min_samples is None else min_samples,
             )
         elif isinstance(delay, str):
             raise ConfigurationError("Hedge.delay", delay, 'expected seconds or "adaptive"')
         else:
             self._delay = check.non_negative("Hedge.delay", delay)
             self._latency = None
+            for option, value in adaptive.items():
+                if value is not None:
+                    raise ConfigurationError(
+                        f"Hedge.{option}", value, 'applies to delay="adaptive" only'
+                    )
         self._max_hedges = check.integer("Hedge.max_hedges", max_hedges, minimum=0)
         if isinstance(budget, _Default):
             budget = RetryBudget()
@@ -829,6 +807,8 @@ class Hedge(PolicyDecorator):
         self._budget: RetryBudget | None = budget
         if not isinstance(deposit, bool):
             raise ConfigurationError("Hedge.deposit", deposit, "expected a bool")
+        if budget is None and not deposit:
+            raise ConfigurationError("Hedge.deposit", deposit, "applies to a budget (budget=None)")
         self._deposit = deposit
         self._classifier = as_classifier("Hedge.classify", classify)
         self._on_discard = check.optional(check.callable_, "Hedge.on_discard", on_discard)

@@ -12,9 +12,11 @@ from ._classify import ClassifierLike
 from ._clock import Clock
 from ._events import CallObserver, Listener
 from ._exceptions import ConfigurationError
+from ._limits import AdaptiveLimit
 from ._pipeline import ObserverFactory, Pipeline, Policy
 from ._ratelimit import BucketStore, RateLimiter
 from ._retry import Retry
+from ._throttle import Throttle
 from ._timeout import Timeout
 
 __all__ = ["standard"]
@@ -113,8 +115,10 @@ def _check_combinations(
         _unused(breaker_options, "circuit_breaker", "circuit_breaker=False builds no breaker")
     if check.optional(check.positive, "standard.rate", rate) is None:
         _unused(limiter_options, "rate", "rate=None builds no rate limiter")
-    if check.optional(check.integer, "standard.max_concurrent", max_concurrent) is None:
+    if max_concurrent is None:
         _unused(bulkhead_options, "max_concurrent", "max_concurrent=None builds no bulkhead")
+    elif not isinstance(max_concurrent, AdaptiveLimit):
+        check.integer("standard.max_concurrent", max_concurrent, minimum=1)
 
 
 def _default_attempt_timeout(total_timeout: object) -> float:
@@ -123,6 +127,14 @@ def _default_attempt_timeout(total_timeout: object) -> float:
     if numeric and 0 < total_timeout < _ATTEMPT_TIMEOUT:  # type: ignore[operator]
         return float(total_timeout)  # type: ignore[arg-type]
     return _ATTEMPT_TIMEOUT
+
+
+def _throttle(throttle: object) -> Throttle:
+    if throttle is True:
+        return Throttle()
+    if not isinstance(throttle, Throttle):
+        raise ConfigurationError("standard.throttle", throttle, "expected a bool or a Throttle")
+    return throttle
 
 
 def standard(
@@ -143,10 +155,11 @@ def standard(
     burst: int | None = None,
     rate_max_wait: float = 0.0,
     rate_store: BucketStore | None = None,
-    max_concurrent: int | None = 100,
+    max_concurrent: int | AdaptiveLimit | None = 100,
     max_waiting: int = 100,
     max_wait: float = 1.0,
     per_key: bool = False,
+    throttle: bool | Throttle = False,
     classify: ClassifierLike | Callable[..., Any] | Iterable[Any] | None = None,
     clock: Clock | None = None,
     random: Callable[[], float] | None = None,
@@ -157,7 +170,7 @@ def standard(
 
     Order, outermost first (each step is left out when its option is ``None``/``False``)::
 
-        Timeout(total_timeout) -> Retry(attempts, budget) -> CircuitBreaker
+        Timeout(total_timeout) -> Retry(attempts, budget) -> [Throttle] -> CircuitBreaker
             -> RateLimiter(rate) -> Bulkhead(max_concurrent) -> Timeout(attempt_timeout)
 
     Retry sits outside the breaker so an open circuit is not hammered; the breaker outside the
@@ -191,11 +204,15 @@ def standard(
         rate_max_wait: ``RateLimiter.max_wait``.
         rate_store: ``RateLimiter.store``: where the buckets live (default: this process;
             ``resilient.redis.RedisBucketStore`` shares the quota across a fleet).
-        max_concurrent: ``Bulkhead.max_concurrent``, or ``None`` for no bulkhead.
+        max_concurrent: ``Bulkhead.max_concurrent`` (a number or an ``AdaptiveLimit``), or
+            ``None`` for no bulkhead.
         max_waiting: ``Bulkhead.max_waiting``.
         max_wait: ``Bulkhead.max_wait``.
         per_key: give the rate limiter and the bulkhead one state per ``ctx.key`` (the httpx
             transport sets the host) instead of one shared by all calls.
+        throttle: ``True`` or a ``Throttle`` adds client-side adaptive throttling right
+            inside the retry (each attempt counts); off by default because the breaker
+            already refuses calls at the same 50 % shed rate (docs/overload.md).
         classify: the pipeline's classifier.
         clock: the pipeline's clock.
         random: the pipeline's random source.
@@ -249,6 +266,8 @@ def standard(
                 ),
             )
         )
+    if throttle is not False:
+        policies.append(_throttle(throttle))
     if circuit_breaker:
         policies.append(
             _named(

@@ -27,7 +27,7 @@ from . import _validate as check
 from ._bucket import EMPTY, TOLERANCE, bucket_take, bucket_tokens
 from ._clock import SYSTEM_CLOCK, Clock
 from ._context import Context
-from ._events import WaitEnded, report_rejection
+from ._events import report_rejection, report_wait_ended
 from ._exceptions import ConfigurationError, RateLimitedError
 from ._keyed import BoundedKeyMap
 from ._pipeline import Call, PolicyDecorator
@@ -673,16 +673,7 @@ class RateLimiter(PolicyDecorator):
                 ctx, "deadline_cut" if by_deadline else "wait_timeout", shortfall, waited
             )
         if ctx.listening:
-            ctx.emit(
-                WaitEnded(
-                    pipeline=ctx.pipeline,
-                    operation=ctx.operation,
-                    policy=self.name,
-                    at=clock.now(),
-                    waited=waited,
-                    admitted=True,
-                )
-            )
+            report_wait_ended(ctx, self.name, clock.now(), waited, admitted=True)
 
     def _join(self, key: str | None, cost: float) -> tuple[_Queue, _Waiter]:
         # The end of the bucket's queue (made on first use).

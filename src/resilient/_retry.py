@@ -23,12 +23,12 @@ from ._classify import (
 from ._clock import Clock
 from ._context import Context
 from ._events import (
-    AttemptEnded,
-    AttemptStarted,
-    BudgetRefused,
     RetryGaveUp,
     RetryScheduled,
     error_type,
+    report_attempt_ended,
+    report_attempt_started,
+    report_budget_refused,
 )
 from ._exceptions import ConfigurationError
 from ._pipeline import Call, PolicyDecorator
@@ -286,7 +286,9 @@ class Retry(PolicyDecorator):
                     )
                 verdict = classification.verdict
                 if started is not None:
-                    self._attempt_ended(ctx, attempt, verdict, started, error)
+                    report_attempt_ended(
+                        ctx, self.name, ctx.clock.now(), attempt, verdict, started, error
+                    )
                 if verdict is not _TRANSIENT:
                     reason = self._settled(verdict, clock, budget)
                     break
@@ -362,33 +364,8 @@ class Retry(PolicyDecorator):
 
     def _attempt_started(self, ctx: Context, attempt: int) -> float:
         started = ctx.clock.now()
-        ctx.emit(
-            AttemptStarted(
-                pipeline=ctx.pipeline,
-                operation=ctx.operation,
-                policy=self.name,
-                at=started,
-                attempt=attempt,
-            )
-        )
+        report_attempt_started(ctx, self.name, started, attempt)
         return started
-
-    def _attempt_ended(
-        self, ctx: Context, attempt: int, verdict: Verdict, started: float, error: Exception | None
-    ) -> None:
-        now = ctx.clock.now()
-        ctx.emit(
-            AttemptEnded(
-                pipeline=ctx.pipeline,
-                operation=ctx.operation,
-                policy=self.name,
-                at=now,
-                attempt=attempt,
-                verdict=verdict,
-                duration=now - started,
-                error_type=_error_type(error),
-            )
-        )
 
     def _honour_hint(self, hint: float | None, delay: float) -> tuple[float, float | None]:
         # A server's hint (Retry-After) replaces the computed delay, capped by
@@ -411,15 +388,7 @@ class Retry(PolicyDecorator):
             return "deadline"
         if budget is not None and not budget.try_withdraw(clock.now()):
             if ctx.listening:
-                ctx.emit(
-                    BudgetRefused(
-                        pipeline=ctx.pipeline,
-                        operation=ctx.operation,
-                        policy=self.name,
-                        at=clock.now(),
-                        attempt=attempt,
-                    )
-                )
+                report_budget_refused(ctx, self.name, clock.now(), attempt)
             return "budget"
         return None
 

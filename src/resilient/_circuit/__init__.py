@@ -3,8 +3,10 @@
 - ``_state``: the states' names, the per-state record (``State``, one per key), outcome codes,
   and ``CircuitSnapshot``;
 - ``_window``: the two window kinds (``TimeWindow``, ``CountWindow``) that count outcomes;
-- ``_breaker``: the policy: configuration, the call path (admit, probe, record each outcome
-  in one place, ``_finish``), the state machine's transitions, keyed state and manual control.
+- ``_machine``: the state machine: admission, probe accounting, recording each outcome in one
+  place (``Machine.finish``), the transitions and their events, on the breaker's one clock;
+- ``_breaker``: the policy: configuration, the call path (``execute`` / ``compose``), keyed
+  state, manual control, snapshots and ``reconfigure()``.
 
 The breaker keeps its state on the instance (shared by every task that calls through it) and
 everything about one call in locals, so it needs no lock: the event loop is single-threaded

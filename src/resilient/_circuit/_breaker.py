@@ -1,13 +1,15 @@
-"""``CircuitBreaker``: the policy, its configuration, the state machine and manual control.
+"""``CircuitBreaker``: the policy: configuration, the call path, keyed state, manual control.
 
-The breaker keeps its state on the instance (shared by every task that calls through it) and
-everything about one call in locals, so it needs no lock: the event loop is single-threaded and
-no state is read and written across an ``await`` without accounting for what changed meanwhile.
+The state machine (admission, probes, recording outcomes, transitions, events) is
+``_machine.Machine``; the windows are in ``_window``, the per-key record in ``_state``.
 
-Each state carries a *generation* number, bumped on every transition. A call remembers the
-generation it was admitted in; when it ends in a later generation it is a straggler: it never
-opens or closes the breaker, releases no probe slot it does not own, and is only recorded in
-the window when the breaker is still in the kind of state that admitted it.
+**The clock.** A breaker keeps the times of its states (open until, window buckets) on one
+clock, bound once: by the first call that reaches it, to that call's pipeline clock
+(``ctx.clock``); every later time is read from it, whichever pipeline the call comes
+through, so share a breaker only between pipelines on the same clock. A breaker made by
+``reconfigure()`` keeps its predecessor's clock. Manual control (``force_open()``,
+``reset()``...) works before the first call too: with no clock bound, its events carry
+``at=0.0`` and the keys it creates count as used at time 0.0.
 """
 
 from __future__ import annotations
@@ -20,30 +22,20 @@ from resilient import _validate as check
 from resilient._classify import DEFAULT_CLASSIFIER, ClassifierLike, Outcome, Verdict, as_classifier
 from resilient._classify import Classification as _Classification
 from resilient._context import Context
-from resilient._events import (
-    CallRejected,
-    CircuitStateChanged,
-    Event,
-    Listener,
-    report_listener_error,
-)
-from resilient._exceptions import CircuitOpenError, ConfigurationError
+from resilient._events import Listener
+from resilient._exceptions import ConfigurationError
 from resilient._keyed import BoundedKeyMap
 from resilient._pipeline import Call, Policy, PolicyDecorator
 
+from ._machine import Machine
 from ._state import (
-    CALL,
     CLOSED,
     DISABLED,
-    FAILED,
-    FAILURE,
     FORCED_CLOSED,
     FORCED_OPEN,
     HALF_OPEN,
     OPEN,
-    SLOW,
     SUCCESS,
-    TRANSIENT,
     CircuitSnapshot,
     State,
     evictable,
@@ -160,11 +152,11 @@ class CircuitBreaker(PolicyDecorator):
         "_key_idle",
         "_keys",
         "_listeners",
+        "_machine",
         "_max_half_open",
         "_max_keys",
         "_max_open_for",
         "_minimum_calls",
-        "_now_hint",
         "_open_for",
         "_per_key",
         "_ring",
@@ -273,7 +265,24 @@ class CircuitBreaker(PolicyDecorator):
         )
         self._keys: BoundedKeyMap[State] | None = None
         self._default_kind = CLOSED
-        self._now_hint = 0.0
+        self._machine = Machine(
+            self.name,
+            self._ring,
+            timed=self._timed,
+            rates=(self._fp, self._fq, self._sp, self._sq),
+            minimum_calls=self._minimum_calls,
+            half_open_calls=self._half_open_calls,
+            slow_after=self._slow_after,
+            open_times=(
+                self._open_for,
+                self._growth,
+                self._growth_steps,
+                self._max_open_for,
+                self._jitter,
+            ),
+            max_half_open=self._max_half_open,
+            listeners=self._listeners,
+        )
         self._state = self._new_state(None)
 
     # -- options (read-only) ---------------------------------------------------------------
@@ -356,24 +365,27 @@ class CircuitBreaker(PolicyDecorator):
     def _runner(self, inner: Call) -> Call:
         """The chain step running ``inner`` through this breaker.
 
-        One path for every state: ``_admit`` decides (and may refuse) outside the plain
-        closed state, and ``_finish`` records every outcome.
+        One path for every state: the machine's ``admit`` decides (and may refuse) outside
+        the plain closed state, and its ``finish`` records every outcome.
         """
+        machine = self._machine
         default = self._state
         per_key = self._per_key
         keyed = self._keyed
         own = self._classifier
-        admit = self._admit
-        probe = self._probe
-        finish = self._finish
+        admit = machine.admit
+        probe = machine.probe
+        finish = machine.finish
         closed = CLOSED
         success = SUCCESS
         default_classifier = DEFAULT_CLASSIFIER
         tracked = self._slow_after is not None  # slowness needs each call's start time
 
         async def run(ctx: Context) -> Any:
+            if machine.clock is None:  # the first call binds the breaker to its clock
+                machine.bind(ctx.clock)
             key = ctx.key
-            st = default if key is None or not per_key else keyed(key, ctx)
+            st = default if key is None or not per_key else keyed(key)
             kind = st.kind
             start = 0.0
             if kind is not closed or tracked:
@@ -381,7 +393,7 @@ class CircuitBreaker(PolicyDecorator):
                 if kind is DISABLED:
                     return await inner(ctx)
                 if kind is HALF_OPEN:
-                    return await probe(inner, ctx, st, start)
+                    return await probe(inner, ctx, st, start, own or ctx.classifier)
             gen = st.gen
             try:
                 result = await inner(ctx)
@@ -398,195 +410,6 @@ class CircuitBreaker(PolicyDecorator):
             return result
 
         return run
-
-    def _admit(self, st: State, ctx: Context) -> tuple[str, float]:
-        """Admit a call outside the plain closed state: ``(state admitted in, start time)``.
-
-        Raises:
-            CircuitOpenError: open, forced open, or half-open with every probe slot taken.
-        """
-        kind = st.kind
-        if kind is OPEN:
-            now = ctx.clock.now()
-            if now < st.until:
-                raise self._reject(st, ctx, OPEN, st.until - now, now)
-            self._move(st, HALF_OPEN, ctx, now)
-            return HALF_OPEN, now
-        if kind is HALF_OPEN:
-            if st.probes + st.calls >= self._half_open_calls:
-                now = ctx.clock.now()
-                if now >= st.until:  # max_half_open passed with probes still out: reopen
-                    self._move(st, OPEN, ctx, now)
-                    raise self._reject(st, ctx, OPEN, st.until - now, now)
-                raise self._reject(st, ctx, HALF_OPEN, self._open_for, now)
-        elif kind is FORCED_OPEN:
-            raise self._reject(st, ctx, FORCED_OPEN, None, None)
-        elif kind is DISABLED:
-            return kind, 0.0
-        # closed with slowness tracked, forced closed, or a probe: the start time if needed
-        return kind, ctx.clock.now() if self._slow_after is not None else 0.0
-
-    async def _probe(self, call: Call, ctx: Context, st: State, start: float) -> Any:
-        # A half-open probe. Its slot is given back however it ends: the finally runs for a
-        # success, a failure, a neutral outcome, a cancellation or any other BaseException. A
-        # recorded outcome uses the slot up (st.calls); a neutral one frees it for another.
-        classifier = self._classifier or ctx.classifier
-        gen = st.gen
-        st.probes += 1
-        try:
-            try:
-                result = await call(ctx)
-            except Exception as exc:
-                verdict = exception_verdict(classifier, exc, ctx)
-                self._finish(st, gen, HALF_OPEN, verdict, start, ctx)
-                raise
-            self._finish(st, gen, HALF_OPEN, classifier.classify_result(result).verdict, start, ctx)
-            return result
-        finally:
-            if st.gen == gen:  # after a transition the slots were renewed: not ours to free
-                st.probes -= 1
-
-    def _finish(  # noqa: PLR0917 - internal, positional for speed
-        self, st: State, gen: int, admitted: str, verdict: Verdict, start: float, ctx: Context
-    ) -> None:
-        """Record the outcome of a call admitted in state ``admitted`` at generation ``gen``."""
-        if verdict is SUCCESS:
-            code = CALL
-        elif verdict is TRANSIENT or verdict is FAILURE:
-            code = CALL | FAILED
-        else:
-            return  # CLIENT_ERROR, REJECTED: neutral
-        kind = st.kind
-        current = st.gen == gen
-        if not current and (
-            kind is not admitted or (kind is not CLOSED and kind is not FORCED_CLOSED)
-        ):
-            return  # a straggler from a state that is gone
-        slow_after = self._slow_after
-        timed = self._timed or slow_after is not None or kind is HALF_OPEN
-        now = ctx.clock.now() if timed else 0.0
-        if slow_after is not None and now - start > slow_after:
-            code |= SLOW
-        if kind is HALF_OPEN:
-            self._judge_probe(st, code, ctx, now)
-            return
-        if timed:
-            self._now_hint = now  # the latest time known (manual control has no clock)
-        self._ring.record(st, code, now)
-        # Only a window holding failures (or slow calls) can trip: a success that completes
-        # minimum_calls at the threshold opens the breaker too (that call keeps its result).
-        if current and kind is CLOSED and (st.failures or st.slow) and self._tripped(st):
-            self._move(st, OPEN, ctx, now if timed else ctx.clock.now())
-
-    def _judge_probe(self, st: State, code: int, ctx: Context, now: float) -> None:
-        # A half-open probe's outcome: reopen as soon as the probes' verdict is a failure,
-        # close once every planned probe succeeded.
-        st.calls += 1
-        if code & FAILED:
-            st.failures += 1
-        if code & SLOW:
-            st.slow += 1
-        if self._probes_failed(st):
-            self._move(st, OPEN, ctx, now)
-        elif st.calls >= self._half_open_calls:
-            self._move(st, CLOSED, ctx, now)
-
-    def _tripped(self, st: State) -> bool:
-        calls = st.calls
-        if calls < self._minimum_calls:
-            return False
-        if st.failures * self._fq >= self._fp * calls:
-            return True
-        return self._slow_after is not None and st.slow * self._sq >= self._sp * calls
-
-    def _probes_failed(self, st: State) -> bool:
-        # Judged against the full probe count, so a verdict that later probes cannot change
-        # reopens the breaker at once.
-        planned = self._half_open_calls
-        if st.failures * self._fq >= self._fp * planned:
-            return True
-        return self._slow_after is not None and st.slow * self._sq >= self._sp * planned
-
-    # -- transitions and events -------------------------------------------------------------
-
-    def _move(self, st: State, kind: str, ctx: Context | None, now: float) -> None:
-        previous = st.kind
-        st.kind = kind
-        st.gen += 1
-        st.probes = 0
-        st.until = math.inf
-        if kind is OPEN:
-            st.trips += 1
-            steps = min(st.trips - 1, self._growth_steps)
-            base = min(self._open_for * self._growth**steps, self._max_open_for)
-            jitter = self._jitter * ctx.random() if ctx is not None and self._jitter else 0.0
-            st.until = now + base * (1.0 - jitter)
-        elif kind is HALF_OPEN:
-            self._ring.clear(st)
-            if self._max_half_open is not None:
-                st.until = now + self._max_half_open
-        elif kind is CLOSED or kind is FORCED_CLOSED:
-            self._ring.clear(st)
-            st.trips = 0
-        if previous != kind:
-            self._emit_change(st, previous, ctx, now)
-
-    def _emit_change(self, st: State, previous: str, ctx: Context | None, now: float) -> None:
-        listening = ctx is not None and ctx.listening
-        if not (listening or self._listeners):
-            return
-        event = CircuitStateChanged(
-            pipeline=ctx.pipeline if ctx is not None else "",
-            operation=ctx.operation if ctx is not None else "",
-            policy=self.name,
-            at=now,
-            previous=previous,
-            state=st.kind,
-            key=st.key,
-        )
-        self._deliver(event, ctx if listening else None)
-
-    def _deliver(self, event: Event, ctx: Context | None) -> None:
-        if ctx is not None:
-            ctx.emit(event)
-        for listener in self._listeners:
-            try:
-                listener(event)
-            except Exception:
-                report_listener_error(listener)
-
-    def _reject(
-        self,
-        st: State,
-        ctx: Context,
-        reason: str,
-        retry_after: float | None,
-        now: float | None,
-    ) -> CircuitOpenError:
-        state = st.kind
-        where = "" if st.key is None else f" for {st.key!r}"
-        hint = "" if retry_after is None else f"; retry after {retry_after:.3g}s"
-        error = CircuitOpenError(
-            f"circuit breaker {self.name!r} is {state}{where}{hint}",
-            policy=self.name,
-            retry_after=retry_after,
-            state=state,
-            key=st.key,
-        )
-        if ctx.listening or self._listeners:
-            self._deliver(
-                CallRejected(
-                    pipeline=ctx.pipeline,
-                    operation=ctx.operation,
-                    policy=self.name,
-                    at=ctx.clock.now() if now is None else now,
-                    reason=reason,
-                    retry_after=error.retry_after,
-                    error_type="resilient.CircuitOpenError",
-                ),
-                ctx if ctx.listening else None,
-            )
-        return error
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -605,10 +428,8 @@ class CircuitBreaker(PolicyDecorator):
             )
         return keys
 
-    def _keyed(self, key: str, ctx: Context) -> State:
-        now = ctx.clock.now()
-        self._now_hint = now
-        return self._key_map().get(key, now)
+    def _keyed(self, key: str) -> State:
+        return self._key_map().get(key, self._machine.now())
 
     def _states(self, key: str | None) -> list[State]:
         if key is None:
@@ -616,15 +437,16 @@ class CircuitBreaker(PolicyDecorator):
             return [self._state] + ([st for _, st in keys.items()] if keys is not None else [])
         if not self._per_key:
             raise ValueError(f"CircuitBreaker({self.name!r}) has per_key=False: no key {key!r}")
-        return [self._key_map().get(key, self._now_hint)]
+        return [self._key_map().get(key, self._machine.now())]
 
     # -- manual control and inspection ------------------------------------------------------
 
     def _manual(self, kind: str, key: str | None) -> None:
         if key is None:
             self._default_kind = kind
+        now = self._machine.now()
         for st in self._states(key):
-            self._move(st, kind, None, self._now_hint)
+            self._machine.move(st, kind, None, now)
 
     def force_open(self, key: str | None = None) -> None:
         """Reject every call until ``reset()``, ``force_closed()`` or ``disable()``.
@@ -737,7 +559,8 @@ class CircuitBreaker(PolicyDecorator):
                 )
         new = CircuitBreaker(**{**current, **options})
         new._default_kind = self._default_kind
-        new._now_hint = self._now_hint
+        if self._machine.clock is not None:  # the states' times are on that clock
+            new._machine.bind(self._machine.clock)
         same = _same_shape(self._ring, new._ring)
         new._state = self._state if same else new._carried(self._state)
         if self._keys is not None and new._per_key:
@@ -754,8 +577,9 @@ class CircuitBreaker(PolicyDecorator):
                 evictable=evictable,
                 parameter="CircuitBreaker.max_keys",
             )
+            now = new._machine.now()
             for key in list(pending):  # least recently used first, as they were
-                keys.get(key, self._now_hint)
+                keys.get(key, now)
         return new
 
     def _options(self) -> dict[str, Any]:

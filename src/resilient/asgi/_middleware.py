@@ -25,6 +25,7 @@ from resilient._exceptions import (
 )
 from resilient._pipeline import Pipeline
 from resilient._ratelimit import BucketStore, RateLimiter, RateLimitStatus
+from resilient.overload import AdaptiveLimit, QueueDiscipline
 from resilient.timers import Clock, SystemClock, current_loop
 
 from ._client import NO_PEER_KEY, ClientKeyResolver
@@ -44,6 +45,7 @@ from ._guard import (
     new_scope_exchange,
     new_timer_exchange,
 )
+from ._shedding import Shedding, concurrency_limit
 
 __all__ = ["DEFAULT_EXCLUDE", "ASGIApp", "ResilienceMiddleware"]
 
@@ -168,7 +170,8 @@ class ResilienceMiddleware:
 
     Args:
         app: the ASGI application to protect.
-        max_concurrent: requests allowed to run at once (``None``: no limit).
+        max_concurrent: requests allowed to run at once (``None``: no limit), or an
+            ``AdaptiveLimit`` that learns it from the requests' latency (docs/overload.md).
         max_waiting: requests allowed to wait for a slot (default: ``max_concurrent``).
         max_wait: the longest a request waits for a slot, in seconds (default 0.25).
         shed_retry_after: the ``Retry-After`` seconds sent with a ``503`` (default 1, at
@@ -210,6 +213,13 @@ class ResilienceMiddleware:
         listeners: event listeners (``CallRejected`` for every refusal).
         telemetry: as for ``Pipeline``: metrics and spans per route template. A request's
             verdict is ``failure`` when the app answers 5xx, ``client_error`` for 4xx.
+        queue: the waiting room's discipline (``Bulkhead.queue``): ``"fifo"`` (default),
+            ``"codel"``, ``"lifo"`` or a discipline object (docs/overload.md).
+        criticality: a request header name (values ``critical``, ``default``,
+            ``sheddable``) or a function ``scope -> str | None`` giving each request's
+            class; lower classes are shed first (docs/overload.md). ``None``: one class.
+        critical_reserve: with ``criticality``, the share of ``max_concurrent`` only
+            critical requests may use (sheddable ones leave twice that free), in [0, 0.5].
 
     Raises:
         ConfigurationError: an invalid option.
@@ -245,6 +255,7 @@ class ResilienceMiddleware:
         "_quiet_until",
         "_recording",
         "_shed_retry_after",
+        "_shedding",
         "_timed",
         "_timeout",
         "_total_timeout",
@@ -254,7 +265,7 @@ class ResilienceMiddleware:
         self,
         app: ASGIApp,
         *,
-        max_concurrent: int | None = None,
+        max_concurrent: int | AdaptiveLimit | None = None,
         max_waiting: int | None = None,
         max_wait: float = 0.25,
         shed_retry_after: float = 1.0,
@@ -278,6 +289,9 @@ class ResilienceMiddleware:
         clock: Clock | None = None,
         listeners: Iterable[Listener] = (),
         telemetry: Any = True,
+        queue: str | QueueDiscipline = "fifo",
+        criticality: str | Callable[[Scope], str | None] | None = None,
+        critical_reserve: float = 0.2,
     ) -> None:
         if not callable(app):
             raise ConfigurationError("ResilienceMiddleware.app", app, "expected an ASGI app")
@@ -285,7 +299,14 @@ class ResilienceMiddleware:
         if clock is not None and not callable(getattr(clock, "timeout_at", None)):
             raise ConfigurationError("ResilienceMiddleware.clock", clock, "expected a Clock")
         self._clock: Clock = SYSTEM_CLOCK if clock is None else clock
-        self._init_shedding(max_concurrent, max_waiting, max_wait, shed_retry_after)
+        self._init_shedding(max_concurrent, max_waiting, max_wait, shed_retry_after, queue)
+        # Adaptive limit or criticality: every request goes through the overload helper.
+        self._shedding = Shedding.create(
+            self._bulkhead,
+            criticality=criticality,
+            critical_reserve=critical_reserve,
+            clock=self._clock,
+        )
         self._init_client_key(
             client_key, trusted_proxies, trusted_hops, forwarded_header, ipv6_prefix
         )
@@ -301,7 +322,12 @@ class ResilienceMiddleware:
         self._operations: set[str] = set()
 
     def _init_shedding(
-        self, max_concurrent: object, max_waiting: object, max_wait: object, retry_after: object
+        self,
+        max_concurrent: object,
+        max_waiting: object,
+        max_wait: object,
+        retry_after: object,
+        queue: str | QueueDiscipline = "fifo",
     ) -> None:
         # Load shedding: a Bulkhead whose queue wait is bounded by max_wait.
         self._max_wait = _seconds(_P + "max_wait", max_wait, allow_zero=True)
@@ -315,10 +341,14 @@ class ResilienceMiddleware:
                     _P + "max_waiting", max_waiting, "needs max_concurrent to be set"
                 )
             return
-        limit = check.integer(_P + "max_concurrent", max_concurrent, minimum=1)
-        waiting = limit if max_waiting is None else max_waiting
+        limit = concurrency_limit(_P + "max_concurrent", max_concurrent)
+        if max_waiting is not None:
+            waiting = max_waiting
+        else:
+            waiting = limit if isinstance(limit, int) else limit.max_limit
         self._bulkhead = Bulkhead(
             max_concurrent=limit,
+            queue=queue,
             max_waiting=check.integer(_P + "max_waiting", waiting, minimum=0),
             max_wait=self._max_wait,
             retry_after=self._shed_retry_after,
@@ -398,6 +428,13 @@ class ResilienceMiddleware:
         self._total_timeout = (
             _INF if total_timeout is None else _seconds(_P + "total_timeout", total_timeout)
         )
+        if self._total_timeout < self._timeout < _INF:
+            raise ConfigurationError(
+                _P + "timeout",
+                timeout,
+                f"must not exceed {_P}total_timeout={total_timeout!r} (the response could never "
+                "start in time and still finish within the total)",
+            )
         self._timed = self._timeout != _INF or self._total_timeout != _INF
         self._deadline_header: bytes | None = None
         if header is not None:
@@ -650,7 +687,7 @@ class ResilienceMiddleware:
             # _run_in_slot(), inlined for the free slot: no coroutine of ours in between.
             if bulkhead is None:
                 await self._app(exchange.scope, exchange.receive, exchange.send)
-            elif bulkhead.try_acquire():
+            elif self._shedding is None and bulkhead.try_acquire():
                 try:
                     await self._app(exchange.scope, exchange.receive, exchange.send)
                 finally:
@@ -723,7 +760,7 @@ class ResilienceMiddleware:
         bulkhead = self._bulkhead
         if bulkhead is None:
             await self._app(exchange.scope, exchange.receive, exchange.send)
-        elif bulkhead.try_acquire():  # a free slot: no yield
+        elif self._shedding is None and bulkhead.try_acquire():  # a free slot: no yield
             try:
                 await self._app(exchange.scope, exchange.receive, exchange.send)
             finally:
@@ -736,6 +773,10 @@ class ResilienceMiddleware:
         # No free slot: queue in the bulkhead (bounded by max_wait and the deadline).
         bulkhead = self._bulkhead
         assert bulkhead is not None
+        if self._shedding is not None:  # an adaptive limit or criticality (_shedding.py)
+            return await self._shedding.run(
+                self._app, exchange.scope, exchange.receive, exchange.send
+            )
         if self._max_wait <= 0.0 or bulkhead.snapshot().waiting >= bulkhead.max_waiting:
             return "full"  # refused at once: nobody waits
         try:

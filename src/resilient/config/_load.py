@@ -455,8 +455,21 @@ def _resolve(values: dict[str, object]) -> dict[str, object]:
     return values
 
 
+def _default_attempt(total: object) -> float:
+    # As resilient.standard(): 10 s per attempt, or the whole call's time when that is shorter.
+    default = float(PIPELINE_KEYS["timeout.attempt"].default)  # type: ignore[arg-type]
+    return min(default, total) if isinstance(total, float) else default
+
+
 def _cross_checks(settings: PipelineSettings, table: str, out: _Collector) -> None:
     v = settings.values
+    attempt, total = v["timeout.attempt"], v["timeout.total"]
+    if attempt is not None and total is not None and attempt > total:  # type: ignore[operator]
+        out.add(
+            table,
+            "timeout.attempt",
+            f"{attempt!r} exceeds timeout.total={total!r}: no attempt could use its own timeout",
+        )
     if v["limiter.enabled"] and v["limiter.rate"] is None:
         out.add(table, "limiter.rate", "the limiter is enabled but has no rate")
     if v["breaker.window_type"] == "count" and not isinstance(v["breaker.window"], int):
@@ -559,13 +572,16 @@ def parse(
     for name, own in pipeline_tables.items():
         values = {path: key.default for path, key in PIPELINE_KEYS.items()}
         # Precedence: built-in, [defaults], [pipelines.NAME], then the environment likewise.
-        for layer in (
+        layers = (
             defaults,
             own,
             overrides.get(("defaults", ""), {}),
             overrides.get(("pipelines", name), {}),
-        ):
+        )
+        for layer in layers:
             values.update(layer)
+        if not any("timeout.attempt" in layer for layer in layers):
+            values["timeout.attempt"] = _default_attempt(values["timeout.total"])
         pipelines[name] = PipelineSettings(name, MappingProxyType(_resolve(values)))
         _cross_checks(pipelines[name], f"pipelines.{name}", out)
     plan = {path: key.default for path, key in ROLLOUT_KEYS.items()}

@@ -116,7 +116,14 @@ PIPELINE_KEYS: Final = _keys(
         above=0,
         off=True,
     ),
-    Key("timeout.attempt", "number", 10.0, "Seconds for each attempt.", above=0, off=True),
+    Key(
+        "timeout.attempt",
+        "number",
+        10.0,
+        "Seconds for each attempt (default: 10, or timeout.total when shorter).",
+        above=0,
+        off=True,
+    ),
     Key("retry.enabled", "boolean", True, "Retry failed attempts (false: one attempt)."),
     Key(
         "retry.attempts",

@@ -101,13 +101,7 @@ def parse_retry_after(value: str, *, now: float) -> float | None:
     if not text or len(text) > 64:
         return None
     if text[0].isdigit():
-        if not text.replace(".", "", 1).isdigit() or text.endswith("."):
-            return None
-        try:
-            seconds = float(text)
-        except (ValueError, OverflowError):
-            return None
-        return seconds if math.isfinite(seconds) else None
+        return _delay_seconds(text)
     try:
         at = _http_date(text, now)
     except (ValueError, TypeError, IndexError, OverflowError):
@@ -115,6 +109,17 @@ def parse_retry_after(value: str, *, now: float) -> float | None:
     if at is None:
         return None
     return max(0.0, at - now)
+
+
+def _delay_seconds(text: str) -> float | None:
+    # delay-seconds: digits, with one decimal fraction tolerated ("1.5", never "1." or "1e3").
+    if not text.replace(".", "", 1).isdigit() or text.endswith("."):
+        return None
+    try:
+        seconds = float(text)
+    except (ValueError, OverflowError):
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def retry_after_seconds(

@@ -14,7 +14,12 @@ from resilient._exceptions import ConfigurationError
 from resilient._pipeline import Pipeline
 from resilient._presets import standard as _standard_pipeline
 
-from ._transport import _MAX_BUFFER, DEADLINE_HEADER, IDEMPOTENT_METHODS, ResilientTransport
+from ._transport import (
+    DEADLINE_HEADER,
+    DEFAULT_BUFFER_LIMIT,
+    IDEMPOTENT_METHODS,
+    ResilientTransport,
+)
 
 __all__ = ["standard"]
 
@@ -33,7 +38,7 @@ def standard(
     propagate_deadline: bool = False,
     deadline_header: str = DEADLINE_HEADER,
     tracer_provider: trace.TracerProvider | None = None,
-    buffer_limit: int = _MAX_BUFFER,
+    buffer_limit: int = DEFAULT_BUFFER_LIMIT,
     limits: httpx.Limits | None = None,
     config: Pipeline | None = None,
     **options: Any,
@@ -79,6 +84,10 @@ def standard(
             raise ConfigurationError(
                 f"standard.{taken}", options[taken], "set by resilient.httpx.standard() itself"
             )
+    if config is not None and name is not None:
+        raise ConfigurationError(
+            "standard.name", name, "given with config: the configured pipeline has its name"
+        )
     if name is None:
         name = _name_of(base_url)
     elif base_url is not None:

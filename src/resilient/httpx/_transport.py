@@ -30,6 +30,7 @@ from ._spans import end_span, start_span
 
 __all__ = [
     "DEADLINE_HEADER",
+    "DEFAULT_BUFFER_LIMIT",
     "IDEMPOTENT_EXTENSION",
     "IDEMPOTENT_METHODS",
     "ROUTE_EXTENSION",
@@ -58,9 +59,10 @@ integer measured when the attempt is sent (relative, so the two clocks need not 
 ``resilient.asgi`` reads it on the server side.
 """
 
+DEFAULT_BUFFER_LIMIT: Final = 64 * 1024
+"""The default ``buffer_limit``: bytes of a request body buffered so it can be sent again."""
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_MAX_BUFFER = 64 * 1024
 _NO_BODY_STATUSES = frozenset({204, 304})
 _UNBOUNDED = 10**15  # the pool gate's waiting room: unbounded (httpx's pool timeout bounds it)
 
@@ -627,7 +629,7 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         deadline_header: str = DEADLINE_HEADER,
         telemetry: bool | None = None,
         tracer_provider: trace.TracerProvider | None = None,
-        buffer_limit: int = _MAX_BUFFER,
+        buffer_limit: int = DEFAULT_BUFFER_LIMIT,
         limits: httpx.Limits | None = None,
     ) -> None:
         options: dict[str, object] = {

@@ -116,23 +116,37 @@ def adapt(model: object, *, unknown: str, extra_field: str) -> ModelAdapter:
 
 def _dataclass_adapter(cls: type[Any], *, unknown: str, extra_field: str) -> ModelAdapter:
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    extra: str | None = None
-    if unknown == "keep":
-        field = fields.get(extra_field)
-        if field is None or not field.init:
-            raise ConfigurationError(
-                "VersionedSerializer.model",
-                cls,
-                f"unknown='keep' (the default) needs an init field {extra_field!r} on "
-                f"{cls.__qualname__} to carry the fields this release does not know, e.g. "
-                f"`{extra_field}: dict[str, Any] = field(default_factory=dict)`; or pass "
-                "unknown='drop' to accept losing them on read-modify-write",
-            )
-        extra = extra_field
+    extra = _extra_field(cls, fields, extra_field) if unknown == "keep" else None
     names = tuple(name for name, f in fields.items() if f.init and name != extra)
-    known = frozenset(names)
-    getter = _values_getter(names)
+    return ModelAdapter(
+        _dataclass_reader(cls, frozenset(names), extra),
+        _dataclass_writer(cls, names, extra),
+        f"dataclass {cls.__qualname__}",
+    )
 
+
+def _extra_field(cls: type[Any], fields: dict[str, dataclasses.Field[Any]], name: str) -> str:
+    """The init field that carries unknown fields (``unknown="keep"``).
+
+    Raises:
+        ConfigurationError: ``cls`` has no such init field.
+    """
+    field = fields.get(name)
+    if field is None or not field.init:
+        raise ConfigurationError(
+            "VersionedSerializer.model",
+            cls,
+            f"unknown='keep' (the default) needs an init field {name!r} on "
+            f"{cls.__qualname__} to carry the fields this release does not know, e.g. "
+            f"`{name}: dict[str, Any] = field(default_factory=dict)`; or pass "
+            "unknown='drop' to accept losing them on read-modify-write",
+        )
+    return name
+
+
+def _dataclass_reader(
+    cls: type[Any], known: frozenset[str], extra: str | None
+) -> Callable[[dict[str, Any]], Any]:
     def from_data(data: dict[str, Any]) -> Any:
         if data.keys() <= known:
             if extra is None:
@@ -149,6 +163,14 @@ def _dataclass_adapter(cls: type[Any], *, unknown: str, extra_field: str) -> Mod
             kwargs[extra] = others
         return cls(**kwargs)
 
+    return from_data
+
+
+def _dataclass_writer(
+    cls: type[Any], names: tuple[str, ...], extra: str | None
+) -> Callable[[Any], dict[str, Any]]:
+    getter = _values_getter(names)
+
     def to_data(obj: Any) -> dict[str, Any]:
         if not isinstance(obj, cls):
             raise EncodeError(f"expected a {cls.__qualname__}, got {type(obj).__qualname__}")
@@ -164,7 +186,7 @@ def _dataclass_adapter(cls: type[Any], *, unknown: str, extra_field: str) -> Mod
                     data.setdefault(key, value)  # a declared field wins over a stale extra
         return data
 
-    return ModelAdapter(from_data, to_data, f"dataclass {cls.__qualname__}")
+    return to_data
 
 
 def _values_getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:

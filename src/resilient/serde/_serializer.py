@@ -343,58 +343,13 @@ class VersionedSerializer(Generic[T]):
         numbers = tuple(declared)
         newest = numbers[-1]
         self._newest = newest
-
-        for number in numbers[1:]:
-            if declared[number].upgrade is None:
-                raise ConfigurationError(
-                    p + "versions",
-                    declared[number],
-                    f"version {number} has no upgrade step from version {number - 1}: records "
-                    "of older versions are upgraded to the newest one, the application's model",
-                )
+        _check_upgrades(declared, numbers)
 
         readable = numbers if read is None else _check_subset(p + "read", read, numbers)
         if not readable:
             raise ConfigurationError(p + "read", read, "must name at least one version")
-
-        if isinstance(write, int) and not isinstance(write, bool):
-            if write not in readable:
-                raise ConfigurationError(
-                    p + "write",
-                    write,
-                    f"must be one of the readable versions {_versions_list(readable)}: "
-                    "a release must read every version it writes",
-                )
-            write_fn: Callable[[], int] | None = None
-            default_writable: tuple[int, ...] = (write,)
-        elif callable(write) and not isinstance(write, bool):
-            write_fn = write
-            default_writable = readable
-        else:
-            raise ConfigurationError(
-                p + "write", write, "expected a version number or a callable returning one"
-            )
-        if writable is None:
-            writable_versions = default_writable
-        else:
-            writable_versions = _check_subset(p + "writable", writable, readable)
-            if not writable_versions:
-                raise ConfigurationError(p + "writable", writable, "must name a version")
-            if write_fn is None and write not in writable_versions:
-                raise ConfigurationError(
-                    p + "writable", writable, f"must include the write version {write}"
-                )
-        for target in writable_versions:
-            for number in range(target + 1, newest + 1):
-                if declared[number].downgrade is None:
-                    static = writable is None and write_fn is None
-                    raise ConfigurationError(
-                        p + ("write" if static else "writable"),
-                        write if static else writable_versions,
-                        f"writing version {target} needs a downgrade step on version {number} "
-                        f"(to version {number - 1}); the application's model is version "
-                        f"{newest}",
-                    )
+        write_fn, writable_versions = _write_plan(write, writable, readable)
+        _check_downgrades(declared, writable_versions, write, writable, write_fn)
 
         self._max_size = check.integer(p + "max_size", max_size, minimum=1)
         check.integer(p + "max_depth", max_depth, minimum=1, maximum=10_000)
@@ -410,30 +365,11 @@ class VersionedSerializer(Generic[T]):
         self._to_data = adapter.to_data
         self._model_description = adapter.description
 
-        def upgrades(start: int) -> tuple[tuple[int, Step], ...]:
-            return tuple(
-                (n, declared[n].upgrade)  # type: ignore[misc]
-                for n in range(start + 1, newest + 1)
-            )
-
-        def downgrades(target: int) -> tuple[tuple[int, Step], ...]:
-            return tuple(
-                (n - 1, declared[n].downgrade)  # type: ignore[misc]
-                for n in range(newest, target, -1)
-            )
-
-        self._readable = {
-            n: _State(n, _tag(n), declared[n].codec, upgrades(n), (), limits=self._limits)
-            for n in readable
-        }
+        self._readable = {n: self._state(declared, n, declared[n].codec) for n in readable}
         self._fast = {s.header: s for s in self._readable.values() if len(s.header) == 4}
         self._writable = {
-            n: _State(
-                n, _tag(n), declared[n].codec, upgrades(n), downgrades(n), limits=self._limits
-            )
-            for n in writable_versions
+            n: self._state(declared, n, declared[n].codec, writes=True) for n in writable_versions
         }
-
         self._legacy_state: _State | None = None
         self._legacy_version: int | None = None
         if legacy is None:
@@ -446,56 +382,69 @@ class VersionedSerializer(Generic[T]):
                     p + "write_legacy", write_legacy, "needs a legacy codec (legacy=)"
                 )
         else:
-            if legacy_version is None:
-                legacy_version = numbers[0]
-            if legacy_version not in readable:
-                raise ConfigurationError(
-                    p + "legacy_version",
-                    legacy_version,
-                    f"must be one of the readable versions {_versions_list(readable)} "
-                    "(the default is the oldest declared version)",
-                )
-            if isinstance(legacy, Codec):
-                legacy_codec: Codec | _FunctionReader = legacy
-            elif callable(legacy):
-                legacy_codec = _FunctionReader(legacy)
-            else:
-                raise ConfigurationError(
-                    p + "legacy", legacy, "expected a codec or a function bytes -> dict"
-                )
-            self._legacy_version = legacy_version
-            self._legacy_state = _State(
-                legacy_version, b"", legacy_codec, upgrades(legacy_version), (), limits=self._limits
+            legacy_version, legacy_codec = _legacy_reader(
+                legacy, legacy_version, numbers[0], readable
             )
-            if not isinstance(write_legacy, bool):
-                raise ConfigurationError(p + "write_legacy", write_legacy, "expected a bool")
-            if write_legacy:
-                if not isinstance(legacy_codec, Codec):
-                    raise ConfigurationError(
-                        p + "legacy",
-                        legacy,
-                        "write_legacy=True needs a codec that can encode, not a function",
-                    )
-                if legacy_version not in self._writable:
-                    raise ConfigurationError(
-                        p + "write_legacy",
-                        write_legacy,
-                        f"legacy_version {legacy_version} is not a version this serializer "
-                        f"writes ({_versions_list(writable_versions)})",
-                    )
-                self._writable[legacy_version] = _State(
-                    legacy_version,
-                    b"",
-                    legacy_codec,
-                    upgrades(legacy_version),
-                    downgrades(legacy_version),
-                    limits=self._limits,
-                )
+            self._legacy_version = legacy_version
+            self._legacy_state = self._state(declared, legacy_version, legacy_codec, tagged=False)
+            if _writes_legacy(legacy, legacy_codec, write_legacy):
+                self._write_legacy(declared, legacy_version, legacy_codec, writable_versions)
 
         self._read_versions = readable
         self._writable_versions = writable_versions
         self._write_fn = write_fn
         self._write_state = None if write_fn is not None else self._writable[write]  # type: ignore[index]
+
+    def _state(
+        self,
+        declared: dict[int, Version],
+        number: int,
+        codec: Codec | _FunctionReader,
+        *,
+        tagged: bool = True,
+        writes: bool = False,
+    ) -> _State:
+        """Version ``number``'s state: read (and with ``writes``, write) with ``codec``.
+
+        ``tagged=False``: payloads without a version tag (the legacy version).
+        """
+        newest = self._newest
+        # Every step is there: _check_upgrades and _check_downgrades refused a missing one.
+        upgrades: tuple[tuple[int, Step], ...] = tuple(
+            (n, declared[n].upgrade)  # type: ignore[misc]
+            for n in range(number + 1, newest + 1)
+        )
+        downgrades: tuple[tuple[int, Step], ...] = ()
+        if writes:
+            downgrades = tuple(
+                (n - 1, declared[n].downgrade)  # type: ignore[misc]
+                for n in range(newest, number, -1)
+            )
+        header = _tag(number) if tagged else b""
+        return _State(number, header, codec, upgrades, downgrades, limits=self._limits)
+
+    def _write_legacy(
+        self,
+        declared: dict[int, Version],
+        legacy_version: int,
+        codec: Codec | _FunctionReader,
+        writable_versions: tuple[int, ...],
+    ) -> None:
+        """Write ``legacy_version`` untagged with the legacy ``codec`` (``write_legacy``).
+
+        Raises:
+            ConfigurationError: ``legacy_version`` is not a version this serializer writes.
+        """
+        if legacy_version not in self._writable:
+            raise ConfigurationError(
+                "VersionedSerializer.write_legacy",
+                True,
+                f"legacy_version {legacy_version} is not a version this serializer "
+                f"writes ({_versions_list(writable_versions)})",
+            )
+        self._writable[legacy_version] = self._state(
+            declared, legacy_version, codec, tagged=False, writes=True
+        )
 
     # --- introspection -------------------------------------------------------------------
 
@@ -718,47 +667,10 @@ class VersionedSerializer(Generic[T]):
                 state = self._writable.get(chosen) if type(chosen) is int else None
                 if state is None:
                     raise self._unwritable(chosen)
-            to_data = self._to_data
-            if to_data is None:
-                if not isinstance(obj, dict):
-                    raise EncodeError(f"expected a dict record, got {type(obj).__name__}")
-                data: dict[str, Any] = obj
-            else:
-                try:
-                    data = to_data(obj)
-                except SerdeError:
-                    raise
-                except Exception as exc:
-                    raise EncodeError(
-                        f"the {self._model_description} model cannot convert the object "
-                        f"({type(exc).__name__})"
-                    ) from exc
-                if type(data) is not dict:
-                    raise EncodeError(
-                        f"the {self._model_description} model returned a "
-                        f"{type(data).__name__}, expected a dict"
-                    )
+            data = self._record_data(obj)
             if state.downgrades:
                 data = self._downgrade(state, data)
-            codec: Codec = state.codec  # type: ignore[assignment]
-            try:
-                body = codec.encode(data, self._limits)
-            except SerdeError:
-                raise
-            except Exception as exc:
-                raise EncodeError(
-                    f"{state.codec!r} cannot encode a version {state.number} record "
-                    f"({type(exc).__name__})"
-                ) from exc
-            if not _plain(data):
-                self._check_reads_back(codec, state.number, data, body)
-            payload = state.header + body if state.header else body
-            if len(payload) > self._max_size:
-                raise EncodeError(
-                    f"version {state.number} payload would be {len(payload)} bytes, over "
-                    f"max_size={self._max_size}"
-                )
-            return payload
+            return self._encode(state, data)
         except SerdeError as exc:
             _prefix(exc, self._name)
             raise
@@ -766,6 +678,60 @@ class VersionedSerializer(Generic[T]):
             raise EncodeError(
                 f"{self._name}: cannot write the record ({type(exc).__name__}: {exc})"
             ) from exc
+
+    def _record_data(self, obj: Any) -> dict[str, Any]:
+        """The record as a dict, through the model's ``to_data`` when there is a model.
+
+        Raises:
+            EncodeError: ``obj`` is not a dict (no model), or the model cannot convert it.
+        """
+        to_data = self._to_data
+        if to_data is None:
+            if not isinstance(obj, dict):
+                raise EncodeError(f"expected a dict record, got {type(obj).__name__}")
+            return obj
+        try:
+            data = to_data(obj)
+        except SerdeError:
+            raise
+        except Exception as exc:
+            raise EncodeError(
+                f"the {self._model_description} model cannot convert the object "
+                f"({type(exc).__name__})"
+            ) from exc
+        if type(data) is not dict:
+            raise EncodeError(
+                f"the {self._model_description} model returned a "
+                f"{type(data).__name__}, expected a dict"
+            )
+        return data
+
+    def _encode(self, state: _State, data: dict[str, Any]) -> bytes:
+        """The payload of ``data`` in ``state``'s version: header and encoded body.
+
+        Raises:
+            EncodeError: the codec cannot encode it, it would not read back equal, or it
+                exceeds ``max_size``.
+        """
+        codec: Codec = state.codec  # type: ignore[assignment]
+        try:
+            body = codec.encode(data, self._limits)
+        except SerdeError:
+            raise
+        except Exception as exc:
+            raise EncodeError(
+                f"{state.codec!r} cannot encode a version {state.number} record "
+                f"({type(exc).__name__})"
+            ) from exc
+        if not _plain(data):
+            self._check_reads_back(codec, state.number, data, body)
+        payload = state.header + body if state.header else body
+        if len(payload) > self._max_size:
+            raise EncodeError(
+                f"version {state.number} payload would be {len(payload)} bytes, over "
+                f"max_size={self._max_size}"
+            )
+        return payload
 
     def _check_reads_back(
         self, codec: Codec, number: int, data: dict[str, Any], body: bytes
@@ -871,6 +837,131 @@ def _upgrade(
 def _prefix(exc: SerdeError, name: str) -> None:
     if exc.args and isinstance(exc.args[0], str) and not exc.args[0].startswith(name + ": "):
         exc.args = (f"{name}: {exc.args[0]}", *exc.args[1:])
+
+
+def _check_upgrades(declared: dict[int, Version], numbers: tuple[int, ...]) -> None:
+    """Every version after the oldest has its upgrade step.
+
+    Raises:
+        ConfigurationError: a version without one.
+    """
+    for number in numbers[1:]:
+        if declared[number].upgrade is None:
+            raise ConfigurationError(
+                "VersionedSerializer.versions",
+                declared[number],
+                f"version {number} has no upgrade step from version {number - 1}: records "
+                "of older versions are upgraded to the newest one, the application's model",
+            )
+
+
+def _legacy_reader(
+    legacy: object, legacy_version: int | None, oldest: int, readable: tuple[int, ...]
+) -> tuple[int, Codec | _FunctionReader]:
+    """``(legacy version, reader)`` for untagged payloads (the version defaults to the oldest).
+
+    Raises:
+        ConfigurationError: ``legacy_version`` is not readable, or ``legacy`` is neither a
+            codec nor a function.
+    """
+    p = "VersionedSerializer."
+    if legacy_version is None:
+        legacy_version = oldest
+    if legacy_version not in readable:
+        raise ConfigurationError(
+            p + "legacy_version",
+            legacy_version,
+            f"must be one of the readable versions {_versions_list(readable)} "
+            "(the default is the oldest declared version)",
+        )
+    if isinstance(legacy, Codec):
+        return legacy_version, legacy
+    if callable(legacy):
+        return legacy_version, _FunctionReader(legacy)
+    raise ConfigurationError(p + "legacy", legacy, "expected a codec or a function bytes -> dict")
+
+
+def _writes_legacy(legacy: object, codec: Codec | _FunctionReader, write_legacy: object) -> bool:
+    """Whether ``write_legacy`` asks to write untagged payloads with the legacy codec.
+
+    Raises:
+        ConfigurationError: ``write_legacy`` is not a bool, or it is True and the legacy
+            reader is a function (it cannot encode).
+    """
+    p = "VersionedSerializer."
+    if not isinstance(write_legacy, bool):
+        raise ConfigurationError(p + "write_legacy", write_legacy, "expected a bool")
+    if write_legacy and not isinstance(codec, Codec):
+        raise ConfigurationError(
+            p + "legacy", legacy, "write_legacy=True needs a codec that can encode, not a function"
+        )
+    return write_legacy
+
+
+def _write_plan(
+    write: int | Callable[[], int], writable: Iterable[int] | None, readable: tuple[int, ...]
+) -> tuple[Callable[[], int] | None, tuple[int, ...]]:
+    """``(write callable or None, writable versions)`` from the ``write``/``writable`` options.
+
+    Raises:
+        ConfigurationError: ``write`` is not a readable version nor a callable; ``writable``
+            is empty, not readable, or leaves out a fixed ``write`` version.
+    """
+    p = "VersionedSerializer."
+    if isinstance(write, int) and not isinstance(write, bool):
+        if write not in readable:
+            raise ConfigurationError(
+                p + "write",
+                write,
+                f"must be one of the readable versions {_versions_list(readable)}: "
+                "a release must read every version it writes",
+            )
+        write_fn: Callable[[], int] | None = None
+        default_writable: tuple[int, ...] = (write,)
+    elif callable(write) and not isinstance(write, bool):
+        write_fn = write
+        default_writable = readable
+    else:
+        raise ConfigurationError(
+            p + "write", write, "expected a version number or a callable returning one"
+        )
+    if writable is None:
+        return write_fn, default_writable
+    writable_versions = _check_subset(p + "writable", writable, readable)
+    if not writable_versions:
+        raise ConfigurationError(p + "writable", writable, "must name a version")
+    if write_fn is None and write not in writable_versions:
+        raise ConfigurationError(
+            p + "writable", writable, f"must include the write version {write}"
+        )
+    return write_fn, writable_versions
+
+
+def _check_downgrades(
+    declared: dict[int, Version],
+    writable_versions: tuple[int, ...],
+    write: object,
+    writable: Iterable[int] | None,
+    write_fn: Callable[[], int] | None,
+) -> None:
+    """Every writable version can be reached from the newest by downgrade steps.
+
+    Raises:
+        ConfigurationError: a step is missing (named on ``write`` when it alone chose the
+            version, on ``writable`` otherwise).
+    """
+    newest = tuple(declared)[-1]
+    for target in writable_versions:
+        for number in range(target + 1, newest + 1):
+            if declared[number].downgrade is None:
+                static = writable is None and write_fn is None
+                raise ConfigurationError(
+                    "VersionedSerializer." + ("write" if static else "writable"),
+                    write if static else writable_versions,
+                    f"writing version {target} needs a downgrade step on version {number} "
+                    f"(to version {number - 1}); the application's model is version "
+                    f"{newest}",
+                )
 
 
 def _check_versions(versions: object) -> dict[int, Version]:

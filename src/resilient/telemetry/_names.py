@@ -66,6 +66,7 @@ CIRCUIT_TRANSITIONS: Final = "resilient.circuit.transitions"
 CIRCUIT_STATE: Final = "resilient.circuit.state"
 BULKHEAD_RUNNING: Final = "resilient.bulkhead.running"
 BULKHEAD_WAITING: Final = "resilient.bulkhead.waiting"
+BULKHEAD_LIMIT: Final = "resilient.bulkhead.limit"
 RATELIMITER_TOKENS: Final = "resilient.ratelimiter.tokens"
 RATELIMITER_WAITING: Final = "resilient.ratelimiter.waiting"
 HEDGES: Final = "resilient.hedges"
@@ -204,6 +205,14 @@ METRICS: Final = (
         "{call}",
         (PIPELINE, POLICY),
         "Calls waiting for a bulkhead permit.",
+    ),
+    MetricInfo(
+        BULKHEAD_LIMIT,
+        "ObservableGauge",
+        "{call}",
+        (PIPELINE, POLICY),
+        "Calls a bulkhead admits at once now: an adaptive limit's current value, or the fixed "
+        "max_concurrent (summed over the partitions of a keyed bulkhead).",
     ),
     MetricInfo(
         RATELIMITER_TOKENS,

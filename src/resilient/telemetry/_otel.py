@@ -190,6 +190,7 @@ class _Instruments:
             ),
             (n.BULKHEAD_RUNNING, _Instruments._running, meter.create_observable_up_down_counter),
             (n.BULKHEAD_WAITING, _Instruments._waiting, meter.create_observable_up_down_counter),
+            (n.BULKHEAD_LIMIT, _Instruments._limit, meter.create_observable_gauge),
             (n.RATELIMITER_TOKENS, _Instruments._tokens, meter.create_observable_gauge),
             (
                 n.RATELIMITER_WAITING,
@@ -272,6 +273,9 @@ class _Instruments:
 
     def _waiting(self) -> list[Observation]:
         return self._number("running", "waiting")
+
+    def _limit(self) -> list[Observation]:
+        return self._number("running", "max_concurrent")
 
     def _limiter_waiting(self) -> list[Observation]:
         return self._number("tokens", "waiting")
