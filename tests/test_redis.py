@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ import resilient
 from _redis_helpers import RedisServer, shared_url, start_uvicorn
 from resilient import CircuitBreaker, ConfigurationError, RateLimitedError, RateLimiter
 from resilient.events import CircuitStateChanged, Event
-from resilient.extend import TakeResult
+from resilient.extend import MemoryBucketStore, TakeResult
 from resilient.redis import RedisBucketStore, StoreFallback
 from resilient.telemetry import Telemetry
 from resilient.testing import FakeClock
@@ -129,6 +130,29 @@ async def test_cost_and_read_only_tokens(store: RedisBucketStore) -> None:
     for _ in range(3):
         assert round(await store.tokens("k", rate=0.01, burst=4, now=0.0), 3) == 1.0
     assert await store.tokens("never used", rate=0.01, burst=4, now=0.0) == 4.0
+
+
+async def test_the_script_decides_as_the_in_memory_bucket(store: RedisBucketStore) -> None:
+    """300 mixed takes and reads on 5 keys against ``MemoryBucketStore`` at a frozen time.
+
+    At 0.001 token/s the bucket gains under 0.01 token while the test runs: with whole costs
+    every decision is the same, and the numbers agree within that refill.
+    """
+    rng = random.Random(17)
+    reference = MemoryBucketStore()
+    rate, burst = 0.001, 7.0
+    for _ in range(300):
+        key = f"k{rng.randrange(5)}"
+        if rng.random() < 0.2:
+            got = await store.tokens(key, rate=rate, burst=burst, now=0.0)
+            assert got == pytest.approx(reference.tokens_now(key, rate, burst, 0.0), abs=0.01)
+            continue
+        cost = float(rng.choice((1, 2, 3)))
+        taken = await store.take(key, cost, rate=rate, burst=burst, now=0.0)
+        wait = reference.take_now(key, cost, rate, burst, 0.0)
+        assert (taken.wait == 0.0) == (wait == 0.0)
+        assert taken.wait == pytest.approx(wait, abs=10.0)  # seconds: 0.01 token at 0.001/s
+        assert taken.tokens == pytest.approx(reference.tokens_now(key, rate, burst, 0.0), abs=0.01)
 
 
 async def test_the_bucket_refills_at_rate_on_the_servers_clock(store: RedisBucketStore) -> None:
@@ -524,6 +548,30 @@ async def test_local_fallback_enforces_its_share_of_the_quota(prefix: str) -> No
     limiter = RateLimiter(rate=0.01, burst=8, max_wait=0, store=store)
     allowed = [(await limiter.try_acquire()).allowed for _ in range(4)]
     assert allowed == [True, True, False, False]  # 8 * 0.25 tokens in this process
+
+
+async def test_deny_lets_a_patient_caller_ask_again_before_refusing(
+    prefix: str, clock: FakeClock
+) -> None:
+    """With ``max_wait`` above ``deny_retry_after`` the caller waits and asks Redis again
+    (it may be back), then is refused once ``max_wait`` is spent."""
+    port = RedisServer().port  # nothing listens there
+    seen: list[Event] = []
+    store = RedisBucketStore(
+        f"redis://127.0.0.1:{port}/0",
+        prefix=prefix,
+        on_unavailable="deny",
+        deny_retry_after=1.0,
+        listeners=[seen.append],
+        telemetry=False,
+    )
+    limiter = RateLimiter(rate=1.0, burst=1, max_wait=3.5, store=store, clock=clock)
+    with pytest.raises(RateLimitedError) as info:
+        await limiter.acquire()
+    assert info.value.retry_after == 1.0
+    assert 3.0 <= clock.now() <= 3.5
+    asked = sorted({e.at for e in seen if isinstance(e, StoreFallback)})
+    assert asked == [0.0, 1.0, 2.0, 3.0]  # Redis asked again after each retry_after
 
 
 async def test_a_cancelled_decision_propagates_the_cancellation(
