@@ -10,7 +10,6 @@ from __future__ import annotations
 import email.utils
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -19,9 +18,9 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import uvicorn
 
 import resilient
+from _live_server import serve
 from resilient import Timeout
 from resilient.httpx import DEADLINE_HEADER, ResilientTransport, http_classifier
 from resilient.testing import FakeClock
@@ -133,31 +132,8 @@ class Server:
 @pytest.fixture(scope="module")
 def live_server() -> Iterator[Server]:
     script = Script()
-    # uvicorn binds the socket itself (port 0: any free port): a socket handed over with
-    # sockets=[...] skips TCP_NODELAY and every response then waits ~40 ms for a delayed ACK.
-    config = uvicorn.Config(
-        App(script),
-        host="127.0.0.1",
-        port=0,
-        lifespan="off",
-        log_level="error",
-        access_log=False,
-        backlog=512,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    started = time.monotonic()
-    while not server.started:  # setup only: wait for the server thread to listen
-        assert thread.is_alive(), "uvicorn failed to start"
-        assert time.monotonic() - started < 10.0, "uvicorn did not start"
-        time.sleep(0.005)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
+    with serve(App(script)) as port:
         yield Server(port, script)
-    finally:
-        server.should_exit = True
-        thread.join(10.0)
 
 
 @pytest.fixture
