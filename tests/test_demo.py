@@ -29,7 +29,8 @@ def test_demo_runs_and_reports_side_by_side(tmp_path: Path) -> None:
                 "load amplification", "time to recover after the outage"):  # fmt: skip
         assert row in out
     header = next(line for line in out.splitlines() if "plain httpx" in line)
-    assert header.split() == ["plain", "httpx", "httpx-retries", "resilient"]
+    assert header.split() == ["resilient", "plain", "httpx", "httpx-retries"]
+    assert "next to the best peer" in out
     assert "breaker openings" in out
     assert "resilient_call_duration_seconds_count{" in out  # scraped from /metrics
     chart = tmp_path / "demo.png"

@@ -1,0 +1,68 @@
+"""Issue 16's goal, end to end: the demo's incident on a real uvicorn upstream, with defaults.
+
+``resilient.httpx.standard(total_timeout=2.0, attempt_timeout=0.25)`` (every other option at
+its documented default) and the two peers of ``make demo`` (plain httpx and httpx-retries)
+send the same open-loop traffic at the same time, each to its own copy of the upstream
+playing the same scripted incident (healthy, 30 % random 503s, a latency spike on 30 % of the
+requests, a full outage answered with 503, recovery). The test asserts, on one run:
+
+- resilient's success rate matches or beats the best peer's in every phase and overall;
+- the load it puts on the upstream during the outage is at most 1.2x the offered traffic;
+- its p99 latency is the lowest.
+
+"Matches" allows one point, or two standard errors of the difference of two success rates
+on this many requests (at the peer's rate) when that is larger: a phase holds 40-60 requests per client, and the
+error burst's retries are a coin toss per request for every client, so a single unlucky
+request must not fail the test. The margins that matter (outage load, p99, the latency spike
+and the outage phases, where the designs differ) are wide.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+DEMO = Path(__file__).parent.parent / "examples" / "demo.py"
+
+pytestmark = pytest.mark.slow
+
+
+def _demo() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("resilient_demo", DEMO)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _slack(theirs: float, n: int) -> float:
+    """One point, or 2 standard errors of the difference of two success rates over ``n``
+    requests each if both clients succeeded with the peer's probability ``theirs``."""
+    return max(0.01, 2 * math.sqrt(2 * theirs * (1 - theirs) / max(n, 1)))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_defaults_win_every_row_of_the_incident(anyio_backend: str) -> None:
+    demo = _demo()
+    played = await demo.play(rate=20.0, scale=1.0)
+    ours, *peers = played.summaries
+    assert ours.label == "resilient"
+    report = "\n" + demo.table(played.summaries, [p.name for p in played.scenario.phases])
+
+    per_phase = ours.sent / len(played.scenario.phases)
+    for phase in [p.name for p in played.scenario.phases]:
+        best = max(peer.by_phase[phase] for peer in peers)
+        mine = ours.by_phase[phase]
+        assert mine >= best - _slack(best, int(per_phase)), (phase, report)
+    best_overall = max(peer.success_rate for peer in peers)
+    assert ours.success_rate >= best_overall - _slack(best_overall, ours.sent), report
+
+    assert ours.outage_load <= 1.2, report
+    assert ours.p99 < min(peer.p99 for peer in peers), report
