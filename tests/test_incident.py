@@ -11,10 +11,11 @@ requests, a full outage answered with 503, recovery). The test asserts, on one r
 - its p99 latency is the lowest.
 
 "Matches" allows one point, or two standard errors of the difference of two success rates
-on this many requests (at the peer's rate) when that is larger: a phase holds 40-60 requests per client, and the
-error burst's retries are a coin toss per request for every client, so a single unlucky
-request must not fail the test. The margins that matter (outage load, p99, the latency spike
-and the outage phases, where the designs differ) are wide.
+on this many requests (at the peer's rate) when that is larger: a phase holds about 60
+requests per client, and the error burst's retries are a coin toss per request for every
+client, so a single unlucky request must not fail the test. The margins that matter
+(outage load, p99, the latency spike and the outage phases, where the designs differ) are
+wide.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ pytestmark = pytest.mark.slow
 
 def _demo() -> ModuleType:
     spec = importlib.util.spec_from_file_location("resilient_demo", DEMO)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module by name
     spec.loader.exec_module(module)
