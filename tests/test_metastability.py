@@ -29,7 +29,7 @@ from resilient import RetryBudget
 CAPACITY = 100.0  # requests per second
 LOAD = 75.0  # calls per second, 75 % of capacity
 TIMEOUT = 1.0  # seconds before a client abandons an attempt
-TRIGGER = (30.0, 33.0)  # when the trigger acts
+TRIGGERS = {"dip": (30.0, 33.0), "spike": (30.0, 32.0)}  # when each trigger acts
 END = 90.0  # the run's length
 
 
@@ -37,7 +37,7 @@ def run(
     budget: RetryBudget | None, *, attempts: int = 3, trigger: str = "dip", seed: int = 1
 ) -> tuple[Sim, list[int]]:
     """The experiment; goodput as successful calls completed in each virtual second."""
-    start, stop = TRIGGER if trigger == "dip" else (TRIGGER[0], TRIGGER[0] + 2.0)
+    start, stop = TRIGGERS[trigger]
     sim = Sim(attempts=attempts, budget=budget, seed=seed)
 
     def capacity(t: float) -> float:
@@ -84,17 +84,17 @@ def test_healthy_before_the_trigger_with_or_without_budget(trigger: str) -> None
 @pytest.mark.parametrize("trigger", ["dip", "spike"])
 def test_plain_retries_stay_locked_up_after_the_trigger(trigger: str) -> None:
     sim, goodput = run(None, trigger=trigger)
-    end_of_trigger = int(TRIGGER[1])
-    assert recovered_after(goodput, TRIGGER[1]) is None
+    end_of_trigger = TRIGGERS[trigger][1]
+    assert recovered_after(goodput, end_of_trigger) is None
     # From a few seconds after the trigger to the end: (almost) nothing succeeds.
-    assert mean(goodput[end_of_trigger + 3 :]) < 0.02 * LOAD
+    assert mean(goodput[int(end_of_trigger) + 3 :]) < 0.02 * LOAD
     assert sim.load > 2.2  # attempts per call: the retries are the overload
 
 
 @pytest.mark.parametrize("trigger", ["dip", "spike"])
 def test_the_default_budget_recovers_within_seconds_of_the_trigger(trigger: str) -> None:
     sim, goodput = run(RetryBudget(), trigger=trigger)
-    recovery = recovered_after(goodput, TRIGGER[1])
+    recovery = recovered_after(goodput, TRIGGERS[trigger][1])
     assert recovery is not None
     assert recovery <= 12.0
     assert mean(goodput[60:]) == pytest.approx(LOAD, rel=0.05)
@@ -107,8 +107,8 @@ def test_the_budget_costs_only_seconds_next_to_no_retries_at_all(trigger: str) -
     queue takes a few seconds longer to drain than with no retries (``attempts=1``)."""
     _, with_budget = run(RetryBudget(), trigger=trigger)
     _, no_retries = run(None, attempts=1, trigger=trigger)
-    budget_recovery = recovered_after(with_budget, TRIGGER[1])
-    bare_recovery = recovered_after(no_retries, TRIGGER[1])
+    budget_recovery = recovered_after(with_budget, TRIGGERS[trigger][1])
+    bare_recovery = recovered_after(no_retries, TRIGGERS[trigger][1])
     assert budget_recovery is not None
     assert bare_recovery is not None
     assert budget_recovery - bare_recovery <= 8.0
@@ -118,7 +118,7 @@ def test_the_budget_costs_only_seconds_next_to_no_retries_at_all(trigger: str) -
 def test_the_outcome_does_not_hang_on_one_lucky_seed(seed: int) -> None:
     _, plain = run(None, seed=seed)
     _, budgeted = run(RetryBudget(), seed=seed)
-    assert recovered_after(plain, TRIGGER[1]) is None
-    recovery = recovered_after(budgeted, TRIGGER[1])
+    assert recovered_after(plain, TRIGGERS["dip"][1]) is None
+    recovery = recovered_after(budgeted, TRIGGERS["dip"][1])
     assert recovery is not None
     assert recovery <= 12.0
