@@ -38,7 +38,7 @@ EVERY_KEY: dict[str, Any] = {
         "max_delay": 3.0,
         "jitter": "equal",
         "max_retry_after": 30.0,
-        "budget": {"enabled": True, "ratio": 0.2, "reserve": 7.0, "window": 20.0},
+        "budget": {"enabled": True, "ratio": 0.3, "reserve": 7.0, "window": 20.0},
     },
     "breaker": {
         "enabled": True,
@@ -80,7 +80,7 @@ def equivalent_python() -> list[Any]:
             max_delay=3.0,
             jitter="equal",
             max_retry_after=30.0,
-            budget=RetryBudget(ratio=0.2, reserve=7.0, window=20.0),
+            budget=RetryBudget(ratio=0.3, reserve=7.0, window=20.0),
         ),
         CircuitBreaker(
             failure_rate=0.3,

@@ -502,8 +502,9 @@ async def test_the_default_budget_limits_retries_of_a_dead_dependency(clock: Fak
     for _ in range(20):
         with pytest.raises(ConnectionError):
             await p.call(fn)
-    # 20 first attempts; retries: the reserve (5) plus 10 % of 20 calls, not 2 per call.
-    assert fn.calls == 20 + 5 + 2
+    # 20 first attempts; retries: the reserve (5) only, not 2 per call (failed calls earn
+    # nothing).
+    assert fn.calls == 20 + 5
 
 
 async def test_budget_none_switches_budgeting_off(clock: FakeClock) -> None:
@@ -527,12 +528,20 @@ async def test_a_shared_budget_is_spent_by_every_pipeline_holding_it(clock: Fake
     assert (a.calls, b.calls) == (3, 1)
 
 
-async def test_80_calls_per_second_to_a_dead_dependency_make_about_1_1_attempts_per_call(
+async def test_80_calls_per_second_to_a_dead_dependency_make_about_1_01_attempts_per_call(
     clock: FakeClock,
 ) -> None:
-    """End to end through Retry(attempts=4): the budget, not `attempts`, sets the amplification."""
-    fn = Script(ConnectionError)
+    """End to end through Retry(attempts=4): the budget, not `attempts`, sets the amplification.
+
+    A healthy minute banks tokens (ratio * rate * window = 160, plus the reserve); two minutes
+    of outage spend them once and earn nothing: about 1.01 attempts per call over the outage,
+    and exactly 1 in its second minute."""
+    ok = Script("ok")
     p = pipeline(Retry(attempts=4, base_delay=0.0, max_delay=0.0), clock=clock)
+    for _ in range(80 * 60):
+        await p.call(ok)
+        clock.advance(1 / 80)
+    fn = Script(ConnectionError)
     attempts_at_60s = 0
     for i in range(80 * 120):
         if i == 80 * 60:
@@ -540,9 +549,46 @@ async def test_80_calls_per_second_to_a_dead_dependency_make_about_1_1_attempts_
         with pytest.raises(ConnectionError):
             await p.call(fn)
         clock.advance(1 / 80)
-    per_call = (fn.calls - attempts_at_60s) / (80 * 60)
-    assert per_call <= 1.15
-    assert per_call == pytest.approx(1.1, abs=0.01)
+    assert fn.calls / (80 * 120) <= 1.02
+    assert fn.calls - 80 * 120 <= 0.2 * 80 * 10 + 5
+    assert fn.calls - attempts_at_60s == 80 * 60  # the second minute: no retry at all
+
+
+async def test_a_retry_that_succeeds_gets_its_token_back(clock: FakeClock) -> None:
+    budget = RetryBudget(ratio=0.0, reserve=1)
+    p = pipeline(Retry(attempts=3, base_delay=0.0, max_delay=0.0, budget=budget), clock=clock)
+    for _ in range(50):  # every call fails once: one token carries all 50 retries
+        assert await p.call(Script(ConnectionError, "ok")) == "ok"
+    assert budget.available(clock.now()) == pytest.approx(1.0)
+    with pytest.raises(ConnectionError):
+        await p.call(Script(ConnectionError, ConnectionError, ConnectionError))
+    assert budget.available(clock.now()) == pytest.approx(0.0)  # a retry that failed spent it
+
+
+async def test_a_retry_answered_with_a_client_error_gets_its_token_back(clock: FakeClock) -> None:
+    budget = RetryBudget(ratio=0.0, reserve=1)
+    classify = [on_exception(KeyError, verdict=Verdict.CLIENT_ERROR)]
+    p = pipeline(
+        Retry(attempts=2, base_delay=0.0, max_delay=0.0, budget=budget, classify=classify),
+        clock=clock,
+    )
+    with pytest.raises(KeyError):
+        await p.call(Script(ConnectionError, KeyError))
+    assert budget.available(clock.now()) == pytest.approx(1.0)
+
+
+async def test_only_calls_that_did_not_fail_earn(clock: FakeClock) -> None:
+    budget = RetryBudget(ratio=0.5, reserve=0)
+    p = pipeline(Retry(attempts=1, budget=budget), clock=clock)
+    for _ in range(4):
+        with pytest.raises(ConnectionError):
+            await p.call(Script(ConnectionError))
+        with pytest.raises(RuntimeError):  # FAILURE: a dependency failure too
+            await p.call(Script(RuntimeError))
+    assert budget.available(clock.now()) == 0.0
+    for _ in range(4):
+        assert await p.call(Script("ok")) == "ok"
+    assert budget.available(clock.now()) == pytest.approx(2.0)
 
 
 async def test_a_success_refills_the_reserve_for_the_next_incident(clock: FakeClock) -> None:

@@ -59,13 +59,9 @@ async def stuck(clock: FakeClock) -> None:
 async def _exercise(telemetry: Telemetry, clock: FakeClock) -> list[Pipeline]:
     """Calls through the real policies touching every instrument; returns the pipelines
     (the gauges report live pipelines only)."""
+    budget = RetryBudget(ratio=0.0, reserve=1)
     payments = Pipeline(
-        Retry(
-            attempts=2,
-            base_delay=0.1,
-            jitter="none",
-            budget=RetryBudget(ratio=0.0, reserve=1),
-        ),
+        Retry(attempts=2, base_delay=0.1, jitter="none", budget=budget),
         CircuitBreaker(minimum_calls=100, name="breaker"),
         RateLimiter(rate=1.0, burst=3, max_wait=5.0, name="limiter"),
         Bulkhead(max_concurrent=4, name="pool"),
@@ -75,6 +71,8 @@ async def _exercise(telemetry: Telemetry, clock: FakeClock) -> list[Pipeline]:
         telemetry=telemetry,
     )
     assert await payments.call(flaky, [ConnectionError("x")]) == "ok"  # retried once
+    # The successful retry got its token back; a retry elsewhere spends it.
+    assert budget.try_withdraw(clock.now())
     with pytest.raises(ConnectionError):  # the budget's only token is spent: refused
         await payments.call(flaky, [ConnectionError("x"), ConnectionError("y")])
     with pytest.raises(TimeoutExceeded):  # the limiter is empty: this call waits first

@@ -478,7 +478,12 @@ class _Round:
         budget = hedge._budget
         verdict = self.verdict
         if budget is not None and (verdict is _SUCCESS or verdict is _CLIENT_ERROR):
-            budget.record_success(ctx.clock.now())
+            if self.kind == "hedge":
+                budget.refund(ctx.clock.now())  # a winning hedge proved itself: its token back
+            if hedge._deposit:
+                budget.earn(ctx.clock.now)
+            else:
+                budget.record_success(ctx.clock.now())
         if self.hedges and ctx.listening:
             winner = "none"
             if self.finished:
@@ -711,8 +716,9 @@ class Hedge(PolicyDecorator):
 
     Each hedge spends one token of ``budget``, the same ``RetryBudget`` retries use: an
     overloaded dependency, whose every call is slow, gets at most ``ratio`` more load from
-    hedges. The first attempt of each call earns ``ratio`` tokens (``deposit=False`` when a
-    ``Retry`` holding the same budget already counts the calls).
+    hedges. A hedge that wins with a success gets its token back (``RetryBudget.refund``); each
+    call that ends without a dependency failure earns ``ratio`` tokens (``deposit=False`` when
+    a ``Retry`` holding the same budget already counts the calls).
 
     A call marked not resendable (``ctx.resendable`` false, as ``resilient.httpx`` does for a
     POST without an idempotency key) is never hedged; neither is a call whose deadline comes
@@ -728,7 +734,8 @@ class Hedge(PolicyDecorator):
         min_samples: adaptive delay only: latencies needed before the percentile is used (20).
         budget: a ``RetryBudget`` shared with retries; by default a fresh ``RetryBudget()``
             per ``Hedge``; ``None`` turns budgeting off.
-        deposit: whether each call's first attempt earns budget tokens here (default True).
+        deposit: whether calls that end without a dependency failure earn budget tokens here
+            (default True).
         classify: how outcomes are classified; ``None`` (default) uses the pipeline's.
         on_discard: called with a returned value that loses (a TRANSIENT result replaced by
             a later one, or a result arriving after another attempt won), for example to
@@ -842,9 +849,6 @@ class Hedge(PolicyDecorator):
             return await call(ctx)
         clock = ctx.clock
         now = clock.now()
-        budget = self._budget
-        if budget is not None and self._deposit and ctx.attempt == 1:
-            budget.record_call(clock.now)
         latency = self._latency
         delay = self._delay if latency is None else latency.delay()
         if now + delay >= ctx.deadline:
@@ -925,7 +929,7 @@ class Hedge(PolicyDecorator):
         if latency is not None:
             latency.record(ctx.clock.now() - started)
         budget = self._budget
-        if budget is not None and budget.refilling:
+        if budget is not None and (self._deposit or budget.refilling):
             self._refill(ctx, result)
         return result
 
@@ -937,14 +941,18 @@ class Hedge(PolicyDecorator):
         ):
             latency.record(ctx.clock.now() - started)
         budget = self._budget
-        if error is None and budget is not None and budget.refilling:
+        if error is None and budget is not None and (self._deposit or budget.refilling):
             self._refill(ctx, result)
 
     def _refill(self, ctx: Context, result: Any) -> None:
-        """A call ended without a dependency failure: collect the budget reserve's refill."""
+        """A call ended without a dependency failure: earn (``deposit``) and collect the budget
+        reserve's refill."""
         budget = self._budget
         if budget is not None and race_verdict(self, ctx, None, result) in _NOT_FAILED:
-            budget.record_success(ctx.clock.now())
+            if self._deposit:
+                budget.earn(ctx.clock.now)
+            else:
+                budget.record_success(ctx.clock.now())
 
     async def _grouped(self, call: Call, ctx: Context, delay: float) -> Any:
         """Any clock and backend: every attempt in a task group."""

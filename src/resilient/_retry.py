@@ -212,8 +212,6 @@ class Retry(PolicyDecorator):
         if ctx.listening:
             return await self._run(call, ctx, None, None, pending=False, classification=None)
         budget = self._budget
-        if budget is not None:
-            budget.record_call(ctx.clock.now)
         ctx.attempt = 1
         try:
             result = await call(ctx)
@@ -232,12 +230,8 @@ class Retry(PolicyDecorator):
                 first = classifier.classify_result(result)
                 verdict = first.verdict
             if verdict is not _TRANSIENT:
-                if (
-                    budget is not None
-                    and budget.refilling
-                    and (verdict is _SUCCESS or verdict is _CLIENT_ERROR)
-                ):
-                    budget.record_success(ctx.clock.now())
+                if budget is not None and (verdict is _SUCCESS or verdict is _CLIENT_ERROR):
+                    budget.earn(ctx.clock.now)  # a counter bump; the clock is rarely read
                 return result
             error = None
             return await self._run(call, ctx, result, None, pending=True, classification=first)
@@ -270,8 +264,6 @@ class Retry(PolicyDecorator):
         last_error: Exception | None = None
         reason: str | None
         try:
-            if not pending and budget is not None:
-                budget.record_call(clock.now)
             while True:
                 started = None
                 if pending:
@@ -290,7 +282,7 @@ class Retry(PolicyDecorator):
                         ctx, self.name, ctx.clock.now(), attempt, verdict, started, error
                     )
                 if verdict is not _TRANSIENT:
-                    reason = self._settled(verdict, clock, budget)
+                    reason = self._settled(verdict, clock, budget, attempt)
                     break
                 # A transient failure: may we retry, and after how long?
                 delay, previous, reason = self._plan(ctx, attempt, classification, previous, error)
@@ -327,11 +319,17 @@ class Retry(PolicyDecorator):
         return classifier.classify_result, classifier.classify_exception
 
     @staticmethod
-    def _settled(verdict: Verdict, clock: Clock, budget: RetryBudget | None) -> str | None:
-        # A final verdict: a success or client error collects the budget's reserve refill.
+    def _settled(
+        verdict: Verdict, clock: Clock, budget: RetryBudget | None, attempt: int
+    ) -> str | None:
+        # A final verdict. A call that ended without a dependency failure (a success or a
+        # client error) earns budget tokens; when a retry got that answer, the retry proved
+        # the failure transient and its token is refunded.
         if verdict is _SUCCESS or verdict is _CLIENT_ERROR:
-            if budget is not None and budget.refilling:
-                budget.record_success(clock.now())
+            if budget is not None:
+                if attempt > 1:
+                    budget.refund(clock.now())
+                budget.earn(clock.now)
             return None
         return "verdict"
 
