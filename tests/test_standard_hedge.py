@@ -509,3 +509,32 @@ async def test_each_hedge_is_labelled_and_retries_are_labelled(clock: FakeClock)
         ("hedge", 2, "hedge"),
         ("retry", 2, None),
     ]
+
+
+# -- Hedge(unhedged=...) ---------------------------------------------------------------------
+
+
+def test_unhedged_must_be_a_policy() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Hedge(unhedged="attempt_timeout")  # type: ignore[arg-type]
+    assert caught.value.parameter == "Hedge.unhedged"
+    cut = Timeout(0.5, name="attempt_timeout")
+    hedge = Hedge(delay=0.1, unhedged=cut)
+    assert hedge.unhedged is cut
+    assert "unhedged=Timeout(0.5, name='attempt_timeout')" in repr(hedge)
+
+
+async def test_unhedged_runs_around_every_call_when_max_hedges_is_zero(clock: FakeClock) -> None:
+    """max_hedges=0 hedges nothing: every call goes through the ``unhedged`` policy."""
+    pipeline = Pipeline(
+        Hedge(delay=0.1, max_hedges=0, unhedged=Timeout(0.5, name="attempt_timeout")),
+        clock=clock,
+        telemetry=False,
+    )
+
+    async def hang() -> None:
+        await clock.sleep(10.0)
+
+    with pytest.raises(TimeoutExceeded) as caught:
+        await pipeline.call(hang)
+    assert caught.value.policy == "attempt_timeout"
