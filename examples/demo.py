@@ -193,7 +193,7 @@ def retrying_client(base: str) -> Client:
 # that succeeds gets its token back, so the independent errors of the burst are retried.
 RESILIENT_OPTIONS: dict[str, Any] = {
     "total_timeout": 2.0,  # the caller waits at most this long, retries included
-    "attempt_timeout": 0.25,  # a slow attempt is cut and retried
+    "attempt_timeout": 0.25,  # a slow attempt keeps running; a hedge starts beside it
     "attempts": 3,
     "base_delay": 0.05,
     "max_delay": 0.5,
@@ -523,8 +523,9 @@ async def run(*, rate: float, scale: float, output: Path) -> int:
         "Latency counts every request, failed ones included (a fast failure is a latency the\n"
         f"caller sees too). Recovered: the first {BUCKET:g} s after the outage with >= "
         f"{RECOVERED:.0%} successes.\n"
-        "The resilient client retries within a budget, cuts slow attempts, and stops calling a\n"
-        "dead upstream (its breaker opens); it recovers a little later because an open breaker\n"
+        "The resilient client retries within a budget, hedges slow attempts (a second copy\n"
+        "beside the slow one; the first answer wins), and stops calling a dead upstream (its\n"
+        "breaker opens); it recovers a little later because an open breaker\n"
         "waits before probing again, longer after each failed probe: the price of not hammering\n"
         "a dependency that is down."
     )
