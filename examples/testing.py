@@ -68,8 +68,28 @@ async def test_two_failures_are_retried(clock: Clock) -> None:
     assert len(events.of_type(RetryScheduled)) == 2
 
 
-async def test_a_slow_dependency_times_out_each_attempt(clock: Clock) -> None:
+async def test_a_slow_dependency_ends_at_the_total_timeout(clock: Clock) -> None:
     pipeline = inventory_pipeline(clock, EventRecorder())
+    inventory = Inventory(clock, delay=3600.0)
+
+    with pytest.raises(TimeoutExceeded) as raised:
+        await pipeline.call(inventory.stock, "sku-1")
+    # The attempt timeout (2 s) hedges rather than cuts: the slow attempt keeps running and
+    # another starts beside it (on trio's MockClock, where sleeps overlap; FakeClock runs
+    # sleeps one after another), until the total timeout ends the call.
+    assert raised.value.policy == "total_timeout"
+    assert 1 <= inventory.calls <= 3
+
+
+async def test_with_the_cutting_attempt_timeout_each_attempt_is_cut(clock: Clock) -> None:
+    pipeline = resilient.standard(
+        "inventory",
+        attempts=3,
+        attempt_timeout=2.0,
+        hedge_on_attempt_timeout=False,
+        clock=clock,
+        telemetry=False,
+    )
     inventory = Inventory(clock, delay=3600.0)
 
     with pytest.raises(TimeoutExceeded) as raised:
@@ -94,7 +114,8 @@ async def test_the_breaker_opens_then_closes_after_a_probe(clock: Clock) -> None
 # --8<-- [end:tests]
 TESTS = (
     test_two_failures_are_retried,
-    test_a_slow_dependency_times_out_each_attempt,
+    test_a_slow_dependency_ends_at_the_total_timeout,
+    test_with_the_cutting_attempt_timeout_each_attempt_is_cut,
     test_the_breaker_opens_then_closes_after_a_probe,
 )
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Every key of a pipeline table set to a value that differs from its default.
 EVERY_KEY: dict[str, Any] = {
-    "timeout": {"total": 12.5, "attempt": 2.5},
+    "timeout": {"total": 12.5, "attempt": 2.5, "hedge": False},
     "retry": {
         "enabled": True,
         "attempts": 5,
@@ -194,6 +194,35 @@ def test_defaults_apply_to_every_pipeline_and_a_pipeline_overrides_them() -> Non
     assert registry.settings("b")["breaker.open_for"] == 9.0
 
 
+def test_the_attempt_timeout_hedges_with_the_retrys_budget_unless_turned_off() -> None:
+    """As standard(): the hedge shares the Retry's budget (a reload that rebuilds the Retry
+    rebuilds the hedge with it); ``timeout.hedge = false`` is the cutting attempt timeout."""
+    registry = rc.load(
+        {"pipelines": {"h": {"timeout": {"attempt": 0.5}}, "cut": {"timeout": {"hedge": False}}}},
+        env={},
+    )
+    retry, hedge = registry.policy("h").policies[1:3]
+    assert isinstance(retry, Retry)
+    assert isinstance(hedge, resilient.Hedge)
+    assert (hedge.delay, hedge.max_hedges) == (0.5, 3)
+    assert hedge.budget is retry.budget
+    assert [type(p).__name__ for p in registry.policy("cut").policies][-1] == "Timeout"
+    registry.reload(
+        {
+            "pipelines": {
+                "h": {"timeout": {"attempt": 0.5}, "retry": {"budget": {"ratio": 0.3}}},
+                "cut": {"timeout": {"hedge": False}},
+            }
+        }
+    )
+    retry, hedge = registry.policy("h").policies[1:3]
+    assert isinstance(retry, Retry)
+    assert isinstance(hedge, resilient.Hedge)
+    assert retry.budget is not None
+    assert retry.budget.ratio == 0.3
+    assert hedge.budget is retry.budget
+
+
 def test_false_turns_optional_parts_off() -> None:
     registry = rc.load(
         {
@@ -215,10 +244,10 @@ def test_false_turns_optional_parts_off() -> None:
     assert [type(p).__name__ for p in registry.policy("limited").policies] == [
         "Timeout",
         "Retry",
+        "Hedge",
         "CircuitBreaker",
         "RateLimiter",
         "Bulkhead",
-        "Timeout",
     ]
 
 

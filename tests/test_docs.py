@@ -144,7 +144,7 @@ def test_the_documented_conftest_runs_the_testing_example_on_both_loops(tmp_path
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "6 passed" in done.stdout  # 3 tests x (asyncio, trio)
+    assert "8 passed" in done.stdout  # 4 tests x (asyncio, trio)
 
 
 def test_troubleshooting_names_every_public_exception() -> None:

@@ -916,14 +916,17 @@ def test_standard_builds_the_recommended_order_per_host() -> None:
         rate=50.0,
         max_concurrent=8,
     )
-    total, retry, breaker, limiter, bulkhead, attempt = transport.pipeline.policies
+    total, retry, hedge, breaker, limiter, bulkhead = transport.pipeline.policies
     assert isinstance(total, Timeout)
     assert isinstance(retry, resilient.Retry)
+    assert isinstance(hedge, resilient.Hedge)
     assert isinstance(breaker, resilient.CircuitBreaker)
     assert isinstance(limiter, resilient.RateLimiter)
     assert isinstance(bulkhead, resilient.Bulkhead)
+    attempt = hedge.unhedged  # the cut of a request that may not be sent twice
     assert isinstance(attempt, Timeout)
-    assert (total.seconds, attempt.seconds) == (8.0, 2.0)
+    assert (total.seconds, hedge.delay, attempt.seconds) == (8.0, 2.0, 2.0)
+    assert hedge.budget is retry.budget
     assert (retry.attempts, breaker.minimum_calls, bulkhead.max_concurrent) == (4, 10, 8)
     assert (breaker.per_key, limiter.per_key, bulkhead.per_key) == (True, True, True)
     assert transport.pipeline.name == "http"

@@ -26,8 +26,12 @@ def kinds(pipeline: resilient.Pipeline) -> list[str]:
 
 
 def test_default_order_follows_the_design() -> None:
+    """The attempt timeout hedges by default (tests/test_standard_hedge.py); with
+    ``hedge_on_attempt_timeout=False`` it is the innermost, cutting Timeout."""
     pipeline = resilient.standard("payments")
     assert pipeline.name == "payments"
+    assert kinds(pipeline) == ["Timeout", "Retry", "Hedge", "CircuitBreaker", "Bulkhead"]
+    pipeline = resilient.standard("payments", hedge_on_attempt_timeout=False)
     assert kinds(pipeline) == ["Timeout", "Retry", "CircuitBreaker", "Bulkhead", "Timeout"]
     total, retry, *_, attempt = pipeline.policies
     assert isinstance(total, Timeout)
@@ -35,12 +39,12 @@ def test_default_order_follows_the_design() -> None:
     assert (total.name, total.seconds) == ("total_timeout", 30.0)
     assert (attempt.name, attempt.seconds) == ("attempt_timeout", 10.0)
     assert isinstance(retry, Retry)
-    assert retry.attempts == 3
+    assert retry.attempts == 4  # 3 retries
     assert retry.budget is not None
 
 
 def test_rate_limiter_sits_between_breaker_and_bulkhead() -> None:
-    pipeline = resilient.standard(rate=50.0)
+    pipeline = resilient.standard(rate=50.0, hedge_on_attempt_timeout=False)
     assert kinds(pipeline) == [
         "Timeout",
         "Retry",
@@ -69,7 +73,7 @@ def test_options_reach_the_policies() -> None:
     pipeline = resilient.standard(
         attempts=5, failure_rate=0.25, minimum_calls=7, open_for=2.0, max_concurrent=3, budget=None
     )
-    retry, breaker, bulkhead = pipeline.policies[1:4]
+    retry, _, breaker, bulkhead = pipeline.policies[1:5]
     assert isinstance(retry, Retry)
     assert isinstance(breaker, CircuitBreaker)
     assert isinstance(bulkhead, Bulkhead)
@@ -156,10 +160,13 @@ def test_an_attempt_timeout_above_the_total_is_refused_naming_both() -> None:
 
 def test_the_default_attempt_timeout_never_exceeds_a_shorter_total() -> None:
     """Only ``total_timeout=2`` given: the default 10 s attempt timeout follows it down."""
-    short = resilient.standard(total_timeout=2.0).policies
+    hedge = resilient.standard(total_timeout=2.0).policies[2]
+    assert isinstance(hedge, resilient.Hedge)
+    assert hedge.delay == 2.0
+    short = resilient.standard(total_timeout=2.0, hedge_on_attempt_timeout=False).policies
     assert isinstance(short[-1], Timeout)
     assert short[-1].seconds == 2.0
-    default = resilient.standard().policies
+    default = resilient.standard(hedge_on_attempt_timeout=False).policies
     assert isinstance(default[-1], Timeout)
     assert default[-1].seconds == 10.0
     unbounded = resilient.standard(total_timeout=None).policies
@@ -197,7 +204,7 @@ async def test_client_errors_are_not_retried_and_never_open_the_breaker(clock: F
         with pytest.raises(KeyError):
             await pipeline.call(not_found)
     assert calls == 50  # one attempt each, never refused by the breaker
-    breaker = pipeline.policies[2]
+    breaker = pipeline.policies[3]
     assert isinstance(breaker, CircuitBreaker)
     assert breaker.snapshot().state == "closed"
 
@@ -228,8 +235,15 @@ async def test_a_dead_dependency_opens_the_breaker_and_calls_fail_fast(clock: Fa
 
 
 async def test_attempt_timeout_is_retried_within_the_total(clock: FakeClock) -> None:
+    """The cutting attempt timeout (hedge_on_attempt_timeout=False): each cut attempt is
+    retried within the total."""
     pipeline = resilient.standard(
-        clock=clock, total_timeout=5.0, attempt_timeout=1.0, attempts=10, telemetry=False
+        clock=clock,
+        total_timeout=5.0,
+        attempt_timeout=1.0,
+        attempts=10,
+        hedge_on_attempt_timeout=False,
+        telemetry=False,
     )
     attempts = 0
 

@@ -35,7 +35,7 @@ from ._events import (
     report_budget_refused,
 )
 from ._exceptions import ConfigurationError
-from ._pipeline import Call, PolicyDecorator
+from ._pipeline import Call, Policy, PolicyDecorator
 
 __all__ = ["Hedge", "HedgeEnded", "HedgeStarted"]
 
@@ -534,6 +534,13 @@ class _Round:
         if self.hedges < self.hedge._max_hedges:
             self.timer = call_at(now + self.delay, self.launch)
 
+    async def interrupted(self, ctx: Context, started: float) -> bool:
+        """The original (in the caller's task) was cancelled after the delay passed: whether
+        by a winning hedge (else by the caller). Every attempt has ended when this returns."""
+        ours = self.our_cut(ctx, started)
+        await self.wind_up()
+        return ours
+
     def our_cut(self, ctx: Context, started: float) -> bool:
         """The original ended in a cancellation: whether it was ours (a hedge won)."""
         self.original_running = False
@@ -741,6 +748,12 @@ class Hedge(PolicyDecorator):
             a later one, or a result arriving after another attempt won), for example to
             release a response; may return an awaitable (awaited, shielded from cancellation,
             so it must not block). Its exceptions are logged and ignored.
+        unhedged: a policy run around each call this hedge never hedges (one not
+            ``resendable``, or every call when ``max_hedges=0``), typically an attempt
+            ``Timeout``: ``resilient.standard()`` gives ``Timeout(attempt_timeout,
+            name="attempt_timeout")``, so a POST without an idempotency key is still cut at
+            the attempt timeout while a GET is hedged there instead. ``None`` (default): such
+            calls run as they are.
         name: the policy's name in events and telemetry (default ``"hedge"``).
 
     Raises:
@@ -750,6 +763,7 @@ class Hedge(PolicyDecorator):
     __slots__ = (
         "_budget",
         "_classifier",
+        "_cut",
         "_delay",
         "_deposit",
         "_latency",
@@ -779,6 +793,7 @@ class Hedge(PolicyDecorator):
         | Iterable[Any]
         | None = None,
         on_discard: Callable[[Any], object] | None = None,
+        unhedged: Policy | None = None,
         name: str = "hedge",
     ) -> None:
         self._latency: LatencyHistogram | None
@@ -819,6 +834,11 @@ class Hedge(PolicyDecorator):
         self._deposit = deposit
         self._classifier = as_classifier("Hedge.classify", classify)
         self._on_discard = check.optional(check.callable_, "Hedge.on_discard", on_discard)
+        if unhedged is not None and not callable(getattr(unhedged, "execute", None)):
+            raise ConfigurationError(
+                "Hedge.unhedged", unhedged, "expected a policy (such as a Timeout) or None"
+            )
+        self._cut: Policy | None = unhedged
         self.name = check.name("Hedge.name", name)
         self._queue: _Queue | None = None
 
@@ -843,24 +863,94 @@ class Hedge(PolicyDecorator):
         """The budget hedges spend, or ``None`` when budgeting is off."""
         return self._budget
 
+    @property
+    def unhedged(self) -> Policy | None:
+        """The policy run around calls that are never hedged, or ``None``."""
+        return self._cut
+
     async def execute(self, call: Call, ctx: Context, /) -> Any:
         """Run ``call``, hedging it when it is slow to answer (see the class docstring)."""
         if self._max_hedges == 0 or not ctx.resendable:
-            return await call(ctx)
+            return await self._unhedged(call, ctx)
         clock = ctx.clock
         now = clock.now()
         latency = self._latency
         delay = self._delay if latency is None else latency.delay()
+        queue = None if now + delay >= ctx.deadline else self._queue_on(clock)
+        if queue is None:
+            return await self._general(call, ctx, now, delay)
+        # asyncio, system clock (every call's path when no hedge is sent, in one coroutine
+        # frame): the original runs in this task; the call waits for its delay in the queue
+        # (a dict insert), and hedges start as tasks only if the delay passes.
+        host = asyncio.current_task(queue.loop)
+        assert host is not None
+        waiting = queue.waiting
+        key = queue.add(
+            (
+                now + delay,
+                host,
+                ctx,
+                call,
+                now,
+                delay,
+                # Hedges run in the caller's context variables as they are now (the timer's
+                # callback runs in an empty context).
+                contextvars.copy_context(),
+                (ctx.deadline, ctx.deadline_source, ctx.deadline_timeout, ctx.attempt),
+            )
+        )
+        try:
+            result = await call(ctx)
+        except Exception as exc:
+            if waiting.pop(key, None) is None:
+                return await queue.launched.pop(key).after_original(ctx, now, None, exc)
+            self._answered(ctx, now, None, exc)
+            raise
+        except BaseException:
+            if waiting.pop(key, None) is not None:
+                raise  # cancelled before its delay passed: nothing else runs
+            race = queue.launched.pop(key)
+            if await race.interrupted(ctx, now):
+                return race.outcome()  # a hedge won and cut the original
+            raise  # the caller's cancellation: every attempt has ended
+        if waiting.pop(key, None) is None:
+            return await queue.launched.pop(key).after_original(ctx, now, result, None)
+        if latency is not None:
+            latency.record(clock.now() - now)
+        budget = self._budget
+        if budget is not None and (self._deposit or budget.refilling):
+            self._refill(ctx, result)
+        return result
+
+    async def _unhedged(self, call: Call, ctx: Context) -> Any:
+        """A call never hedged: as it is, or through the ``unhedged`` policy."""
+        cut = self._cut
+        if cut is None:
+            return await call(ctx)
+        return await cut.execute(call, ctx)
+
+    def _queue_on(self, clock: object) -> _Queue | None:
+        """The queue of the caller's asyncio loop with the system clock, else ``None``."""
+        if type(clock) is not SystemClock:
+            return None
+        loop = current_loop()
+        if loop is None:
+            return None
+        queue = self._queue
+        if queue is None or queue.loop is not loop:
+            if queue is not None and (queue.waiting or queue.launched):
+                return None  # another loop is using this Hedge right now (threads)
+            self._queue = queue = _Queue(self, loop)
+        return queue
+
+    async def _general(self, call: Call, ctx: Context, now: float, delay: float) -> Any:
+        """A call that no hedge could join before its deadline runs as a plain attempt
+        (still timed when the delay adapts, so the histogram sees every latency); any
+        other runs every attempt in a task group (any clock and backend)."""
         if now + delay >= ctx.deadline:
-            # No hedge could start before the deadline: a plain attempt (still timed when
-            # the delay adapts, so the histogram sees every latency).
-            if latency is None:
+            if self._latency is None:
                 return await call(ctx)
             return await self._timed(call, ctx, now)
-        if type(clock) is SystemClock:
-            loop = current_loop()
-            if loop is not None:
-                return await self._inline(call, ctx, delay, now, loop)
         return await self._grouped(call, ctx, delay)
 
     async def _timed(self, call: Call, ctx: Context, started: float) -> Any:
@@ -873,64 +963,6 @@ class Hedge(PolicyDecorator):
             latency.record(clock.now() - started)
             raise
         latency.record(clock.now() - started)
-        return result
-
-    async def _inline(
-        self,
-        call: Call,
-        ctx: Context,
-        delay: float,
-        started: float,
-        loop: asyncio.AbstractEventLoop,
-    ) -> Any:
-        """asyncio, system clock: the original in this task, hedges as tasks if needed."""
-        queue = self._queue
-        if queue is None or queue.loop is not loop:
-            if queue is not None and (queue.waiting or queue.launched):
-                # Another loop is using this Hedge right now (threads): the general way.
-                return await self._grouped(call, ctx, delay)
-            self._queue = queue = _Queue(self, loop)
-        host = asyncio.current_task(loop)
-        assert host is not None
-        waiting = queue.waiting
-        key = queue.add(
-            (
-                started + delay,
-                host,
-                ctx,
-                call,
-                started,
-                delay,
-                # Hedges run in the caller's context variables as they are now (the timer's
-                # callback runs in an empty context).
-                contextvars.copy_context(),
-                (ctx.deadline, ctx.deadline_source, ctx.deadline_timeout, ctx.attempt),
-            )
-        )
-        try:
-            result = await call(ctx)
-        except Exception as exc:
-            if waiting.pop(key, None) is None:
-                return await queue.launched.pop(key).after_original(ctx, started, None, exc)
-            self._answered(ctx, started, None, exc)
-            raise
-        except BaseException:
-            if waiting.pop(key, None) is not None:
-                raise  # cancelled before its delay passed: nothing else runs
-            race = queue.launched.pop(key)
-            if race.our_cut(ctx, started):
-                await race.wind_up()  # a hedge won: its outcome is the call's
-                return race.outcome()
-            await race.wind_up()  # the caller's cancellation: every attempt goes
-            raise
-        if waiting.pop(key, None) is None:
-            return await queue.launched.pop(key).after_original(ctx, started, result, None)
-        latency = self._latency
-        if latency is not None:
-            latency.record(ctx.clock.now() - started)
-        budget = self._budget
-        if budget is not None and (self._deposit or budget.refilling):
-            self._refill(ctx, result)
         return result
 
     def _answered(self, ctx: Context, started: float, result: Any, error: Any) -> None:
@@ -1011,7 +1043,8 @@ class Hedge(PolicyDecorator):
 
     def __repr__(self) -> str:
         delay = "'adaptive'" if self._latency is not None else f"{self._delay:g}"
+        cut = "" if self._cut is None else f"unhedged={self._cut!r}, "
         return (
             f"Hedge(delay={delay}, max_hedges={self._max_hedges}, budget={self._budget!r}, "
-            f"name={self.name!r})"
+            f"{cut}name={self.name!r})"
         )

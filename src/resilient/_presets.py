@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -12,6 +13,7 @@ from ._classify import ClassifierLike
 from ._clock import Clock
 from ._events import CallObserver, Listener
 from ._exceptions import ConfigurationError
+from ._hedge import Hedge
 from ._limits import AdaptiveLimit
 from ._pipeline import ObserverFactory, Pipeline, Policy
 from ._ratelimit import BucketStore, RateLimiter
@@ -93,8 +95,10 @@ def _check_combinations(
     max_concurrent: object,
     bulkhead_options: dict[str, object],
     per_key: object,
-) -> None:
-    """Refuse options that cannot work together, naming both (before any policy is built)."""
+    hedge_on_attempt_timeout: object,
+) -> bool:
+    """Refuse options that cannot work together, naming both (before any policy is built);
+    whether the attempt timeout hedges."""
     total = check.optional(check.positive, "standard.total_timeout", total_timeout, allow_inf=True)
     attempt = check.optional(
         check.positive, "standard.attempt_timeout", attempt_timeout, allow_inf=True
@@ -119,6 +123,46 @@ def _check_combinations(
         _unused(bulkhead_options, "max_concurrent", "max_concurrent=None builds no bulkhead")
     elif not isinstance(max_concurrent, AdaptiveLimit):
         check.integer("standard.max_concurrent", max_concurrent, minimum=1)
+    return _hedging(hedge_on_attempt_timeout, total, attempt, attempts)
+
+
+def _hedging(
+    hedge_on_attempt_timeout: object, total: float | None, attempt: float | None, attempts: object
+) -> bool:
+    """Whether the attempt timeout hedges (``None``: when it can); refuse what cannot."""
+    if hedge_on_attempt_timeout is not None and not isinstance(hedge_on_attempt_timeout, bool):
+        raise ConfigurationError(
+            "standard.hedge_on_attempt_timeout",
+            hedge_on_attempt_timeout,
+            "expected True, False or None",
+        )
+    # Hedging keeps a slow attempt running: only a total timeout bounds it then. It needs an
+    # attempt timeout to hedge at, and attempts to hedge with.
+    finite = math.isfinite
+    missing = (
+        (
+            "total_timeout",
+            total if total is not None and finite(total) else None,
+            "nothing would bound the attempts left running",
+        ),
+        (
+            "attempt_timeout",
+            attempt if attempt is not None and finite(attempt) else None,
+            "there is no attempt timeout to hedge at",
+        ),
+        ("attempts", None if attempts == 1 else attempts, "attempts=1 allows no second attempt"),
+    )
+    for option, value, why in missing:
+        if value is None:
+            if hedge_on_attempt_timeout:
+                written = {"total_timeout": total, "attempt_timeout": attempt}.get(option, 1)
+                raise ConfigurationError(
+                    "standard.hedge_on_attempt_timeout",
+                    hedge_on_attempt_timeout,
+                    f"needs standard.{option} (given standard.{option}={written!r}: {why})",
+                )
+            return False
+    return hedge_on_attempt_timeout is not False
 
 
 def _default_attempt_timeout(total_timeout: object) -> float:
@@ -142,7 +186,7 @@ def standard(
     *,
     total_timeout: float | None = 30.0,
     attempt_timeout: float | None = _DEFAULT,
-    attempts: int = 3,
+    attempts: int = 4,
     base_delay: float = 0.1,
     max_delay: float = 5.0,
     budget: Any = _DEFAULT,
@@ -160,6 +204,7 @@ def standard(
     max_wait: float = 1.0,
     per_key: bool = False,
     throttle: bool | Throttle = False,
+    hedge_on_attempt_timeout: bool | None = None,
     classify: ClassifierLike | Callable[..., Any] | Iterable[Any] | None = None,
     clock: Clock | None = None,
     random: Callable[[], float] | None = None,
@@ -170,27 +215,44 @@ def standard(
 
     Order, outermost first (each step is left out when its option is ``None``/``False``)::
 
+        Timeout(total_timeout) -> Retry(attempts, budget) -> Hedge(delay=attempt_timeout)
+            -> [Throttle] -> CircuitBreaker -> RateLimiter(rate) -> Bulkhead(max_concurrent)
+
+    The attempt timeout *hedges* (Envoy's ``hedge_on_per_try_timeout``): when an attempt has
+    not answered within ``attempt_timeout``, it keeps running and another attempt starts
+    beside it (up to ``attempts - 1`` hedges, each ``attempt_timeout`` after the previous);
+    the first acceptable answer wins and the others are cancelled (a breaker counts nothing
+    for them). The total timeout bounds every attempt. Hedges and retries spend one
+    ``RetryBudget`` (the Retry's; only the Retry earns). A call that may not be sent twice
+    (``ctx.resendable`` false: a POST without an idempotency key through
+    ``resilient.httpx``) is never hedged and is cut at ``attempt_timeout`` instead. With
+    ``hedge_on_attempt_timeout=False`` (or without a total timeout, or with ``attempts=1``)
+    the attempt timeout cuts, as an innermost ``Timeout(attempt_timeout)``::
+
         Timeout(total_timeout) -> Retry(attempts, budget) -> [Throttle] -> CircuitBreaker
             -> RateLimiter(rate) -> Bulkhead(max_concurrent) -> Timeout(attempt_timeout)
 
     Retry sits outside the breaker so an open circuit is not hammered; the breaker outside the
     limiter so an open circuit spends no tokens; the bulkhead inside the retry so a call
-    sleeping in backoff holds no slot; the total timeout arms no timer of its own (the
-    attempt timeout is armed at the tighter of the two deadlines).
+    sleeping in backoff holds no slot (each hedge takes its own slot).
 
     Defaults (compare Microsoft's standard resilience handler: total 30 s, attempt 10 s, 3
     retries, breaker 10 % over 30 s with 100 calls minimum, break 5 s): total 30 s, attempt
-    10 s, 3 attempts (2 retries) with full jitter from 0.1 s capped at 5 s under a retry
-    budget (10 % of traffic plus a small reserve), a breaker opening at 50 % failures over
-    30 s once 20 calls were seen, for 5 s; 100 concurrent calls with 100 more waiting up to
-    1 s; no client-side rate limit unless ``rate`` is given (quotas are upstream-specific).
+    10 s (hedged at, not cut), 4 attempts (3 retries, like Microsoft's handler, Polly and
+    httpx-retries) with full jitter from 0.1 s capped at 5 s under a retry budget (calls that
+    succeed earn 0.2 retries, a retry or hedge that succeeds gets its token back, plus a small
+    reserve; shared with the hedges: the budget bounds the extra load, not ``attempts``), a breaker opening at 50 % failures over 30 s once 20 calls were seen,
+    for 5 s; 100 concurrent calls with 100 more waiting up to 1 s; no client-side rate limit
+    unless ``rate`` is given (quotas are upstream-specific).
 
     Args:
         name: the pipeline's name (a telemetry attribute).
         total_timeout: seconds for the whole call, retries included, or ``None``.
-        attempt_timeout: seconds for each attempt, or ``None`` (default: 10 s, or the
+        attempt_timeout: seconds for each attempt before it is hedged (or cut, see
+            ``hedge_on_attempt_timeout``), or ``None`` (default: 10 s, or the
             ``total_timeout`` when that is shorter; given explicitly, it may not exceed it).
-        attempts: attempts including the first (``Retry.attempts``); 1 disables retries.
+        attempts: attempts including the first (``Retry.attempts``, default 4); 1 disables
+            retries (and hedging). Also bounds the hedges of one attempt (``attempts - 1``).
         base_delay: ``Retry.base_delay``.
         max_delay: ``Retry.max_delay``.
         budget: ``Retry.budget`` (default: a fresh ``RetryBudget()``; ``None`` disables it).
@@ -213,6 +275,10 @@ def standard(
         throttle: ``True`` or a ``Throttle`` adds client-side adaptive throttling right
             inside the retry (each attempt counts); off by default because the breaker
             already refuses calls at the same 50 % shed rate (docs/overload.md).
+        hedge_on_attempt_timeout: ``None`` (default): the attempt timeout hedges when there
+            is a finite ``total_timeout``, an ``attempt_timeout`` and ``attempts > 1``, and
+            cuts otherwise; ``True`` insists (a ``ConfigurationError`` names the missing
+            option); ``False`` restores the cutting attempt ``Timeout`` exactly.
         classify: the pipeline's classifier.
         clock: the pipeline's clock.
         random: the pipeline's random source.
@@ -223,13 +289,14 @@ def standard(
         ConfigurationError: an invalid option, named as written here
             (``standard.attempt_timeout``); an option that only means something with another
             one (``burst`` without ``rate``, breaker options with ``circuit_breaker=False``,
-            retry options with ``attempts=1``, bulkhead options with ``max_concurrent=None``),
-            or an ``attempt_timeout`` above the ``total_timeout``: both options are named.
+            retry options with ``attempts=1``, bulkhead options with ``max_concurrent=None``,
+            ``hedge_on_attempt_timeout=True`` without a ``total_timeout``), or an
+            ``attempt_timeout`` above the ``total_timeout``: both options are named.
     """
     if attempt_timeout is _DEFAULT:
         attempt_timeout = _default_attempt_timeout(total_timeout)
     policies: list[Policy] = []
-    _check_combinations(
+    hedging = _check_combinations(
         total_timeout=total_timeout,
         attempt_timeout=attempt_timeout,
         attempts=attempts,
@@ -246,6 +313,7 @@ def standard(
         max_concurrent=max_concurrent,
         bulkhead_options={"max_waiting": max_waiting, "max_wait": max_wait},
         per_key=per_key,
+        hedge_on_attempt_timeout=hedge_on_attempt_timeout,
     )
     if total_timeout is not None:
         policies.append(
@@ -258,14 +326,28 @@ def standard(
         retry_options: dict[str, Any] = {}
         if budget is not _DEFAULT:
             retry_options["budget"] = budget
-        policies.append(
-            _named(
-                _RETRY_OPTIONS,
-                lambda: Retry(
-                    attempts=attempts, base_delay=base_delay, max_delay=max_delay, **retry_options
-                ),
-            )
+        retry = _named(
+            _RETRY_OPTIONS,
+            lambda: Retry(
+                attempts=attempts, base_delay=base_delay, max_delay=max_delay, **retry_options
+            ),
         )
+        policies.append(retry)
+        if hedging and attempt_timeout is not None:
+            # Envoy's hedge_on_per_try_timeout: the attempt timeout starts another attempt
+            # beside the slow one instead of cutting it; the total timeout bounds them all.
+            # Hedges spend the Retry's own budget (one allowance for both; only the Retry
+            # earns), and a call that may not be sent twice keeps the attempt timeout as a cut.
+            shared = retry.budget
+            policies.append(
+                Hedge(
+                    delay=attempt_timeout,
+                    max_hedges=attempts - 1,
+                    budget=shared,
+                    deposit=shared is None,
+                    unhedged=Timeout(attempt_timeout, name="attempt_timeout"),
+                )
+            )
     if throttle is not False:
         policies.append(_throttle(throttle))
     if circuit_breaker:
@@ -307,7 +389,7 @@ def standard(
                 ),
             )
         )
-    if attempt_timeout is not None:
+    if attempt_timeout is not None and not hedging:
         policies.append(
             _named(
                 {"Timeout.seconds": "attempt_timeout"},

@@ -1,16 +1,19 @@
 """Effective settings -> policies, through the public constructors only.
 
-The order is ``resilient.standard()``'s: ``Timeout(total) -> Retry(+budget) -> CircuitBreaker
--> RateLimiter -> Bulkhead -> Timeout(attempt)``. Each policy is a *component* with the keys it
-was built from, so a reload rebuilds only what changed and keeps the rest (and its state).
+The order is ``resilient.standard()``'s: ``Timeout(total) -> Retry(+budget) -> Hedge(attempt,
+the Retry's budget) -> CircuitBreaker -> RateLimiter -> Bulkhead``, or with ``timeout.hedge =
+false`` (or no total timeout, or no retries) ``... -> Bulkhead -> Timeout(attempt)``. Each
+policy is a *component* with the keys it was built from, so a reload rebuilds only what changed
+and keeps the rest (and its state).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from resilient import Bulkhead, CircuitBreaker, RateLimiter, Retry, RetryBudget, Timeout
+from resilient import Bulkhead, CircuitBreaker, Hedge, RateLimiter, Retry, RetryBudget, Timeout
 from resilient.events import Listener
 from resilient.extend import Policy
 
@@ -18,15 +21,44 @@ from ._load import PipelineSettings
 
 __all__ = ["COMPONENTS", "build_policies", "component_keys", "describe"]
 
-COMPONENTS = ("timeout.total", "retry", "breaker", "limiter", "bulkhead", "timeout.attempt")
+COMPONENTS = (
+    "timeout.total",
+    "retry",
+    "hedge",
+    "breaker",
+    "limiter",
+    "bulkhead",
+    "timeout.attempt",
+)
 """The components of a configured pipeline, outermost first."""
+
+# Whether the attempt timeout hedges depends on these (and the hedge holds the Retry's budget:
+# it is rebuilt with the Retry).
+_HEDGE_KEYS = ("timeout.total", "timeout.attempt", "timeout.hedge")
 
 
 def component_keys(settings: PipelineSettings, component: str) -> tuple[tuple[str, object], ...]:
     """The settings a component is built from (equal tuples: the same policy)."""
-    if component.startswith("timeout."):
+    if component == "timeout.total":
         return ((component, settings[component]),)
+    if component in ("hedge", "timeout.attempt"):
+        retry = component_keys(settings, "retry")
+        return (*((key, settings[key]) for key in _HEDGE_KEYS), *retry)
     return tuple((k, v) for k, v in settings.values.items() if k.startswith(component + "."))
+
+
+def hedging(s: PipelineSettings) -> bool:
+    """Whether the attempt timeout hedges (``standard()``'s ``hedge_on_attempt_timeout``)."""
+    total, attempt = s["timeout.total"], s["timeout.attempt"]
+    return bool(
+        s["timeout.hedge"]
+        and total is not None
+        and math.isfinite(total)
+        and attempt is not None
+        and math.isfinite(attempt)
+        and s["retry.enabled"]
+        and s["retry.attempts"] > 1
+    )
 
 
 def _budget(s: PipelineSettings) -> RetryBudget | None:
@@ -44,8 +76,25 @@ Options = tuple[type[Any], tuple[Any, ...], dict[str, Any]]
 
 def _timeout(s: PipelineSettings, component: str, **_: Any) -> Options | None:
     seconds = s[component]
+    if component == "timeout.attempt" and hedging(s):
+        return None  # the hedge's delay (and its cut of calls it never hedges)
     name = "total_timeout" if component == "timeout.total" else "attempt_timeout"
     return None if seconds is None else (Timeout, (seconds,), {"name": name})
+
+
+def _hedge(s: PipelineSettings, _: str, *, budget: Any, **__: Any) -> Options | None:
+    if not hedging(s):
+        return None
+    seconds = s["timeout.attempt"]
+    shared = budget if isinstance(budget, RetryBudget) else None
+    options = {
+        "delay": seconds,
+        "max_hedges": s["retry.attempts"] - 1,
+        "budget": shared,
+        "deposit": shared is None,
+        "unhedged": Timeout(seconds, name="attempt_timeout"),
+    }
+    return Hedge, (), options
 
 
 def _retry(s: PipelineSettings, _: str, *, budget: Any, **__: Any) -> Options | None:
@@ -93,6 +142,7 @@ def _bulkhead(s: PipelineSettings, _: str, **__: Any) -> Options | None:
 _BUILDERS: Mapping[str, Callable[..., Options | None]] = {
     "timeout.total": _timeout,
     "retry": _retry,
+    "hedge": _hedge,
     "breaker": _breaker,
     "limiter": _limiter,
     "bulkhead": _bulkhead,
@@ -113,7 +163,8 @@ def component_options(
         settings: the effective settings.
         component: one of ``COMPONENTS``.
         listeners: given to the circuit breaker (the registry counts openings with them).
-        budget: the retry budget to use (``True``: a new one from the settings).
+        budget: the retry budget to use (``True``: a new one from the settings); for the
+            hedge, the Retry's budget (``None`` when the Retry has none).
 
     Raises:
         KeyError: ``component`` is not one of ``COMPONENTS``.
@@ -150,7 +201,10 @@ def build_policies(
     """
     built: dict[str, Policy] = {}
     for component in COMPONENTS:
-        policy = build_component(settings, component, listeners=listeners)
+        budget: RetryBudget | bool | None = True
+        if component == "hedge":
+            budget = getattr(built.get("retry"), "budget", None)
+        policy = build_component(settings, component, listeners=listeners, budget=budget)
         if policy is not None:
             built[component] = policy
     return built
@@ -162,6 +216,11 @@ def _number(value: object) -> object:
 
 _DESCRIBE: Mapping[type, Callable[[Any], dict[str, object]]] = {
     Timeout: lambda p: {"seconds": p.seconds},
+    Hedge: lambda p: {
+        "delay": p.delay,
+        "max_hedges": p.max_hedges,
+        "budget": "the retry's" if p.budget is not None else None,
+    },
     Retry: lambda p: {
         "attempts": p.attempts,
         "base_delay": p.base_delay,

@@ -418,7 +418,9 @@ class Registry(Mapping[str, Pipeline]):
             holder: list[Policy] = []
             listeners = (self._breaker_listener(name, holder),) if component == "breaker" else ()
             budget: Any = True
-            if old is not None and component == "retry" and previous is not None:
+            if component == "hedge":
+                budget = getattr(components.get("retry"), "budget", None)
+            elif old is not None and component == "retry" and previous is not None:
                 # The budget is a token bucket of its own: kept when its keys did not change.
                 old_budget = getattr(previous, "budget", None)
                 same = component_keys(old.settings, "retry.budget") == component_keys(

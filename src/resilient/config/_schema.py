@@ -124,11 +124,18 @@ PIPELINE_KEYS: Final = _keys(
         above=0,
         off=True,
     ),
+    Key(
+        "timeout.hedge",
+        "boolean",
+        True,
+        "Hedge at timeout.attempt instead of cutting (when timeout.total is set and retries "
+        "are on), as standard()'s hedge_on_attempt_timeout.",
+    ),
     Key("retry.enabled", "boolean", True, "Retry failed attempts (false: one attempt)."),
     Key(
         "retry.attempts",
         "integer",
-        3,
+        4,
         "Attempts including the first; 1 disables retries.",
         minimum=1,
     ),

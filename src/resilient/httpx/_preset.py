@@ -46,11 +46,20 @@ def standard(
     """A ``ResilientTransport`` running ``resilient.standard()`` with one state per host.
 
     The pipeline is ``resilient.standard(name, per_key=True, **options)``:
-    ``Timeout(total) -> Retry -> CircuitBreaker -> [RateLimiter] -> Bulkhead ->
-    Timeout(attempt)`` with its documented defaults; the breaker, the bulkhead and the rate
-    limiter (when ``rate`` is given) keep one state per host (``ctx.key``), so a dead or slow
-    host never blocks a healthy one. Requests are classified by ``http_classifier()``
-    unless ``classify`` is given.
+    ``Timeout(total) -> Retry -> Hedge(delay=attempt_timeout) -> CircuitBreaker ->
+    [RateLimiter] -> Bulkhead`` with its documented defaults; the breaker, the bulkhead and
+    the rate limiter (when ``rate`` is given) keep one state per host (``ctx.key``), so a
+    dead or slow host never blocks a healthy one. Requests are classified by
+    ``http_classifier()`` unless ``classify`` is given.
+
+    The attempt timeout hedges (Envoy's ``hedge_on_per_try_timeout``): a request that may be
+    sent twice (an idempotent method, an ``Idempotency-Key``, the ``resilient.idempotent``
+    extension) and whose body is bytes in memory keeps its slow attempt running when
+    ``attempt_timeout`` passes and sends a copy beside it; the first acceptable response
+    wins, the other attempt is cancelled and its connection released. Any other request (a
+    POST without a key, a streamed body, a multipart body with files) is never hedged and
+    is cut at ``attempt_timeout`` as before. ``hedge_on_attempt_timeout=False`` restores the
+    cutting attempt timeout for every request.
 
     Args:
         transport: what sends requests (default ``httpx.AsyncHTTPTransport()``).
@@ -72,8 +81,9 @@ def standard(
             instead of building one; it follows reloads. ``name`` and ``**options`` are then
             not used (give neither).
         **options: any option of ``resilient.standard()`` (``total_timeout``,
-            ``attempt_timeout``, ``attempts``, ``rate``, ``rate_store`` (a fleet-wide
-            quota per host, e.g. ``resilient.redis.RedisBucketStore``), ``max_concurrent``,
+            ``attempt_timeout``, ``attempts``, ``hedge_on_attempt_timeout``, ``rate``,
+            ``rate_store`` (a fleet-wide quota per host, e.g.
+            ``resilient.redis.RedisBucketStore``), ``max_concurrent``,
             ``clock``, ``telemetry``, ...), except ``classify`` and ``per_key``.
 
     Raises:

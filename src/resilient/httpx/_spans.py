@@ -72,11 +72,23 @@ def _error_type(error: BaseException | None) -> str:
 
 
 def end_span(
-    span: trace.Span, response: httpx.Response | None, error: BaseException | None
+    span: trace.Span,
+    response: httpx.Response | None,
+    error: BaseException | None,
+    *,
+    lost: bool = False,
 ) -> None:
-    """Record the attempt's outcome on its span and end it."""
+    """Record the attempt's outcome on its span and end it.
+
+    An attempt cancelled because another attempt of the same request won (``lost``: a hedge
+    race) is not an error: its status stays unset and ``resilient.attempt.cancelled`` says
+    it lost. Any other cancellation (a timeout, the caller leaving) is an error whose
+    ``error.type`` is ``cancelled``.
+    """
     if span.is_recording():
-        if response is not None:
+        if lost:
+            span.set_attribute("resilient.attempt.cancelled", "lost")
+        elif response is not None:
             status = response.status_code
             span.set_attribute("http.response.status_code", status)
             version = response.http_version

@@ -86,6 +86,29 @@ def _replayable(stream: object) -> bool:
     return True
 
 
+def _shareable(stream: object) -> bool:
+    """Whether two attempts may send a (replayable) body at the same time: bytes in memory
+    yes; a multipart body with open files no (both copies would seek the same file)."""
+    if isinstance(stream, httpx.ByteStream):
+        return True
+    fields = getattr(stream, "fields", None)
+    return isinstance(fields, list) and all(
+        isinstance(getattr(field, "file", None), str | bytes | None) for field in fields
+    )
+
+
+def _copy(request: httpx.Request) -> httpx.Request:
+    """A request of its own for one attempt: its own headers (the deadline and trace
+    headers differ per attempt) and extensions; the same replayable body."""
+    return httpx.Request(
+        request.method,
+        request.url,
+        headers=request.headers.copy(),
+        stream=request.stream,
+        extensions=dict(request.extensions),
+    )
+
+
 async def _close(response: httpx.Response) -> None:
     # Shielded: a discarded response must release its pooled connection even when the
     # task is being cancelled (a timeout cutting a call must not poison the pool).
@@ -340,6 +363,7 @@ class _Exchange:
 
     __slots__ = (
         "ctx",
+        "ended",
         "error",
         "inflight",
         "last",
@@ -372,6 +396,7 @@ class _Exchange:
         self.error: Exception | None = None
         self.stray: list[httpx.Response] | None = None
         self.inflight = 0
+        self.ended = 0  # attempts that returned or raised (cancelled ones excluded)
         self.ctx: Any = None
 
     def _replay(self) -> httpx.Response:
@@ -390,9 +415,11 @@ class _Exchange:
         if not self.resendable and (self.left or not self.replayable):
             return self._replay()
         last = self.last
-        if last is not None:
-            # A new attempt means the previous response is being discarded, whatever the
-            # retry policy does with it: release its connection now.
+        if last is not None and not self.inflight:
+            # A new attempt while none runs (a retry) means the previous response is being
+            # discarded, whatever the retry policy does with it: release its connection now.
+            # Not beside a running attempt (a hedge): the round may still answer with it;
+            # every response not returned is closed when the request ends.
             self.last = None
             await _close(last)
         return None
@@ -402,9 +429,50 @@ class _Exchange:
             instead = await self._again()
             if instead is not None:
                 return instead
+        owner = self.owner
+        ctx = self.ctx
+        inflight = self.inflight
+        request, span = self._prepare(inflight)
+        settled: httpx.Response | None = None
+        failed: BaseException | None = None
+        ended = self.ended
+        gate = owner._gate
+        self.inflight = inflight + 1
+        try:
+            if gate is None:
+                response = await owner._transport.handle_async_request(request)
+            else:
+                response = await _send_gated(owner._transport, gate, request, ctx)
+            self._keep(response)
+            if owner._buffer_limit and owner._worth_buffering(response, ctx, request):
+                await owner._buffer(response)
+            settled = response
+        except Exception as exc:
+            self.error = failed = exc
+            if isinstance(exc, NEVER_SENT):
+                self.left = False
+            raise
+        finally:
+            self.inflight -= 1
+            lost = False
+            if settled is None and failed is None:
+                # Cancelled. Another attempt of this request ended meanwhile, before the
+                # deadline: it won and this one lost (not an error of this attempt).
+                lost = self.ended > ended and ctx.clock.now() < ctx.deadline
+            else:
+                self.ended += 1
+            if span is not None:
+                end_span(span, settled, failed, lost=lost)
+        return response
+
+    def _prepare(self, inflight: int) -> tuple[httpx.Request, trace.Span | None]:
+        """The request this attempt sends (its own copy beside a running attempt, which is
+        sending the original object right now) and its client span."""
         request = self.request
         owner = self.owner
         ctx = self.ctx
+        if inflight:
+            request = _copy(request)
         header = owner._deadline_header
         if header is not None:
             remaining = ctx.remaining()
@@ -416,33 +484,11 @@ class _Exchange:
         self.error = None
         tracing = owner._tracing
         tracer = None if tracing is None else tracing.tracer()
-        span = None
-        if tracer is not None:
-            # An attempt starting while another runs is a hedge (retries never overlap).
-            kind = "hedge" if self.inflight else ctx.attempt_kind
-            span = start_span(tracer, request, self.route, resends, ctx.span, kind)
-        settled: httpx.Response | None = None
-        gate = owner._gate
-        self.inflight += 1
-        try:
-            if gate is None:
-                response = await owner._transport.handle_async_request(request)
-            else:
-                response = await _send_gated(owner._transport, gate, request, ctx)
-            self._keep(response)
-            if owner._buffer_limit and owner._worth_buffering(response, ctx, request):
-                await owner._buffer(response)
-            settled = response
-        except Exception as exc:
-            self.error = exc
-            if isinstance(exc, NEVER_SENT):
-                self.left = False
-            raise
-        finally:
-            self.inflight -= 1
-            if span is not None:
-                end_span(span, settled, self.error)
-        return response
+        if tracer is None:
+            return request, None
+        # An attempt starting while another runs is a hedge (retries never overlap).
+        kind = "hedge" if inflight else ctx.attempt_kind
+        return request, start_span(tracer, request, self.route, resends, ctx.span, kind)
 
     def _keep(self, response: httpx.Response) -> None:
         # Concurrent (hedged) attempts: every response not returned gets closed at the end.
@@ -729,7 +775,9 @@ class ResilientTransport(httpx.AsyncBaseTransport):
         )
         exchange.ctx = ctx
         ctx.extra = request
-        ctx.resendable = exchange.resendable  # a Hedge never sends an unsafe request twice
+        # A Hedge never sends an unsafe request twice, nor a body two copies cannot send at
+        # the same time (files of a multipart body: retried one after another, not hedged).
+        ctx.resendable = exchange.resendable and _shareable(request.stream)
         result: Any = None
         try:
             result = await self._run(ctx)
