@@ -8,6 +8,7 @@ time, fired as time passes.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from typing import Any
@@ -108,14 +109,14 @@ async def test_a_call_on_an_open_breaker_waits_and_becomes_the_probe(
 
 
 async def test_open_time_does_not_delay_a_waiting_probe(clock: FakeClock) -> None:
-    breaker, pipeline = waiting(clock, open_for=60.0, probe_interval=0.3)
+    _breaker, pipeline = waiting(clock, open_for=60.0, probe_interval=0.3)
     await call(pipeline, fail)
     assert await call(pipeline, succeed) == "ok"
     assert clock.now() == pytest.approx(0.3)
 
 
 async def test_a_caller_arriving_after_the_probe_interval_probes_at_once(clock: FakeClock) -> None:
-    breaker, pipeline = waiting(clock)
+    _breaker, pipeline = waiting(clock)
     await call(pipeline, fail)
     clock.advance(3.0)
     assert await call(pipeline, succeed) == "ok"
@@ -123,7 +124,7 @@ async def test_a_caller_arriving_after_the_probe_interval_probes_at_once(clock: 
 
 
 async def test_max_waiting_zero_fails_at_once_as_before(clock: FakeClock) -> None:
-    breaker, pipeline = waiting(clock, max_waiting=0)
+    _breaker, pipeline = waiting(clock, max_waiting=0)
     await call(pipeline, fail)
     assert isinstance(await call(pipeline, succeed), CircuitOpenError)
     assert clock.now() == 0.0
@@ -168,7 +169,7 @@ async def test_disabled_and_forced_closed_are_unaffected(clock: FakeClock) -> No
 # -- many callers: probe, release, failure --------------------------------------------------
 
 
-async def _start(
+async def _start(  # noqa: PLR0917 - a test helper, read at its call sites
     tg: anyio.abc.TaskGroup,
     pipeline: Pipeline,
     fn: Any,
@@ -501,7 +502,7 @@ async def test_first_success_comes_within_a_probe_interval_and_a_probe_latency(
     recovered = clock.now()
     assert recovered <= back_at + 0.2 + latency + 1e-9
     probes = starts[10:]
-    assert all(b - a >= 0.2 - 1e-9 for a, b in zip(probes, probes[1:], strict=False))
+    assert all(b - a >= 0.2 - 1e-9 for a, b in itertools.pairwise(probes))
 
 
 # -- the consecutive-failures trip ----------------------------------------------------------
