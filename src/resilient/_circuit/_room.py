@@ -116,7 +116,7 @@ class Room:
         if not waiters:
             return
         if kind is CLOSED:
-            self.window = max(self.window, FIRST_BATCH)
+            self.window = FIRST_BATCH  # every close starts slow again
             self.release(st)
         elif kind is FORCED_CLOSED or kind is DISABLED:
             self.release(st)
