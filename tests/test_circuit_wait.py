@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from _circuit_helpers import CLASSIFY, call, calls, client_error, fail, make, rejected, succeed
@@ -391,13 +392,20 @@ async def test_a_cancelled_probe_lets_the_next_waiter_probe(clock: FakeClock) ->
     assert breaker.snapshot().state == "closed"
 
 
+async def settle(rng: random.Random) -> None:
+    """Let the other tasks run a random number of steps (not necessarily until blocked)."""
+    for _ in range(rng.randrange(1, 20)):
+        await anyio.lowlevel.checkpoint()
+
+
 @pytest.mark.parametrize("seed", range(3))
 async def test_random_cancellations_leak_nothing(seed: int) -> None:
     """1,000 calls through outages; waiters and probes cancelled at random."""
     rng = random.Random(seed)
     clock = FakeClock()
+    events = EventRecorder()
     breaker, pipeline = waiting(
-        clock, max_waiting=25, consecutive_failures=3, minimum_calls=5, open_for=1.0
+        clock, events, max_waiting=25, consecutive_failures=3, minimum_calls=5, open_for=1.0
     )
     gate = Gate(clock)
     scopes: list[anyio.CancelScope] = []
@@ -407,7 +415,10 @@ async def test_random_cancellations_leak_nothing(seed: int) -> None:
         nonlocal finished
         with anyio.CancelScope() as scope:
             scopes.append(scope)
-            await call(pipeline, gate, rng.choice((None, None, "k")))
+            try:
+                await call(pipeline, gate, rng.choice((None, None, "k")))
+            finally:
+                scopes.remove(scope)
         finished += 1
 
     async with anyio.create_task_group() as tg:
@@ -416,19 +427,26 @@ async def test_random_cancellations_leak_nothing(seed: int) -> None:
             for _ in range(min(rng.randrange(0, 8), 1000 - started)):
                 tg.start_soon(one)
                 started += 1
-            await anyio.wait_all_tasks_blocked()
-            for scope in rng.sample(scopes, k=min(len(scopes), rng.randrange(0, 3))):
+            await settle(rng)
+            for scope in rng.sample(scopes, k=min(len(scopes), rng.randrange(0, 4))):
                 scope.cancel()
             if gate.pending and rng.random() < 0.6:
                 up = rng.random() < 0.5
                 gate.answer(ok=[up or rng.random() < 0.2 for _ in gate.pending])
             clock.advance(rng.choice((0.0, 0.05, 0.2, 0.5)))
-            await anyio.wait_all_tasks_blocked()
-        for scope in scopes:
+            await settle(rng)
+        await anyio.wait_all_tasks_blocked()
+        for scope in list(scopes):
             scope.cancel()
         gate.answer()
         await anyio.wait_all_tasks_blocked()
     assert finished == 1000
+    # Every way out of a wait happened, many times over.
+    ends = outcomes(events)
+    counts = {o: ends.count(o) for o in ("probe", "released", "cancelled", "timeout")}
+    assert min(counts.values()) >= 3, counts
+    assert counts["cancelled"] >= 50, counts
+    assert len(events.of_type(CircuitWaitStarted)) == len(ends)
     assert not gate.pending or all(e.is_set() for e, _ in gate.pending)
     for snap in breaker.snapshots():
         assert snap.waiting == 0, snap
