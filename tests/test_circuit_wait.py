@@ -562,6 +562,47 @@ async def test_neutral_outcomes_neither_extend_nor_reset_the_run(
     assert breaker.snapshot().state == "open"
 
 
+async def test_a_count_window_reads_the_run_from_its_ring(clock: FakeClock) -> None:
+    breaker, pipeline = make(
+        clock, window_type="count", window=50, minimum_calls=50, consecutive_failures=5
+    )
+    await calls(pipeline, succeed, 30)
+    await calls(pipeline, fail, 4)
+    await call(pipeline, client_error)  # neutral: not in the ring
+    await call(pipeline, succeed)
+    await calls(pipeline, fail, 4)
+    assert breaker.snapshot().state == "closed"
+    await call(pipeline, fail)
+    assert breaker.snapshot().state == "open"
+
+
+async def test_a_run_in_a_time_window_survives_buckets_leaving(clock: FakeClock) -> None:
+    # 30 s window in 3 s buckets; the first bucket (a failure and a success) leaves the
+    # window before the last failure of the run arrives: the run goes on.
+    breaker, pipeline = make(clock, minimum_calls=100, consecutive_failures=3)
+    await call(pipeline, fail)  # t=0
+    clock.advance(1.0)
+    await call(pipeline, succeed)  # t=1: ends that run
+    clock.advance(2.5)
+    await call(pipeline, fail)  # t=3.5: run 1
+    clock.advance(0.5)
+    await call(pipeline, fail)  # t=4: run 2
+    clock.advance(27.5)
+    assert breaker.snapshot().state == "closed"
+    await call(pipeline, fail)  # t=31.5: the t=0..3 bucket leaves; run 3
+    assert breaker.snapshot().state == "open"
+
+
+async def test_a_whole_window_without_calls_starts_a_new_run(clock: FakeClock) -> None:
+    breaker, pipeline = make(clock, minimum_calls=100, consecutive_failures=3)
+    await calls(pipeline, fail, 2)
+    clock.advance(31.0)
+    await calls(pipeline, fail, 2)
+    assert breaker.snapshot().state == "closed"
+    await call(pipeline, fail)
+    assert breaker.snapshot().state == "open"
+
+
 async def test_consecutive_failures_none_leaves_the_window_alone(clock: FakeClock) -> None:
     breaker, pipeline = make(clock, consecutive_failures=None)
     await calls(pipeline, succeed, 100)

@@ -142,8 +142,9 @@ class CircuitBreaker(PolicyDecorator):
         max_keys: the most keys kept at once.
         key_idle: seconds after which an unused key may be dropped (``None``: only the
             ``max_keys`` bound applies).
-        listeners: callables receiving every ``CircuitStateChanged`` and ``CallRejected`` of
-            this breaker, including transitions made by manual control (which have no call).
+        listeners: callables receiving every ``CircuitStateChanged``, ``CallRejected``,
+            ``CircuitWaitStarted`` and ``CircuitWaitEnded`` of this breaker, including
+            transitions made by manual control (which have no call).
         consecutive_failures: failures in a row (while closed) that open the breaker at once
             (>= 1); ``None`` disables this trip. Successes reset the run; neutral outcomes
             (client errors, rejections, cancellations) neither extend nor reset it.

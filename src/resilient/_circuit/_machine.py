@@ -260,12 +260,6 @@ class Machine:
             self.judge_probe(st, code, ctx, now)
             return
         self.window.record(st, code, now)
-        if code & FAILED:
-            st.run += 1
-            if current and kind is CLOSED and (st.run >= self.consecutive or self.tripped(st)):
-                self.move(st, OPEN, ctx, now if timed else self.now())
-            return
-        st.run = 0
         # Only a window holding failures (or slow calls) can trip: a success that completes
         # minimum_calls at the threshold opens the breaker too (that call keeps its result).
         if current and kind is CLOSED and (st.failures or st.slow) and self.tripped(st):
@@ -284,7 +278,12 @@ class Machine:
             self.move(st, CLOSED, ctx, now)
 
     def tripped(self, st: State) -> bool:
-        """Whether a closed window reached a rate that opens the breaker."""
+        """Whether a closed window reached a rate, or a run of failures, that opens it.
+
+        The run is the window's to tell (``in_run``): it costs nothing on a success.
+        """
+        if self.window.in_run(st, self.consecutive):
+            return True
         calls = st.calls
         if calls < self.minimum_calls:
             return False
@@ -311,7 +310,7 @@ class Machine:
         st.kind = kind
         st.gen += 1
         st.probes = 0
-        st.run = 0
+        st.run = 0  # every state starts a new run of failures
         st.until = math.inf
         if kind is OPEN:
             st.trips += 1

@@ -75,7 +75,8 @@ class State:
     epoch, ``pos`` its index and ``edge`` the time it ends) or one outcome code per call
     (count window; ``pos`` is the next slot to overwrite).
 
-    ``run`` counts the failures in a row while closed (the ``consecutive_failures`` trip);
+    ``run`` counts the failures in a row in a time window, ``mark`` the successes it held at
+    the last failure (the ``consecutive_failures`` trip, see ``_window``);
     ``room`` holds the callers waiting out an open state (``_room``), made on first use.
     """
 
@@ -90,6 +91,7 @@ class State:
         "pos",
         "probe_at",
         "probes",
+        "mark",
         "ring",
         "room",
         "run",
@@ -113,7 +115,8 @@ class State:
         self.probes = 0
         self.trips = 0
         self.until = math.inf
-        self.run = 0  # consecutive failures recorded while closed
+        self.run = 0  # failures in a row (time window; a count window reads its ring)
+        self.mark = 0  # successes in the window at the last failure (time window)
         self.since = 0.0  # when the state last became open or half-open
         self.probe_at = 0.0  # while open: when a waiting caller may probe next
         self.room: Room | None = None  # callers waiting out the open state (made on demand)
