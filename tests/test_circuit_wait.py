@@ -23,6 +23,7 @@ from resilient import (
     CircuitOpenError,
     ConfigurationError,
     Pipeline,
+    Retry,
     Timeout,
     TimeoutExceeded,
 )
@@ -147,6 +148,33 @@ async def test_a_caller_that_cannot_outlast_the_next_probe_fails_at_once(
     assert clock.now() == 0.0, "no point waiting in vain"
     assert len(events.of_type(CallRejected)) == 1
     assert not events.of_type(CircuitWaitStarted)
+
+
+async def test_the_attempts_of_one_call_share_its_max_wait(clock: FakeClock) -> None:
+    """Counted from the start of the call's deadline: a retry does not wait all over again."""
+    breaker = CircuitBreaker(
+        minimum_calls=1, max_wait=0.5, open_jitter=0.0, consecutive_failures=None
+    )
+    pipeline = Pipeline(
+        Timeout(5.0),
+        Retry(attempts=10, base_delay=0.0, budget=None),
+        breaker,
+        clock=clock,
+        classify=CLASSIFY,
+        telemetry=False,
+    )
+    probes: list[float] = []
+
+    async def down() -> str:
+        probes.append(clock.now())
+        raise ConnectionError("503")
+
+    await call(Pipeline(breaker, clock=clock, telemetry=False), fail)  # opens it at 0
+    # Attempt 1 waits and probes at 0.2, attempt 2 at 0.4; attempt 3 could only wait until
+    # 0.5 (0 + max_wait), before the next probe at 0.6: it fails at once.
+    assert isinstance(await call(pipeline, down), CircuitOpenError)
+    assert probes == [pytest.approx(0.2), pytest.approx(0.4)]
+    assert clock.now() == pytest.approx(0.4)
 
 
 async def test_forced_open_never_waits(clock: FakeClock) -> None:

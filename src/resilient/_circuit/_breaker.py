@@ -150,7 +150,9 @@ class CircuitBreaker(PolicyDecorator):
             (client errors, rejections, cancellations) neither extend nor reset it.
         max_waiting: callers that may wait for an open breaker, per state (per key); a caller
             finding the room full fails at once. 0: nobody waits.
-        max_wait: the longest a caller waits (seconds, also capped by its deadline).
+        max_wait: the longest a caller waits (seconds, also capped by its deadline). With a
+            deadline it counts from when the deadline began (``deadline`` minus its
+            timeout), so the attempts of one call share it.
         probe_interval: while callers wait, one of them probes at most this often (seconds).
         name: the policy's name in errors, events and telemetry.
 

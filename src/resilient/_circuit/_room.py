@@ -15,7 +15,9 @@ waits it sends nothing upstream. Three things end a wait:
   answers, and a dependency that came back weak is not hit by the whole queue. If the
   breaker reopens meanwhile, released callers that have not started yet go back to the
   front of the queue and the rest keep waiting. Forced closed or disabled: all go at once.
-- **Failure.** A waiter whose give-up time (``min(deadline, start + max_wait)``) is not
+- **Failure.** A waiter whose give-up time (``min(deadline, start + max_wait)``, with
+  ``start`` the beginning of its deadline when it has one, so one call's attempts share
+  ``max_wait``) is not
   after the next probe fails at once with the breaker's ``CircuitOpenError`` (it would wait
   in vain); one whose time runs out fails at that moment; forced open fails everyone.
 
@@ -162,7 +164,12 @@ async def wait(m: Machine, st: State, ctx: Context, now: float) -> tuple[str, fl
         taken = _probe_now(m, st, ctx, now)
         if taken is not None:
             return taken, now
-    give_up = min(ctx.deadline, now + m.max_wait)
+    deadline = ctx.deadline
+    give_up = min(deadline, now + m.max_wait)
+    if deadline != math.inf:
+        # The attempts of one call share its max_wait: counted from when its deadline began
+        # (the enclosing Timeout's start), a retry does not wait all over again.
+        give_up = min(give_up, deadline - ctx.deadline_timeout + m.max_wait)
     if (
         len(waiters) >= m.max_waiting
         or give_up <= now
