@@ -524,9 +524,9 @@ async def run(*, rate: float, scale: float, output: Path) -> int:
         f"caller sees too). Recovered: the first {BUCKET:g} s after the outage with >= "
         f"{RECOVERED:.0%} successes.\n"
         "The resilient client retries within a budget, cuts slow attempts, and stops calling a\n"
-        "dead upstream (its breaker opens); it recovers a little later because an open breaker\n"
-        "waits before probing again, longer after each failed probe: the price of not hammering\n"
-        "a dependency that is down."
+        "dead upstream (its breaker opens, at the latest on 10 failures in a row); callers wait\n"
+        "(up to 1 s) while one of them probes every 0.2 s, and the ones waiting when the\n"
+        "upstream comes back get through, released a few at a time."
     )
     path = chart(
         clients=clients,
