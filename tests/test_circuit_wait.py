@@ -388,6 +388,32 @@ async def test_force_open_fails_the_waiters_and_reset_releases_them(
     assert [r for _, _, r in results] == ["ok"] * 5
 
 
+async def test_released_callers_that_find_it_reopened_go_back_to_deciding(
+    clock: FakeClock,
+) -> None:
+    """Released, then forced open before they ran: they fail at once, not at give-up."""
+    breaker = None
+
+    def on_close(event: object) -> None:
+        if isinstance(event, CircuitStateChanged) and event.state == "closed":
+            assert breaker is not None
+            breaker.force_open()  # after the close released the first two
+
+    breaker, pipeline = waiting(clock, listeners=[on_close])
+    gate = Gate(clock)
+    await call(pipeline, fail)
+    results: list[tuple[float, float, object]] = []
+    async with anyio.create_task_group() as tg:
+        await _start(tg, pipeline, gate, 6, results, clock)
+        probe_time = clock.now()
+        gate.answer()
+        await anyio.wait_all_tasks_blocked()
+    assert sorted(type(r).__name__ for _, _, r in results) == ["CircuitOpenError"] * 5 + ["str"]
+    assert all(end == probe_time for _, end, r in results if isinstance(r, CircuitOpenError))
+    assert not gate.pending
+    assert breaker.snapshot().waiting == 0
+
+
 async def test_a_cancelled_probe_lets_the_next_waiter_probe(clock: FakeClock) -> None:
     breaker, pipeline = waiting(clock)
     gate = Gate(clock)

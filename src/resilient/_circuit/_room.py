@@ -208,7 +208,8 @@ async def wait(m: Machine, st: State, ctx: Context, now: float) -> tuple[str, fl
                 waiter.released = False
                 room.inflight -= 1
                 waiters.appendleft(waiter)
-            elif kind is FORCED_CLOSED or kind is DISABLED:
+                continue  # and decide again, as a waiter
+            if kind is FORCED_CLOSED or kind is DISABLED:
                 waiters.remove(waiter)
                 waiter.released = True
                 room.inflight += 1
