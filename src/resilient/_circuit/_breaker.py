@@ -684,7 +684,6 @@ class CircuitBreaker(PolicyDecorator):
         st.gen = old.gen + 1
         st.trips = old.trips
         st.until = old.until
-        st.since = old.since
         st.probe_at = old.probe_at
         return st
 

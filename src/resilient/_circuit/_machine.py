@@ -318,13 +318,15 @@ class Machine:
             base = min(self.open_for * self.growth**steps, self.max_open_for)
             jitter = self.jitter * ctx.random() if ctx is not None and self.jitter else 0.0
             st.until = now + base * (1.0 - jitter)
-            # Waiting callers probe every probe_interval: since this opening, or since the
-            # failed probe started (a slow probe's failure is followed by the next at once).
-            since = st.since if previous is HALF_OPEN else now
-            st.probe_at = max(now, since + self.probe_interval)
-            st.since = now
+            # Waiting callers probe every probe_interval: after this opening, or after the
+            # failed probe started (half-open set that time; a slow probe's failure is
+            # followed by the next probe at once).
+            if previous is HALF_OPEN:
+                st.probe_at = max(now, st.probe_at)
+            else:
+                st.probe_at = now + self.probe_interval
         elif kind is HALF_OPEN:
-            st.since = now
+            st.probe_at = now + self.probe_interval  # the earliest next probe if this fails
             self.window.clear(st)
             if self.max_half_open is not None:
                 st.until = now + self.max_half_open

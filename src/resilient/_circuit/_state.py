@@ -95,7 +95,6 @@ class State:
         "ring",
         "room",
         "run",
-        "since",
         "slow",
         "trips",
         "until",
@@ -117,8 +116,7 @@ class State:
         self.until = math.inf
         self.run = 0  # failures in a row (time window; a count window reads its ring)
         self.mark = 0  # successes in the window at the last failure (time window)
-        self.since = 0.0  # when the state last became open or half-open
-        self.probe_at = 0.0  # while open: when a waiting caller may probe next
+        self.probe_at = 0.0  # open: when a waiting caller may probe next (see Machine.move)
         self.room: Room | None = None  # callers waiting out the open state (made on demand)
 
 
