@@ -18,7 +18,7 @@ import trio.testing
 
 import resilient
 from resilient import CircuitOpenError, TimeoutExceeded
-from resilient.events import RetryScheduled
+from resilient.events import CircuitWaitEnded, RetryScheduled
 from resilient.extend import Clock, SystemClock
 from resilient.testing import EventRecorder, FakeClock
 
@@ -99,16 +99,24 @@ async def test_with_the_cutting_attempt_timeout_each_attempt_is_cut(clock: Clock
 
 
 async def test_the_breaker_opens_then_closes_after_a_probe(clock: Clock) -> None:
-    pipeline = inventory_pipeline(clock, EventRecorder())
+    events = EventRecorder()
+    pipeline = inventory_pipeline(clock, events)
     down = Inventory(clock, failures=1_000)
     with pytest.raises(ConnectionError):  # 3 attempts, 3 failures (minimum_calls=3): it opens
         await pipeline.call(down.stock, "sku-1")
 
-    with pytest.raises(CircuitOpenError) as raised:
+    # The next call waits out the open circuit (up to 1 s) and goes as the probe 0.2 s
+    # (probe_interval) later, virtually; the dependency is back, so the breaker closes.
+    start = clock.now()
+    assert await pipeline.call(Inventory(clock).stock, "sku-1") == 7
+    assert clock.now() - start == pytest.approx(0.2)
+    assert [e.outcome for e in events.of_type(CircuitWaitEnded)] == ["probe"]
+
+    # While it stays down, a caller waits at most 1 s (max_wait), then fails fast.
+    with pytest.raises(ConnectionError):  # 3 more failures in a row: open again
         await pipeline.call(down.stock, "sku-1")
-    assert raised.value.retry_after is not None
-    await clock.sleep(raised.value.retry_after)  # virtual: the open time passes at once
-    assert await pipeline.call(Inventory(clock).stock, "sku-1") == 7  # the probe succeeds
+    with pytest.raises((ConnectionError, CircuitOpenError)):
+        await pipeline.call(down.stock, "sku-1")  # probes (and fails) every 0.2 s meanwhile
 
 
 # --8<-- [end:tests]

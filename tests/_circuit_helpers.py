@@ -20,8 +20,15 @@ CLASSIFY = Classifier(on_exception(NotFound, verdict=Verdict.CLIENT_ERROR))
 def make(
     clock: FakeClock, events: EventRecorder | None = None, **options: Any
 ) -> tuple[CircuitBreaker, Pipeline]:
-    """A breaker without jitter (unless asked) in a pipeline on ``clock``."""
+    """A breaker without jitter (unless asked) in a pipeline on ``clock``.
+
+    Unless asked, it is a classic breaker: calls never wait out an open state
+    (``max_waiting=0``) and only the window's rates trip it (``consecutive_failures=None``);
+    tests/test_circuit_wait.py covers those two.
+    """
     options.setdefault("open_jitter", 0.0)
+    options.setdefault("max_waiting", 0)
+    options.setdefault("consecutive_failures", None)
     breaker = CircuitBreaker(**options)
     pipeline = Pipeline(
         breaker,

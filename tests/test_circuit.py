@@ -628,7 +628,7 @@ async def test_max_half_open_reopens_when_probes_never_answer(clock: FakeClock) 
 
 
 async def test_breaker_decorates_a_function(clock: FakeClock) -> None:
-    breaker = CircuitBreaker(minimum_calls=1)
+    breaker = CircuitBreaker(minimum_calls=1, max_waiting=0)
 
     @breaker
     async def flaky(n: int) -> int:
@@ -644,7 +644,7 @@ async def test_breaker_decorates_a_function(clock: FakeClock) -> None:
 
 
 async def test_execute_runs_outside_a_composed_pipeline(clock: FakeClock) -> None:
-    breaker = CircuitBreaker(minimum_calls=1)
+    breaker = CircuitBreaker(minimum_calls=1, max_waiting=0)
     outer = Pipeline(Pipeline(breaker), clock=clock, telemetry=False)
     await call(outer, fail)
     assert isinstance(await call(outer, succeed), CircuitOpenError)

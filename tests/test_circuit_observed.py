@@ -99,7 +99,7 @@ async def test_direct_path_matches_the_general_path_call_for_call(options: dict[
 
 async def test_failures_on_the_direct_path_open_the_breaker_and_later_calls_never_run() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(minimum_calls=3, failure_rate=0.5, open_for=5.0)
+    breaker = CircuitBreaker(minimum_calls=3, failure_rate=0.5, open_for=5.0, max_waiting=0)
     pipeline = Pipeline(breaker, clock=clock, telemetry=False)
     ran = 0
 
@@ -195,7 +195,7 @@ async def test_the_breakers_own_listeners_see_transitions_made_on_the_direct_pat
 
 async def test_wrapped_functions_take_the_direct_path_with_the_same_behaviour() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(minimum_calls=3)
+    breaker = CircuitBreaker(minimum_calls=3, max_waiting=0)
     calls = 0
 
     @Pipeline(breaker, clock=clock, telemetry=False).wrap
@@ -220,7 +220,7 @@ async def test_wrapped_functions_take_the_direct_path_with_the_same_behaviour() 
 
 async def test_default_telemetry_without_an_sdk_decides_like_no_telemetry() -> None:
     clock = FakeClock()
-    breaker = CircuitBreaker(minimum_calls=3)
+    breaker = CircuitBreaker(minimum_calls=3, max_waiting=0)
     pipeline = Pipeline(breaker, clock=clock)  # telemetry on, as users build it
     assert pipeline.observer is not None
     for kind in ("ok", "boom", "boom"):
@@ -231,7 +231,7 @@ async def test_default_telemetry_without_an_sdk_decides_like_no_telemetry() -> N
 async def test_a_recording_observer_sees_every_call_of_a_lone_breaker() -> None:
     otel = Otel.create()
     clock = FakeClock()
-    breaker = CircuitBreaker(minimum_calls=2)
+    breaker = CircuitBreaker(minimum_calls=2, max_waiting=0)
     pipeline = Pipeline(breaker, clock=clock, name="p", telemetry=otel.telemetry)
 
     async def fetch() -> str:

@@ -204,7 +204,12 @@ async def test_breaker_state_survives_a_threshold_change(clock: FakeClock) -> No
                 "timeout": {"total": False, "attempt": False},
                 "retry": {"enabled": False},
                 "bulkhead": {"enabled": False},
-                "breaker": {"minimum_calls": 4, "failure_rate": 0.5, "open_for": 30.0},
+                "breaker": {
+                    "minimum_calls": 4,
+                    "failure_rate": 0.5,
+                    "open_for": 30.0,
+                    "max_waiting": 0,
+                },
             }
         }
     }

@@ -128,7 +128,7 @@ async def test_a_rejected_call_never_enters_the_function() -> None:
 
 async def test_each_decorated_function_gets_its_own_breaker(clock: FakeClock) -> None:
     breaker = resilient.circuit_breaker(
-        failure_rate=0.5, minimum_calls=2, window=60.0, open_for=30.0, clock=clock
+        failure_rate=0.5, minimum_calls=2, window=60.0, open_for=30.0, max_waiting=0, clock=clock
     )
 
     @breaker
@@ -148,7 +148,9 @@ async def test_each_decorated_function_gets_its_own_breaker(clock: FakeClock) ->
 
 
 async def test_a_breaker_instance_passed_in_is_shared(clock: FakeClock) -> None:
-    shared = CircuitBreaker(failure_rate=0.5, minimum_calls=2, window=60.0, open_for=30.0)
+    shared = CircuitBreaker(
+        failure_rate=0.5, minimum_calls=2, window=60.0, open_for=30.0, max_waiting=0
+    )
 
     @resilient.circuit_breaker(shared, clock=clock)
     async def failing() -> None:

@@ -51,7 +51,7 @@ async def test_a_transient_failure_falls_back_to_the_value(clock: FakeClock) -> 
 
 async def test_a_refusal_of_an_inner_policy_falls_back(clock: FakeClock) -> None:
     """An open circuit (REJECTED) is answered by the fallback, by default."""
-    breaker = CircuitBreaker(minimum_calls=1, failure_rate=0.5)
+    breaker = CircuitBreaker(minimum_calls=1, failure_rate=0.5, max_waiting=0)
     pipeline = Pipeline(Fallback(value="stale"), breaker, clock=clock)
     assert await pipeline.call(fails, ConnectionError("down")) == "stale"  # opens it
     assert breaker.snapshot().state == "open"

@@ -307,7 +307,7 @@ async def test_breaker_opens_for_the_failing_host_only(server: Server) -> None:
     """After enough 500s the breaker for one host opens; another host is untouched."""
     server.script.plan("/down", 500)
     breaker = resilient.CircuitBreaker(
-        failure_rate=0.5, window=60.0, minimum_calls=5, open_for=60.0
+        failure_rate=0.5, window=60.0, minimum_calls=5, open_for=60.0, max_waiting=0
     )
     transport = ResilientTransport(resilient.Pipeline(breaker, telemetry=False), pool(2))
     async with httpx.AsyncClient(transport=transport, timeout=POOL_TIMEOUT) as client:

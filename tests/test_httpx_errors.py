@@ -45,7 +45,9 @@ async def test_an_open_circuit_is_an_httpx_transport_error() -> None:
     """A request refused by an open breaker raises an error that ``except httpx.HTTPError``
     and ``except resilient.CircuitOpenError`` both catch, with the breaker's attributes."""
     clock = FakeClock()
-    breaker = CircuitBreaker(failure_rate=0.5, window=10.0, minimum_calls=2, open_for=30.0)
+    breaker = CircuitBreaker(
+        failure_rate=0.5, window=10.0, minimum_calls=2, open_for=30.0, max_waiting=0
+    )
     async with _client(breaker, upstream=_Reply(503), clock=clock) as client:
         for _ in range(2):
             assert (await client.get(URL)).status_code == 503

@@ -893,7 +893,9 @@ def test_public_names_are_sorted_and_complete() -> None:
 async def test_non_retryable_post_failures_still_open_the_breaker(clock: FakeClock) -> None:
     """A POST 503 is FAILURE: not retried, but it counts against the host's breaker."""
     upstream = Upstream(503)
-    breaker = resilient.CircuitBreaker(failure_rate=0.5, window=60.0, minimum_calls=5)
+    breaker = resilient.CircuitBreaker(
+        failure_rate=0.5, window=60.0, minimum_calls=5, max_waiting=0
+    )
     async with client_for(upstream, Attempts(3), breaker, clock=clock) as client:
         for _ in range(5):
             assert (await client.post(URL, content=b"{}")).status_code == 503
@@ -947,10 +949,14 @@ async def test_standard_retries_and_isolates_hosts(clock: FakeClock) -> None:
                 await client.get("http://a.test/")
             except resilient.CircuitOpenError as exc:
                 refused.append(exc.key)
-        assert refused
-        assert set(refused) == {"a.test"}
+        # a.test's breaker opened (its callers then wait and probe it, once per 0.2 s)
+        breaker = transport.pipeline.policies[2]
+        assert isinstance(breaker, resilient.CircuitBreaker)
+        assert breaker.snapshot("a.test").trips >= 1
+        assert set(refused) <= {"a.test"}
         upstream.script = (200,)
         assert (await client.get("http://b.test/")).status_code == 200
+        assert breaker.snapshot("b.test").state == "closed"
 
 
 def test_standard_validates_through_the_policies() -> None:

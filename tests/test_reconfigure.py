@@ -36,7 +36,9 @@ async def _calls(pipeline: Pipeline, fn: Any, n: int) -> None:
 
 async def test_an_open_breaker_stays_open_with_new_thresholds(clock: FakeClock) -> None:
     events = EventRecorder()
-    old = CircuitBreaker(minimum_calls=4, open_for=30.0, open_jitter=0.0, listeners=[events])
+    old = CircuitBreaker(
+        minimum_calls=4, open_for=30.0, open_jitter=0.0, max_waiting=0, listeners=[events]
+    )
     await _calls(Pipeline(old, clock=clock), fail, 4)
     assert old.snapshot().state == "open"
     until = old.snapshot().open_until

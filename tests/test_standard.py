@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import anyio
@@ -18,6 +19,7 @@ from resilient import (
     Timeout,
     TimeoutExceeded,
 )
+from resilient.events import CircuitStateChanged
 from resilient.testing import EventRecorder, FakeClock
 
 
@@ -209,29 +211,35 @@ async def test_client_errors_are_not_retried_and_never_open_the_breaker(clock: F
     assert breaker.snapshot().state == "closed"
 
 
-async def test_a_dead_dependency_opens_the_breaker_and_calls_fail_fast(clock: FakeClock) -> None:
-    pipeline = resilient.standard(clock=clock, minimum_calls=4, budget=None, telemetry=False)
-    calls = 0
+async def test_a_dead_dependency_opens_the_breaker_and_only_probes_reach_it(
+    clock: FakeClock,
+) -> None:
+    events = EventRecorder()
+    pipeline = resilient.standard(
+        clock=clock, minimum_calls=4, budget=None, telemetry=False, listeners=[events]
+    )
+    reached: list[float] = []
 
     async def dead() -> None:
-        nonlocal calls
-        calls += 1
+        reached.append(clock.now())
         raise ConnectionRefusedError("down")
 
     raised: list[str] = []
-    for _ in range(3):
+    for _ in range(10):
         try:
             await pipeline.call(dead)
         except (ConnectionRefusedError, CircuitOpenError) as exc:
             raised.append(type(exc).__name__)
     assert raised[0] == "ConnectionRefusedError"  # the dependency's own error first
-    assert raised[-1] == "CircuitOpenError"
-    seen = calls
-    assert seen == 4  # minimum_calls failures, then the breaker refuses
-    with pytest.raises(CircuitOpenError) as info:
-        await pipeline.call(dead)
-    assert calls == seen  # the open breaker protects the dependency
-    assert info.value.retry_after is not None
+    (opened,) = [e.at for e in events.of_type(CircuitStateChanged) if e.previous == "closed"]
+    before = [t for t in reached if t <= opened]
+    assert len(before) == 4  # minimum_calls failures open it
+    # Open: callers wait for it, and only one of them at a time, every probe_interval
+    # (0.2 s), reaches the dependency as the half-open probe.
+    probes = reached[4:]
+    assert probes
+    assert all(b - a >= 0.2 - 1e-9 for a, b in itertools.pairwise(probes))
+    assert len(probes) <= (clock.now() - opened) / 0.2 + 1
 
 
 async def test_attempt_timeout_is_retried_within_the_total(clock: FakeClock) -> None:

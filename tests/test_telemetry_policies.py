@@ -177,7 +177,9 @@ async def test_attempt_timeouts_inside_retry(otel: Otel, clock: FakeClock) -> No
 
 async def test_breaker_opens_rejects_and_reports_its_state(otel: Otel, clock: FakeClock) -> None:
     """Real CircuitBreaker: the transition, the rejection (not an error) and the state gauge."""
-    breaker = CircuitBreaker(minimum_calls=2, failure_rate=0.5, open_for=5.0, name="breaker")
+    breaker = CircuitBreaker(
+        minimum_calls=2, failure_rate=0.5, open_for=5.0, max_waiting=0, name="breaker"
+    )
     pipeline = Pipeline(breaker, name="payments", clock=clock, telemetry=otel.telemetry)
 
     def states() -> dict[str, int]:
@@ -223,6 +225,36 @@ async def test_breaker_opens_rejects_and_reports_its_state(otel: Otel, clock: Fa
         ): 1
     }
     assert states() == {"closed": 0, "open": 1, "half_open": 0}
+
+
+async def test_a_wait_for_an_open_breaker_is_a_span_event_and_a_wait_duration(
+    otel: Otel, clock: FakeClock
+) -> None:
+    """A caller that waits out an open breaker: both ends of the wait on its span, the time
+    in the wait histogram (admitted: it went as the probe)."""
+    breaker = CircuitBreaker(minimum_calls=1, failure_rate=0.5, name="breaker")
+    pipeline = Pipeline(breaker, name="payments", clock=clock, telemetry=otel.telemetry)
+    with pytest.raises(ConnectionError):
+        await pipeline.call(charge, clock, [ConnectionError("down")])
+    assert await pipeline.call(charge, clock, []) == "ok"  # waits 0.2 s, probes, closes
+    waited = otel.spans("payments charge")[-1]
+    events = event_dicts(waited)
+    assert [name for name, _ in events] == [
+        "resilient.circuit.wait.started",
+        "resilient.circuit.state_change",
+        "resilient.circuit.wait",
+        "resilient.circuit.state_change",
+    ]
+    started, ended = events[0][1], events[2][1]
+    assert started["resilient.policy"] == "breaker"
+    assert started["resilient.circuit.waiting"] == 1
+    assert ended["resilient.circuit.wait.outcome"] == "probe"
+    assert ended["resilient.waited"] == pytest.approx(0.2)
+    assert ended["resilient.admitted"] is True
+    assert waited.status.status_code is StatusCode.UNSET
+    (key,) = otel.values("resilient.wait.duration")
+    assert dict(key)["resilient.policy"] == "breaker"
+    assert dict(key)["resilient.admitted"] is True
 
 
 async def test_keyed_breaker_gauge_counts_circuits_per_state(otel: Otel, clock: FakeClock) -> None:

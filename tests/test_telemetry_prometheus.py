@@ -78,7 +78,7 @@ async def _exercise(telemetry: Telemetry, clock: FakeClock) -> list[Pipeline]:
     with pytest.raises(TimeoutExceeded):  # the limiter is empty: this call waits first
         await payments.call(stuck, clock)
     search = Pipeline(
-        CircuitBreaker(minimum_calls=1, failure_rate=0.5, name="breaker"),
+        CircuitBreaker(minimum_calls=1, failure_rate=0.5, max_waiting=0, name="breaker"),
         name="search",
         clock=clock,
         telemetry=telemetry,

@@ -24,6 +24,8 @@ __all__ = [
     "CallObserver",
     "CallRejected",
     "CircuitStateChanged",
+    "CircuitWaitEnded",
+    "CircuitWaitStarted",
     "Event",
     "Listener",
     "RetryGaveUp",
@@ -139,6 +141,34 @@ class CircuitStateChanged(Event):
     previous: str
     state: str
     key: str | None
+
+
+@dataclass(slots=True, kw_only=True)
+class CircuitWaitStarted(Event):
+    """A call found its breaker open and waits for it (``key`` for keyed breakers).
+
+    ``waiting`` counts the callers waiting for that state, this one included; ``give_up``
+    is the clock time at which this one stops waiting (its ``max_wait`` or its deadline).
+    """
+
+    key: str | None
+    waiting: int
+    give_up: float
+
+
+@dataclass(slots=True, kw_only=True)
+class CircuitWaitEnded(Event):
+    """A call stopped waiting for an open breaker after ``waited`` seconds.
+
+    ``outcome`` is ``"probe"`` (sent as the half-open probe), ``"released"`` (the breaker
+    closed and let it go), ``"failed"`` (refused: a failed probe it could not outlast, or the
+    breaker forced open), ``"timeout"`` (its ``max_wait`` or deadline ran out) or
+    ``"cancelled"``. A failed or timed-out wait is also reported as ``CallRejected``.
+    """
+
+    key: str | None
+    outcome: str
+    waited: float
 
 
 @dataclass(slots=True, kw_only=True)

@@ -3,6 +3,8 @@
 - ``_state``: the states' names, the per-state record (``State``, one per key), outcome codes,
   and ``CircuitSnapshot``;
 - ``_window``: the two window kinds (``TimeWindow``, ``CountWindow``) that count outcomes;
+- ``_room``: the waiting room of an open state: callers that wait it out, the probe pacing
+  and the paced release;
 - ``_machine``: the state machine: admission, probe accounting, recording each outcome in one
   place (``Machine.finish``), the transitions and their events, on the breaker's one clock;
 - ``_breaker``: the policy: configuration, the call path (``execute`` / ``compose``), keyed

@@ -27,7 +27,7 @@ from resilient._exceptions import ConfigurationError
 from resilient._keyed import BoundedKeyMap
 from resilient._pipeline import Call, Policy, PolicyDecorator
 
-from ._machine import Machine
+from ._machine import WAIT, Machine
 from ._state import (
     CLOSED,
     DISABLED,
@@ -95,7 +95,18 @@ class CircuitBreaker(PolicyDecorator):
     later calls fail fast with ``CircuitOpenError`` for ``open_for`` seconds (growing on repeated
     trips up to ``max_open_for``, with jitter). Then it is **half-open**: exactly
     ``half_open_calls`` probes run, every other call fails fast; the probes' outcomes close it
-    again or reopen it.
+    again or reopen it. ``consecutive_failures`` failures in a row open it at once too,
+    whatever the window says (an outage after a long healthy stretch).
+
+    **Waiting out an open circuit.** A call that finds the breaker open (or half-open with
+    every probe slot taken) may wait instead of failing: at most ``max_waiting`` callers per
+    state (per key), each for at most ``max_wait`` seconds and never past its deadline. While
+    anyone waits, the first waiter is sent as the half-open probe every ``probe_interval``
+    seconds (``open_for`` then only governs callers that do not wait). When a probe closes
+    the breaker the waiters are released in order, paced by a slow start (2 at once, then
+    two more per success); when it fails, the waiters that cannot outlast the next probe fail
+    with ``CircuitOpenError`` at once. ``max_waiting=0`` fails every call at once, as a
+    classic breaker does. Forced open never waits.
 
     What counts: TRANSIENT and FAILURE verdicts are failures; SUCCESS is a success;
     CLIENT_ERROR and REJECTED are neutral (not recorded at all), and so is a cancellation (any
@@ -131,8 +142,18 @@ class CircuitBreaker(PolicyDecorator):
         max_keys: the most keys kept at once.
         key_idle: seconds after which an unused key may be dropped (``None``: only the
             ``max_keys`` bound applies).
-        listeners: callables receiving every ``CircuitStateChanged`` and ``CallRejected`` of
-            this breaker, including transitions made by manual control (which have no call).
+        listeners: callables receiving every ``CircuitStateChanged``, ``CallRejected``,
+            ``CircuitWaitStarted`` and ``CircuitWaitEnded`` of this breaker, including
+            transitions made by manual control (which have no call).
+        consecutive_failures: failures in a row (while closed) that open the breaker at once
+            (>= 1); ``None`` disables this trip. Successes reset the run; neutral outcomes
+            (client errors, rejections, cancellations) neither extend nor reset it.
+        max_waiting: callers that may wait for an open breaker, per state (per key); a caller
+            finding the room full fails at once. 0: nobody waits.
+        max_wait: the longest a caller waits (seconds, also capped by its deadline). With a
+            deadline it counts from when the deadline began (``deadline`` minus its
+            timeout), so the attempts of one call share it.
+        probe_interval: while callers wait, one of them probes at most this often (seconds).
         name: the policy's name in errors, events and telemetry.
 
     Raises:
@@ -142,6 +163,7 @@ class CircuitBreaker(PolicyDecorator):
     __slots__ = (
         "_buckets",
         "_classifier",
+        "_consecutive",
         "_default_kind",
         "_fp",
         "_fq",
@@ -156,9 +178,12 @@ class CircuitBreaker(PolicyDecorator):
         "_max_half_open",
         "_max_keys",
         "_max_open_for",
+        "_max_wait",
+        "_max_waiting",
         "_minimum_calls",
         "_open_for",
         "_per_key",
+        "_probe_interval",
         "_ring",
         "_slow_after",
         "_slow_rate",
@@ -171,7 +196,7 @@ class CircuitBreaker(PolicyDecorator):
         "name",
     )
 
-    deadline_aware: ClassVar[bool] = True  # it never waits
+    deadline_aware: ClassVar[bool] = True  # its waits end by the call's deadline
 
     def __init__(
         self,
@@ -197,6 +222,10 @@ class CircuitBreaker(PolicyDecorator):
         max_keys: int = 1000,
         key_idle: float | None = 600.0,
         listeners: Iterable[Listener] = (),
+        consecutive_failures: int | None = 10,
+        max_waiting: int = 100,
+        max_wait: float = 1.0,
+        probe_interval: float = 0.2,
         name: str = "circuit_breaker",
     ) -> None:
         self.name = check.name("CircuitBreaker.name", name)
@@ -258,6 +287,14 @@ class CircuitBreaker(PolicyDecorator):
         for listener in listeners:
             check.callable_("CircuitBreaker.listeners", listener)
         self._listeners = listeners
+        self._consecutive = check.optional(
+            check.integer, "CircuitBreaker.consecutive_failures", consecutive_failures
+        )
+        self._max_waiting = check.integer(
+            "CircuitBreaker.max_waiting", max_waiting, minimum=0, maximum=1_000_000
+        )
+        self._max_wait = check.non_negative("CircuitBreaker.max_wait", max_wait, allow_inf=True)
+        self._probe_interval = check.positive("CircuitBreaker.probe_interval", probe_interval)
         self._ring: TimeWindow | CountWindow = (
             TimeWindow(self._buckets, self._width, tracks_slow=self._slow_after is not None)
             if self._timed
@@ -282,6 +319,13 @@ class CircuitBreaker(PolicyDecorator):
             ),
             max_half_open=self._max_half_open,
             listeners=self._listeners,
+            consecutive=self._consecutive,
+            # max_wait=0: nobody could wait, so nobody enters the room
+            waiting=(
+                self._max_waiting if self._max_wait > 0.0 else 0,
+                self._max_wait,
+                self._probe_interval,
+            ),
         )
         self._state = self._new_state(None)
 
@@ -333,6 +377,26 @@ class CircuitBreaker(PolicyDecorator):
         return self._slow_rate
 
     @property
+    def consecutive_failures(self) -> int | None:
+        """Failures in a row that open the breaker (``None``: this trip is off)."""
+        return self._consecutive
+
+    @property
+    def max_waiting(self) -> int:
+        """Callers that may wait for an open breaker, per state."""
+        return self._max_waiting
+
+    @property
+    def max_wait(self) -> float:
+        """The longest a caller waits for an open breaker, in seconds."""
+        return self._max_wait
+
+    @property
+    def probe_interval(self) -> float:
+        """While callers wait, the least time between two probes, in seconds."""
+        return self._probe_interval
+
+    @property
     def per_key(self) -> bool:
         """Whether state is kept per ``ctx.key``."""
         return self._per_key
@@ -349,7 +413,7 @@ class CircuitBreaker(PolicyDecorator):
 
         Raises:
             CircuitOpenError: the breaker is open, forced open, or half-open with every probe
-                slot taken.
+                slot taken (after waiting, when the call may wait).
             Exception: whatever ``call`` raised (recorded first), including the error of the
                 call that trips the breaker.
 
@@ -375,6 +439,7 @@ class CircuitBreaker(PolicyDecorator):
         own = self._classifier
         admit = machine.admit
         probe = machine.probe
+        waited = machine.waited
         finish = machine.finish
         closed = CLOSED
         success = SUCCESS
@@ -394,6 +459,8 @@ class CircuitBreaker(PolicyDecorator):
                     return await inner(ctx)
                 if kind is HALF_OPEN:
                     return await probe(inner, ctx, st, start, own or ctx.classifier)
+                if kind is WAIT:
+                    return await waited(inner, ctx, st, start, own or ctx.classifier)
             gen = st.gen
             try:
                 result = await inner(ctx)
@@ -531,6 +598,7 @@ class CircuitBreaker(PolicyDecorator):
             open_until=st.until if st.kind is OPEN else None,
             trips=st.trips,
             probes=st.probes,
+            waiting=len(st.room.waiters) if st.room is not None else 0,
         )
 
     # -- reconfiguration (used by resilient.config reloads) ----------------------------------
@@ -602,6 +670,10 @@ class CircuitBreaker(PolicyDecorator):
             "max_keys": self._max_keys,
             "key_idle": self._key_idle,
             "listeners": self._listeners,
+            "consecutive_failures": self._consecutive,
+            "max_waiting": self._max_waiting,
+            "max_wait": self._max_wait,
+            "probe_interval": self._probe_interval,
             "name": self.name,
         }
 
@@ -612,6 +684,7 @@ class CircuitBreaker(PolicyDecorator):
         st.gen = old.gen + 1
         st.trips = old.trips
         st.until = old.until
+        st.probe_at = old.probe_at
         return st
 
     def __repr__(self) -> str:

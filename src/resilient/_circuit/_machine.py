@@ -5,12 +5,17 @@
     closed --(window reaches a rate)--> open --(open time passed, next call)--> half_open
     half_open --(every planned probe succeeded)--> closed
     half_open --(the probes' verdict is a failure, or max_half_open passed)--> open
+    closed --(consecutive_failures failures in a row)--> open
     any --(manual control)--> forced_open | forced_closed | disabled | closed
 
 ``Machine`` holds what the transitions need (thresholds, open-time growth, the window, the
 listeners) and the breaker's clock. ``admit`` decides a call outside the plain closed state,
 ``probe`` runs a half-open probe (its slot accounting), and ``finish`` is the one place that
 records an outcome: into the window while closed, into the probe tally while half-open.
+
+Callers that wait out an open state (``max_waiting``) do so in the state's room (``_room``):
+``admit`` sends them there (``WAIT``), ``waited`` runs them as the probe or as released calls,
+and ``move`` tells the room about every transition.
 
 The clock is bound once (``bind``), by the first call that reaches the breaker; every time the
 machine reads comes from it. Manual control may run before that: it reads no clock then.
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any, Final, final
 
 from resilient._classify import ClassifierLike, Verdict
 from resilient._clock import Clock
@@ -28,6 +33,8 @@ from resilient._context import Context
 from resilient._events import (
     CallRejected,
     CircuitStateChanged,
+    CircuitWaitEnded,
+    CircuitWaitStarted,
     Event,
     Listener,
     notify,
@@ -35,6 +42,7 @@ from resilient._events import (
 from resilient._exceptions import CircuitOpenError
 from resilient._pipeline import Call
 
+from ._room import Room, wait
 from ._state import (
     CALL,
     CLOSED,
@@ -53,7 +61,10 @@ from ._state import (
 )
 from ._window import Window
 
-__all__ = ["Machine"]
+__all__ = ["WAIT", "Machine"]
+
+WAIT: Final = "wait"
+"""What ``admit`` returns for a call that may wait out an open state."""
 
 
 def _unbound_now() -> float:
@@ -66,6 +77,7 @@ class Machine:
 
     __slots__ = (
         "clock",
+        "consecutive",
         "fp",
         "fq",
         "growth",
@@ -75,10 +87,13 @@ class Machine:
         "listeners",
         "max_half_open",
         "max_open_for",
+        "max_wait",
+        "max_waiting",
         "minimum_calls",
         "name",
         "now",
         "open_for",
+        "probe_interval",
         "slow_after",
         "sp",
         "sq",
@@ -99,6 +114,8 @@ class Machine:
         open_times: tuple[float, float, int, float, float],
         max_half_open: float | None,
         listeners: tuple[Listener, ...],
+        consecutive: int | None = None,
+        waiting: tuple[int, float, float] = (0, 0.0, 0.2),
     ) -> None:
         self.name = name
         self.window = window
@@ -110,6 +127,9 @@ class Machine:
         self.open_for, self.growth, self.growth_steps, self.max_open_for, self.jitter = open_times
         self.max_half_open = max_half_open
         self.listeners = listeners
+        # failures in a row that open the breaker (never reached when None)
+        self.consecutive = 2**62 if consecutive is None else consecutive
+        self.max_waiting, self.max_wait, self.probe_interval = waiting
         self.clock: Clock | None = None
         self.now: Callable[[], float] = _unbound_now
         """The bound clock's time; 0.0 before the first call binds a clock."""
@@ -132,6 +152,8 @@ class Machine:
         kind = st.kind
         if kind is OPEN:
             now = self.now()
+            if self.max_waiting:
+                return WAIT, now  # the room decides: probe now, wait, or refuse
             if now < st.until:
                 raise self.reject(st, ctx, OPEN, st.until - now, now)
             self.move(st, HALF_OPEN, ctx, now)
@@ -141,7 +163,11 @@ class Machine:
                 now = self.now()
                 if now >= st.until:  # max_half_open passed with probes still out: reopen
                     self.move(st, OPEN, ctx, now)
+                    if self.max_waiting:
+                        return WAIT, now
                     raise self.reject(st, ctx, OPEN, st.until - now, now)
+                if self.max_waiting:
+                    return WAIT, now
                 raise self.reject(st, ctx, HALF_OPEN, self.open_for, now)
         elif kind is FORCED_OPEN:
             raise self.reject(st, ctx, FORCED_OPEN, None, None)
@@ -172,6 +198,40 @@ class Machine:
         finally:
             if st.gen == gen:  # after a transition the slots were renewed: not ours to free
                 st.probes -= 1
+                room = st.room
+                if room is not None and room.waiters:
+                    room.wake_head()  # a slot left unused (a neutral end): the next may probe
+
+    async def waited(
+        self, call: Call, ctx: Context, st: State, now: float, classifier: ClassifierLike
+    ) -> Any:
+        """Run a call that ``admit`` sent to the room: wait, then probe or run released.
+
+        Raises:
+            CircuitOpenError: refused by the room (full, in vain, timed out, forced open).
+        """
+        kind, start = await wait(self, st, ctx, now)
+        if kind is HALF_OPEN:
+            return await self.probe(call, ctx, st, start, classifier)
+        room: Room = st.room  # type: ignore[assignment]  # made by wait()
+        success = False
+        try:
+            if kind is DISABLED:
+                result = await call(ctx)
+                success = True
+                return result
+            gen = st.gen
+            try:
+                result = await call(ctx)
+            except Exception as exc:
+                self.finish(st, gen, kind, exception_verdict(classifier, exc, ctx), start, ctx)
+                raise
+            verdict = classifier.classify_result(result).verdict
+            self.finish(st, gen, kind, verdict, start, ctx)
+            success = verdict is SUCCESS
+            return result
+        finally:
+            room.done(st, success)
 
     # -- recording outcomes -----------------------------------------------------------------
 
@@ -218,7 +278,12 @@ class Machine:
             self.move(st, CLOSED, ctx, now)
 
     def tripped(self, st: State) -> bool:
-        """Whether a closed window reached a rate that opens the breaker."""
+        """Whether a closed window reached a rate, or a run of failures, that opens it.
+
+        The run is the window's to tell (``in_run``): it costs nothing on a success.
+        """
+        if self.window.in_run(st, self.consecutive):
+            return True
         calls = st.calls
         if calls < self.minimum_calls:
             return False
@@ -245,6 +310,7 @@ class Machine:
         st.kind = kind
         st.gen += 1
         st.probes = 0
+        st.run = 0  # every state starts a new run of failures
         st.until = math.inf
         if kind is OPEN:
             st.trips += 1
@@ -252,13 +318,24 @@ class Machine:
             base = min(self.open_for * self.growth**steps, self.max_open_for)
             jitter = self.jitter * ctx.random() if ctx is not None and self.jitter else 0.0
             st.until = now + base * (1.0 - jitter)
+            # Waiting callers probe every probe_interval: after this opening, or after the
+            # failed probe started (half-open set that time; a slow probe's failure is
+            # followed by the next probe at once).
+            if previous is HALF_OPEN:
+                st.probe_at = max(now, st.probe_at)
+            else:
+                st.probe_at = now + self.probe_interval
         elif kind is HALF_OPEN:
+            st.probe_at = now + self.probe_interval  # the earliest next probe if this fails
             self.window.clear(st)
             if self.max_half_open is not None:
                 st.until = now + self.max_half_open
         elif kind is CLOSED or kind is FORCED_CLOSED:
             self.window.clear(st)
             st.trips = 0
+        room = st.room
+        if room is not None and room.waiters:
+            room.moved(st, min(st.probe_at, st.until))
         if previous != kind:
             self._emit_change(st, previous, ctx, now)
 
@@ -276,6 +353,10 @@ class Machine:
             key=st.key,
         )
         self._deliver(event, ctx if listening else None)
+
+    def deliver_wait(self, ctx: Context, event: CircuitWaitStarted | CircuitWaitEnded) -> None:
+        """Deliver a room's event (call only when ``ctx.listening`` or listeners)."""
+        self._deliver(event, ctx if ctx.listening else None)
 
     def _deliver(self, event: Event, ctx: Context | None) -> None:
         if ctx is not None:

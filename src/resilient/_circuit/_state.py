@@ -12,11 +12,14 @@ import math
 from array import array
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
 from resilient._classify import ClassifierLike, Verdict
 from resilient._context import Context
 from resilient._exceptions import TimeoutExceeded
+
+if TYPE_CHECKING:
+    from ._room import Room
 
 __all__ = ["CircuitSnapshot", "State"]
 
@@ -71,6 +74,10 @@ class State:
     then failures, then slow calls, ``buckets`` entries each; ``head`` is the newest bucket's
     epoch, ``pos`` its index and ``edge`` the time it ends) or one outcome code per call
     (count window; ``pos`` is the next slot to overwrite).
+
+    ``run`` counts the failures in a row in a time window, ``mark`` the successes it held at
+    the last failure (the ``consecutive_failures`` trip, see ``_window``);
+    ``room`` holds the callers waiting out an open state (``_room``), made on first use.
     """
 
     __slots__ = (
@@ -81,9 +88,13 @@ class State:
         "head",
         "key",
         "kind",
+        "mark",
         "pos",
+        "probe_at",
         "probes",
         "ring",
+        "room",
+        "run",
         "slow",
         "trips",
         "until",
@@ -103,6 +114,10 @@ class State:
         self.probes = 0
         self.trips = 0
         self.until = math.inf
+        self.run = 0  # failures in a row (time window; a count window reads its ring)
+        self.mark = 0  # successes in the window at the last failure (time window)
+        self.probe_at = 0.0  # open: when a waiting caller may probe next (see Machine.move)
+        self.room: Room | None = None  # callers waiting out the open state (made on demand)
 
 
 @final
@@ -125,6 +140,7 @@ class CircuitSnapshot:
             otherwise ``None``.
         trips: consecutive openings without a successful close (drives ``open_for`` growth).
         probes: half-open probes in flight.
+        waiting: callers waiting out the open state (``max_waiting``).
     """
 
     name: str
@@ -138,9 +154,12 @@ class CircuitSnapshot:
     open_until: float | None
     trips: int
     probes: int
+    waiting: int = 0
 
 
 def evictable(state: State) -> bool:
     # A key an operator forced open, forced closed or disabled keeps that state past its idle
-    # time (the max_keys bound still applies).
-    return state.kind not in MANUAL
+    # time (the max_keys bound still applies). A key with callers waiting in its room, or
+    # released from it and still running, stays too: they hold on to this very state.
+    room = state.room
+    return state.kind not in MANUAL and (room is None or not (room.waiters or room.inflight))

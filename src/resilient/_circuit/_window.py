@@ -11,6 +11,12 @@ the breaker is built:
 
 Both keep the running totals on the ``State`` (``calls``, ``failures``, ``slow``), so reading
 the failure rate never scans the ring.
+
+Both also tell whether the newest outcomes are a run of failures (``in_run``, the
+``consecutive_failures`` trip) at no cost on a success: a count window reads its last codes;
+a time window counts the run on each failure, and knows a success came since the last
+failure when the successes in the window (``calls - failures``) differ from ``mark``, the
+number it held then (kept exact as buckets leave: their successes are taken off ``mark``).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ def _clear(st: State, zeros: array[int] | bytes) -> None:
     st.edge = -math.inf
     st.pos = 0
     st.calls = st.failures = st.slow = 0
+    st.run = st.mark = 0
 
 
 @final
@@ -70,10 +77,17 @@ class TimeWindow:
         st.calls += 1
         if code & FAILED:
             ring[buckets + pos] += 1
-            st.failures += 1
+            failures = st.failures = st.failures + 1
+            successes = st.calls - failures
+            st.run = st.run + 1 if successes == st.mark else 1
+            st.mark = successes
         if code & SLOW:
             ring[2 * buckets + pos] += 1
             st.slow += 1
+
+    def in_run(self, st: State, n: int) -> bool:
+        """Whether the last ``n`` outcomes recorded are failures (none since a success)."""
+        return st.run >= n and st.calls - st.failures == st.mark
 
     def roll(self, st: State, now: float) -> None:
         """Make the bucket holding ``now`` the newest, dropping buckets that left."""
@@ -91,6 +105,7 @@ class TimeWindow:
         if steps >= buckets:
             ring[:] = self.zeros  # type: ignore[assignment]
             st.calls = st.failures = st.slow = 0
+            st.run = st.mark = 0  # a whole window without a call: a new run
             st.pos = epoch % buckets
             return
         pos = st.pos
@@ -104,6 +119,7 @@ class TimeWindow:
                 ring[pos] = 0
                 st.calls -= calls
                 failures = ring[buckets + pos]
+                st.mark -= calls - failures  # the successes that leave
                 if failures:
                     ring[buckets + pos] = 0
                     st.failures -= failures
@@ -170,6 +186,19 @@ class CountWindow:
             st.failures += 1
         if code & SLOW:
             st.slow += 1
+
+    def in_run(self, st: State, n: int) -> bool:
+        """Whether the last ``n`` outcomes recorded are failures (read from the ring)."""
+        if st.failures < n or n > self.size:
+            return False
+        ring = st.ring
+        pos = st.pos
+        size = self.size
+        for _ in range(n):
+            pos = pos - 1 if pos else size - 1
+            if not ring[pos] & FAILED:
+                return False
+        return True
 
     def clear(self, st: State) -> None:
         _clear(st, self.zeros)

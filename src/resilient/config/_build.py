@@ -115,6 +115,7 @@ _BREAKER_KEYS = (
     "failure_rate", "window", "window_type", "minimum_calls", "open_for", "half_open_calls",
     "slow_call_duration", "slow_call_rate", "buckets", "open_for_growth", "max_open_for",
     "open_jitter", "max_half_open", "per_key", "max_keys", "key_idle",
+    "consecutive_failures", "max_waiting", "max_wait", "probe_interval",
 )  # fmt: skip
 
 

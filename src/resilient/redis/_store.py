@@ -231,7 +231,8 @@ class RedisBucketStore:
         lease_ttl: seconds (on the limiter's clock) a leased token stays spendable; unspent
             ones are dropped, never returned.
         breaker: the breaker around Redis (default: opens at 50 % failures once 5 calls were
-            seen in 10 s, probes after 0.5 s, backing off to at most 5 s).
+            seen in 10 s, probes after 0.5 s, backing off to at most 5 s; no caller waits
+            for it: an open breaker makes the decision ``on_unavailable`` at once).
         listeners: callables receiving ``StoreFallback`` events and the events of the breaker
             (``CircuitStateChanged``, ``CallRejected``).
         telemetry: telemetry of the Redis calls, as for ``Pipeline`` (spans and metrics under
@@ -321,6 +322,7 @@ class RedisBucketStore:
                 open_for=0.5,
                 max_open_for=5.0,
                 per_key=False,
+                max_waiting=0,  # an open breaker decides by on_unavailable at once
                 name=self.name,
             )
         elif not isinstance(breaker, CircuitBreaker):

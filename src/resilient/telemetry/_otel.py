@@ -33,6 +33,8 @@ from resilient._events import (
     CallObserver,
     CallRejected,
     CircuitStateChanged,
+    CircuitWaitEnded,
+    CircuitWaitStarted,
     Event,
     RetryGaveUp,
     RetryScheduled,
@@ -779,6 +781,38 @@ class _Observer:
                 self._metric_attrs(_WAIT, op.name, e.policy, e.admitted),
             )
 
+    def _on_circuit_wait_started(self, state: _State, e: CircuitWaitStarted) -> None:
+        span = state[1]
+        if span is not None:
+            attrs: dict[str, str | int | float] = {
+                n.POLICY: e.policy,
+                n.WAITING: e.waiting,
+                n.GIVE_UP: e.give_up,
+            }
+            if e.key is not None:
+                attrs[n.CIRCUIT_KEY] = e.key
+            span.add_event(n.EV_CIRCUIT_WAIT_STARTED, attrs)
+
+    def _on_circuit_wait(self, state: _State, e: CircuitWaitEnded) -> None:
+        _, span, _, instruments, op = state
+        admitted = e.outcome in {"probe", "released"}
+        if span is not None:
+            attrs: dict[str, str | float | bool] = {
+                n.POLICY: e.policy,
+                n.WAIT_OUTCOME: e.outcome,
+                n.WAITED: e.waited,
+                n.ADMITTED: admitted,
+            }
+            if e.key is not None:
+                attrs[n.CIRCUIT_KEY] = e.key
+            span.add_event(n.EV_CIRCUIT_WAIT, attrs)
+        if instruments is not None:
+            # the same histogram as bulkhead and rate-limiter waits (filter on the policy)
+            instruments.wait_duration.record(
+                e.waited,
+                self._metric_attrs(_WAIT, op.name, e.policy, admitted),
+            )
+
     def _on_hedge(self, state: _State, e: HedgeStarted) -> None:
         _, span, _, instruments, op = state
         if span is not None:
@@ -835,6 +869,8 @@ _HANDLERS: Final[dict[type[Event], Callable[[_Observer, _State, Any], None]]] = 
     CircuitStateChanged: _Observer._on_circuit,
     TimeoutFired: _Observer._on_timeout,
     WaitEnded: _Observer._on_wait,
+    CircuitWaitStarted: _Observer._on_circuit_wait_started,
+    CircuitWaitEnded: _Observer._on_circuit_wait,
     HedgeStarted: _Observer._on_hedge,
     HedgeEnded: _Observer._on_hedge_ended,
     FallbackUsed: _Observer._on_fallback,
