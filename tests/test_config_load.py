@@ -209,7 +209,7 @@ def test_the_attempt_timeout_hedges_with_the_retrys_budget_unless_turned_off() -
         {"pipelines": {"h": {"timeout": {"attempt": 0.5}}, "cut": {"timeout": {"hedge": False}}}},
         env={},
     )
-    retry, hedge = registry.policy("h").policies[1:3]
+    retry, _, hedge = registry.policy("h").policies[1:4]
     assert isinstance(retry, Retry)
     assert isinstance(hedge, resilient.Hedge)
     assert (hedge.delay, hedge.max_hedges) == (0.5, 3)
@@ -223,7 +223,7 @@ def test_the_attempt_timeout_hedges_with_the_retrys_budget_unless_turned_off() -
             }
         }
     )
-    retry, hedge = registry.policy("h").policies[1:3]
+    retry, _, hedge = registry.policy("h").policies[1:4]
     assert isinstance(retry, Retry)
     assert isinstance(hedge, resilient.Hedge)
     assert retry.budget is not None
@@ -252,8 +252,8 @@ def test_false_turns_optional_parts_off() -> None:
     assert [type(p).__name__ for p in registry.policy("limited").policies] == [
         "Timeout",
         "Retry",
-        "Hedge",
         "CircuitBreaker",
+        "Hedge",
         "RateLimiter",
         "Bulkhead",
     ]

@@ -140,7 +140,7 @@ async def test_reload_keeps_unchanged_policies_and_reports_changes(
     registry = rc.load(config, env={}, clock=clock, listeners=[events], telemetry=False)
     old = dict(
         zip(
-            ("total", "retry", "hedge", "breaker", "bulkhead"),
+            ("total", "retry", "breaker", "hedge", "bulkhead"),
             registry.policy("a").policies,
             strict=True,
         )
@@ -155,17 +155,17 @@ async def test_reload_keeps_unchanged_policies_and_reports_changes(
     new = registry.policy("a").policies
     assert registry["a"] is handle
     assert new[0] is old["total"]
-    assert new[3] is old["breaker"]
+    assert new[2] is old["breaker"]
     assert new[4] is old["bulkhead"]
     assert new[1] is not old["retry"]
     assert isinstance(new[1], Retry)
     assert new[1].attempts == 5
     assert new[1].budget is old["retry"].budget  # the budget's keys did not change: its tokens stay
     # The hedge follows the Retry (max_hedges = attempts - 1) and still shares its budget.
-    assert new[2] is not old["hedge"]
-    assert isinstance(new[2], resilient.Hedge)
-    assert new[2].max_hedges == 4
-    assert new[2].budget is new[1].budget
+    assert new[3] is not old["hedge"]
+    assert isinstance(new[3], resilient.Hedge)
+    assert new[3].max_hedges == 4
+    assert new[3].budget is new[1].budget
     assert registry.policy("b").policies == b_policies
     assert [str(c) for c in report.changes] == [
         "[pipelines.a] retry.attempts: 3 -> 5",

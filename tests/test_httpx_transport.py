@@ -918,7 +918,7 @@ def test_standard_builds_the_recommended_order_per_host() -> None:
         rate=50.0,
         max_concurrent=8,
     )
-    total, retry, hedge, breaker, limiter, bulkhead = transport.pipeline.policies
+    total, retry, breaker, hedge, limiter, bulkhead = transport.pipeline.policies
     assert isinstance(total, Timeout)
     assert isinstance(retry, resilient.Retry)
     assert isinstance(hedge, resilient.Hedge)

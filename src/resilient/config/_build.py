@@ -1,7 +1,7 @@
 """Effective settings -> policies, through the public constructors only.
 
-The order is ``resilient.standard()``'s: ``Timeout(total) -> Retry(+budget) -> Hedge(attempt,
-the Retry's budget) -> CircuitBreaker -> RateLimiter -> Bulkhead``, or with ``timeout.hedge =
+The order is ``resilient.standard()``'s: ``Timeout(total) -> Retry(+budget) -> CircuitBreaker
+-> Hedge(attempt, the Retry's budget) -> RateLimiter -> Bulkhead``, or with ``timeout.hedge =
 false`` (or no total timeout, or no retries) ``... -> Bulkhead -> Timeout(attempt)``. Each
 policy is a *component* with the keys it was built from, so a reload rebuilds only what changed
 and keeps the rest (and its state).
@@ -24,8 +24,8 @@ __all__ = ["COMPONENTS", "build_policies", "component_keys", "describe"]
 COMPONENTS = (
     "timeout.total",
     "retry",
-    "hedge",
     "breaker",
+    "hedge",
     "limiter",
     "bulkhead",
     "timeout.attempt",
@@ -143,8 +143,8 @@ def _bulkhead(s: PipelineSettings, _: str, **__: Any) -> Options | None:
 _BUILDERS: Mapping[str, Callable[..., Options | None]] = {
     "timeout.total": _timeout,
     "retry": _retry,
-    "hedge": _hedge,
     "breaker": _breaker,
+    "hedge": _hedge,
     "limiter": _limiter,
     "bulkhead": _bulkhead,
     "timeout.attempt": _timeout,

@@ -46,7 +46,7 @@ def standard(
     """A ``ResilientTransport`` running ``resilient.standard()`` with one state per host.
 
     The pipeline is ``resilient.standard(name, per_key=True, **options)``:
-    ``Timeout(total) -> Retry -> Hedge(delay=attempt_timeout) -> CircuitBreaker ->
+    ``Timeout(total) -> Retry -> CircuitBreaker -> Hedge(delay=attempt_timeout) ->
     [RateLimiter] -> Bulkhead`` with its documented defaults; the breaker, the bulkhead and
     the rate limiter (when ``rate`` is given) keep one state per host (``ctx.key``), so a
     dead or slow host never blocks a healthy one. Requests are classified by
