@@ -11,11 +11,12 @@ requests, a full outage answered with 503, recovery). The test asserts, on one r
 - its p99 latency is the lowest.
 
 "Matches" allows one point, or two standard errors of the difference of two success rates
-on this many requests (at the peer's rate) when that is larger: a phase holds about 60
+on this many requests (at their pooled rate) when that is larger: a phase holds about 60
 requests per client, and the error burst's retries are a coin toss per request for every
-client, so a single unlucky request must not fail the test. The margins that matter
-(outage load, p99, the latency spike and the outage phases, where the designs differ) are
-wide.
+client, so a single unlucky request must not fail the test. The outage's success has an
+absolute floor too (20 %: callers waiting out the open breaker through the outage's last
+second get about 30 %; a breaker that fails them at once got 0-2 %). The other margins (outage
+load, p99) are wide.
 """
 
 from __future__ import annotations
@@ -43,10 +44,13 @@ def _demo() -> ModuleType:
     return module
 
 
-def _slack(theirs: float, n: int) -> float:
+def _slack(ours: float, theirs: float, n: int) -> float:
     """One point, or 2 standard errors of the difference of two success rates over ``n``
-    requests each if both clients succeeded with the peer's probability ``theirs``."""
-    return max(0.01, 2 * math.sqrt(2 * theirs * (1 - theirs) / max(n, 1)))
+    requests each, at their pooled rate, when that is larger (one request of 60 is 1.7
+    points: in the error burst both clients fail 0.3**4 = 0.8 % of requests, about one
+    request in two runs, so either may lose the phase by one request)."""
+    pooled = (ours + theirs) / 2
+    return max(0.01, 2 * math.sqrt(2 * pooled * (1 - pooled) / max(n, 1)))
 
 
 @pytest.mark.anyio
@@ -62,9 +66,12 @@ async def test_defaults_win_every_row_of_the_incident(anyio_backend: str) -> Non
     for phase in [p.name for p in played.scenario.phases]:
         best = max(peer.by_phase[phase] for peer in peers)
         mine = ours.by_phase[phase]
-        assert mine >= best - _slack(best, int(per_phase)), (phase, report)
+        assert mine >= best - _slack(mine, best, int(per_phase)), (phase, report)
     best_overall = max(peer.success_rate for peer in peers)
-    assert ours.success_rate >= best_overall - _slack(best_overall, ours.sent), report
+    assert ours.success_rate >= best_overall - _slack(ours.success_rate, best_overall, ours.sent), (
+        report
+    )
 
+    assert ours.by_phase["outage"] >= 0.2, report
     assert ours.outage_load <= 1.2, report
     assert ours.p99 < min(peer.p99 for peer in peers), report
