@@ -496,6 +496,25 @@ async def test_hedged_calls_earn_when_they_do_not_fail(clock: FakeClock) -> None
     assert silent.available(clock.now()) == 0.0
 
 
+async def test_calls_no_hedge_could_join_still_earn(clock: FakeClock) -> None:
+    """A deadline shorter than the delay: the call runs once, and still earns when it does
+    not fail (a Hedge alone, deposit=True, on a short-deadline dependency)."""
+
+    async def ok() -> str:
+        return "ok"
+
+    async def down() -> str:
+        raise ConnectionError("down")
+
+    budget = RetryBudget(ratio=0.5, reserve=0)
+    pipeline = Pipeline(Timeout(1.0), Hedge(delay=3600.0, budget=budget), clock=clock)
+    for _ in range(4):
+        assert await pipeline.call(ok) == "ok"
+        with pytest.raises(ConnectionError):
+            await pipeline.call(down)
+    assert budget.available(clock.now()) == pytest.approx(2.0)
+
+
 async def test_hedges_and_retries_share_one_budget(clock: FakeClock) -> None:
     """A hedge spends the budget's last token: the Retry around it is then refused."""
     budget = RetryBudget(ratio=0.0, reserve=1, window=1e9)

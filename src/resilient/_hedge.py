@@ -944,25 +944,17 @@ class Hedge(PolicyDecorator):
         return queue
 
     async def _general(self, call: Call, ctx: Context, now: float, delay: float) -> Any:
-        """A call that no hedge could join before its deadline runs as a plain attempt
-        (still timed when the delay adapts, so the histogram sees every latency); any
-        other runs every attempt in a task group (any clock and backend)."""
-        if now + delay >= ctx.deadline:
-            if self._latency is None:
-                return await call(ctx)
-            return await self._timed(call, ctx, now)
-        return await self._grouped(call, ctx, delay)
-
-    async def _timed(self, call: Call, ctx: Context, started: float) -> Any:
-        latency = self._latency
-        assert latency is not None
-        clock = ctx.clock
+        """A call that no hedge could join before its deadline runs as a plain attempt (its
+        latency recorded, its success earning, as for any call answered before its delay);
+        any other runs every attempt in a task group (any clock and backend)."""
+        if now + delay < ctx.deadline:
+            return await self._grouped(call, ctx, delay)
         try:
             result = await call(ctx)
-        except Exception:
-            latency.record(clock.now() - started)
+        except Exception as exc:
+            self._answered(ctx, now, None, exc)
             raise
-        latency.record(clock.now() - started)
+        self._answered(ctx, now, result, None)
         return result
 
     def _answered(self, ctx: Context, started: float, result: Any, error: Any) -> None:
