@@ -48,10 +48,17 @@ BUCKET = 0.5  # seconds per point on the chart and for "time to recover"
 RECOVERED = 0.95  # success rate of a bucket that counts as "recovered"
 
 
-def incident(scale: float = 1.0) -> Scenario:
-    """The scripted incident the upstream plays (``scale`` stretches every phase)."""
+def incident(scale: float = 1.0, *, rate: float | None = None) -> Scenario:
+    """The scripted incident the upstream plays (``scale`` stretches every phase).
+
+    With the workload's ``rate``, the healthy phase is half a request period longer, so every
+    phase boundary falls midway between two requests: a request sent right at a boundary
+    would meet one phase or the other by a millisecond of jitter, and be counted in the
+    other one.
+    """
+    lead = 0.0 if rate is None else 0.5 / rate
     return Scenario.incident(
-        healthy=3.0 * scale,
+        healthy=3.0 * scale + lead,
         error_burst=3.0 * scale,
         latency_spike=3.0 * scale,
         outage=3.0 * scale,
@@ -483,7 +490,7 @@ class Incident:
 
 async def play(*, rate: float, scale: float, metrics_url: str | None = None) -> Incident:
     """Run the incident once against every client at the same time and summarize it."""
-    scenario = incident(scale)
+    scenario = incident(scale, rate=rate)
     duration = scenario.duration
     names = ["resilient", "plain", "retries"]
     upstream = Upstream(names, scenario)
