@@ -28,7 +28,8 @@ def test_demo_runs_and_reports_side_by_side(tmp_path: Path) -> None:
     for row in ("success rate", "latency p99", "requests the upstream received",
                 "load amplification", "time to recover after the outage"):  # fmt: skip
         assert row in out
-    header = next(line for line in out.splitlines() if "plain httpx" in line)
+    lines = out.splitlines()
+    header = lines[next(i for i, line in enumerate(lines) if line.startswith("---")) - 1]
     assert header.split() == ["resilient", "plain", "httpx", "httpx-retries"]
     assert "next to the best peer" in out
     assert "breaker openings" in out
