@@ -1284,6 +1284,7 @@ def test_the_standard_order_with_a_hedge_over_2000_mixed_calls() -> None:
             breaker,
             bulkhead,
             Timeout(0.5),
+            random=random.Random(7).random,  # the retries' jitter, seeded like the dependency
             telemetry=False,
         )
         attempts = 0
