@@ -65,8 +65,8 @@ def _headline(report: dict[str, Any]) -> list[str]:
     lines = [
         "## Headline",
         "",
-        f"`resilient.standard()` (total timeout, retry with budget, circuit breaker, rate "
-        f"limiter, bulkhead, attempt timeout; telemetry off) costs **{ours / 1000:.1f} us** per "
+        f"`resilient.standard()` (total timeout, retry with budget, circuit breaker, hedge at "
+        f"the attempt timeout, rate limiter, bulkhead; telemetry off) costs **{ours / 1000:.1f} us** per "
         f"successful call here:",
         "",
         f"- **{ours / results[SKETCH]:.2f}x** the hand-written five-policy sketch with "

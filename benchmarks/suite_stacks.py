@@ -21,7 +21,7 @@ NOTES = {
     "sketch5: hand-written, no timeout": "the decision logic alone: the floor",
     SKETCH: "one asyncio.timeout per attempt: the realistic floor",
     PEER_STACK: "what a user builds today",
-    STANDARD: "Timeout > Retry(+budget) > CircuitBreaker > RateLimiter > Bulkhead > Timeout",
+    STANDARD: "Timeout > Retry(+budget) > CircuitBreaker > Hedge > RateLimiter > Bulkhead",
 }
 
 # (case, reference, target): the targets; quick mode allows 1.5x on top.
