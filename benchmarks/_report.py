@@ -66,8 +66,8 @@ def _headline(report: dict[str, Any]) -> list[str]:
         "## Headline",
         "",
         f"`resilient.standard()` (total timeout, retry with budget, circuit breaker, hedge at "
-        f"the attempt timeout, rate limiter, bulkhead; telemetry off) costs **{ours / 1000:.1f} us** per "
-        f"successful call here:",
+        f"the attempt timeout, rate limiter, bulkhead; telemetry off) costs "
+        f"**{ours / 1000:.1f} us** per successful call here:",
         "",
         f"- **{ours / results[SKETCH]:.2f}x** the hand-written five-policy sketch with "
         f"`asyncio.timeout` (target: at most 1.3x);",
