@@ -11,6 +11,8 @@ import contextlib
 import enum
 import json
 import pickle
+import sys
+import threading
 import zlib
 from typing import Any
 
@@ -285,6 +287,80 @@ def test_json_codec_used_directly_is_as_strict() -> None:
         with pytest.raises(MalformedPayloadError):
             codec.decode(bad, limits)
     assert ZlibCodec().decode(zlib.compress(b"[1]"), limits) == [1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    value=json_trees | st.floats(allow_nan=False, allow_infinity=False),
+    ensure_ascii=st.booleans(),
+    sort_keys=st.booleans(),
+)
+def test_json_codec_writes_what_json_dumps_writes(
+    value: Any, ensure_ascii: bool, sort_keys: bool
+) -> None:
+    """The codec calls the C encoder directly (pooled): the bytes are ``json.dumps``' own."""
+    codec = JsonCodec(ensure_ascii=ensure_ascii, sort_keys=sort_keys)
+    expected = json.dumps(
+        value,
+        ensure_ascii=ensure_ascii,
+        sort_keys=sort_keys,
+        allow_nan=False,
+        separators=(",", ":"),
+    ).encode()
+    assert codec.encode(value, Limits(max_size=1 << 20, max_depth=1_000)) == expected
+
+
+def test_an_encoder_that_failed_is_not_reused() -> None:
+    """An encode that fails inside a container leaves the C encoder's circular-reference
+    markers behind; reusing that encoder would refuse the same container later as
+    circular. The pool drops it."""
+    codec = JsonCodec()
+    limits = Limits(max_size=1 << 20, max_depth=64)
+    shared: list[Any] = [1, {"x": object()}]
+    record = {"shared": shared}
+    with pytest.raises(EncodeError, match="not JSON serializable"):
+        codec.encode(record, limits)
+    shared[1] = {"x": 2}
+    assert codec.encode(record, limits) == b'{"shared":[1,{"x":2}]}'
+    circular: dict[str, Any] = {"id": 1}
+    circular["self"] = circular
+    with pytest.raises(EncodeError, match="Circular reference"):
+        PLAIN.dumps(circular)
+    del circular["self"]
+    assert PLAIN.loads(PLAIN.dumps(circular)) == {"id": 1}
+
+
+def test_encoders_are_not_shared_between_threads() -> None:
+    """Threads writing the same record at once never see each other's markers (a dict
+    subclass runs Python code inside the C encoder, so threads switch mid-encode)."""
+
+    class Items(dict[str, Any]):
+        def items(self) -> Any:
+            return list(super().items())
+
+    serializer = VersionedSerializer(versions=[Version(1, codec=JsonCodec())], write=1)
+    record = {"rows": [Items(a=[1, 2], b=Items(c=[3])) for _ in range(50)]}
+    expected = serializer.dumps(record)
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for _ in range(100):
+                assert serializer.dumps(record) == expected
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=write) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
 
 
 # --- what dumps() writes always reads back --------------------------------------------------

@@ -90,13 +90,6 @@ def json_depth(data: bytes) -> int:
     return max(accumulate(map(_STEP.__getitem__, brackets)))
 
 
-def _check_depth(data: bytes, start: int, limits: Limits) -> None:
-    # The count of opening brackets bounds the depth from above and costs two C scans; the
-    # exact (still linear) computation only runs when that bound is over the limit.
-    if data.count(b"[", start) + data.count(b"{", start) > limits.max_depth:
-        _check_exact_depth(data, start, limits)
-
-
 def _check_exact_depth(data: bytes, start: int, limits: Limits) -> None:
     depth = json_depth(data[start:] if start else data)
     if depth > limits.max_depth:
@@ -131,6 +124,47 @@ def _float(text: str) -> float:
     raise MalformedPayloadError("a number in the payload overflows a float (infinity refused)")
 
 
+# The C encoder behind ``JSONEncoder`` (``None`` without the C accelerator); not in typeshed.
+_C_MAKE_ENCODER: Callable[..., Any] | None = getattr(json.encoder, "c_make_encoder", None)
+
+
+def _encoder(ensure_ascii: bool, sort_keys: bool) -> Callable[[Any], str]:
+    """Return ``encode(value) -> str``: compact JSON, NaN and infinities refused.
+
+    The same text and errors as ``JSONEncoder(separators=(",", ":"), allow_nan=False,
+    ...).encode`` without its per-call Python work (two frames, a closure the C encoder does
+    not use, a new C encoder). C encoders are reused from a pool instead: each holds its
+    circular-reference markers, which a successful call leaves empty; one that raised may
+    hold stale markers and is dropped. An encoder is out of the pool while it runs, so
+    threads and nested calls never share one.
+    """
+    encoder = json.JSONEncoder(
+        ensure_ascii=ensure_ascii, sort_keys=sort_keys, allow_nan=False, separators=(",", ":")
+    )
+    make = _C_MAKE_ENCODER
+    if make is None:  # pragma: no cover - CPython always has the C accelerator
+        return encoder.encode
+    default = encoder.default
+    string = (
+        json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    )
+    idle: list[Callable[[Any, int], list[str]]] = []
+    take = idle.pop
+    give_back = idle.append
+    join = "".join
+
+    def encode(value: Any) -> str:
+        try:
+            c_encode = take()
+        except IndexError:
+            c_encode = make({}, default, string, None, ":", ",", sort_keys, False, False)
+        chunks = c_encode(value, 0)
+        give_back(c_encode)
+        return join(chunks)
+
+    return encode
+
+
 @final
 class JsonCodec:
     """Strict, compact JSON (the default codec).
@@ -159,13 +193,7 @@ class JsonCodec:
             raise ConfigurationError("JsonCodec.sort_keys", sort_keys, "expected a bool")
         self.ensure_ascii = ensure_ascii
         self.sort_keys = sort_keys
-        encoder = json.JSONEncoder(
-            ensure_ascii=ensure_ascii,
-            sort_keys=sort_keys,
-            allow_nan=False,
-            separators=(",", ":"),
-        )
-        self._encode: Callable[[Any], str] = encoder.encode
+        self._encode: Callable[[Any], str] = _encoder(ensure_ascii, sort_keys)
         decoder = json.JSONDecoder(
             object_pairs_hook=_object, parse_constant=_constant, parse_float=_float
         )
@@ -183,15 +211,32 @@ class JsonCodec:
             EncodeError: a value JSON cannot hold (NaN, infinity, an arbitrary object, a
                 circular reference), or a result nested deeper than ``limits.max_depth``.
         """
-        try:
-            out = self._encode(data).encode("utf-8")
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise EncodeError(f"cannot encode the record as JSON: {exc}") from exc
-        try:
-            _check_depth(out, 0, limits)
-        except NestingTooDeepError as exc:
-            raise EncodeError(f"cannot write the record: {exc}") from exc
-        return out
+        return self._writer(limits)(data)
+
+    def _writer(self, limits: Limits) -> Callable[[Any], bytes]:
+        """Return ``write(data)``, ``encode`` with ``limits`` bound.
+
+        The serializer builds one per written version at construction, as ``_reader``: locals
+        instead of attribute lookups and calls on the hot path.
+        """
+        encode = self._encode
+        max_depth = limits.max_depth
+
+        def write(data: Any) -> bytes:
+            try:
+                out = encode(data).encode("utf-8")
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise EncodeError(f"cannot encode the record as JSON: {exc}") from exc
+            # The count of opening brackets bounds the depth from above and costs two C
+            # scans; the exact (still linear) computation only runs past the limit.
+            if out.count(b"{") + out.count(b"[") > max_depth:
+                try:
+                    _check_exact_depth(out, 0, limits)
+                except NestingTooDeepError as exc:
+                    raise EncodeError(f"cannot write the record: {exc}") from exc
+            return out
+
+        return write
 
     def decode(self, data: bytes, limits: Limits, /) -> Any:
         """Decode one JSON document from UTF-8 bytes.

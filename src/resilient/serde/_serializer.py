@@ -59,26 +59,25 @@ def _plain(data: dict[str, Any]) -> bool:
     """Whether ``data`` holds only what every codec reads back as it was written.
 
     Dicts with ``str`` keys, lists, and ``str``/``int``/``float``/``bool``/``None`` values
-    (exact types). Iterative: called only on a record the codec already encoded, so it is
-    acyclic and within ``max_depth``.
+    (exact types). Iterative, breadth first: the loop runs over a list of the containers
+    met, which grows as it goes (cheaper than a stack's pops). Called only on a record the
+    codec already encoded, so it is acyclic and within ``max_depth``.
     """
-    stack: list[Any] = [data]
-    pop = stack.pop
-    push = stack.append
     plain = _PLAIN
-    while stack:
-        item = pop()
+    containers: list[Any] = [data]
+    add = containers.append
+    for item in containers:
         kind = type(item)
         if kind is dict:
             for key, value in item.items():
                 if type(key) is not str:
                     return False
                 if type(value) not in plain:
-                    push(value)
+                    add(value)
         elif kind is list:
             for value in item:
                 if type(value) not in plain:
-                    push(value)
+                    add(value)
         else:
             return False
     return True
@@ -166,7 +165,7 @@ class _FunctionReader:
 class _State:
     """Everything needed to read or write one version, resolved at construction."""
 
-    __slots__ = ("codec", "downgrades", "header", "number", "read", "upgrades")
+    __slots__ = ("codec", "downgrades", "header", "number", "read", "upgrades", "write")
 
     def __init__(
         self,
@@ -177,6 +176,7 @@ class _State:
         downgrades: tuple[tuple[int, Step], ...],
         *,
         limits: Limits,
+        writes: bool = False,
     ) -> None:
         self.number = number
         self.header = header
@@ -186,6 +186,8 @@ class _State:
         self.upgrades = upgrades
         self.downgrades = downgrades
         self.read = _reader(codec, number, limits)
+        # ``write(data) -> body`` for a written version (its codec can encode), else None.
+        self.write = _writer(codec, limits) if writes else None  # type: ignore[arg-type]
 
 
 def _reader(
@@ -208,6 +210,18 @@ def _reader(
             ) from exc
 
     return read
+
+
+def _writer(codec: Codec, limits: Limits) -> Callable[[dict[str, Any]], bytes]:
+    """``write(data)`` for one version: the JSON fast path, or the codec's ``encode``."""
+    if type(codec) is JsonCodec:
+        return codec._writer(limits)
+    encode = codec.encode
+
+    def write(data: dict[str, Any]) -> bytes:
+        return encode(data, limits)
+
+    return write
 
 
 def _versions_list(numbers: Iterable[int]) -> str:
@@ -421,7 +435,9 @@ class VersionedSerializer(Generic[T]):
                 for n in range(newest, number, -1)
             )
         header = _tag(number) if tagged else b""
-        return _State(number, header, codec, upgrades, downgrades, limits=self._limits)
+        return _State(
+            number, header, codec, upgrades, downgrades, limits=self._limits, writes=writes
+        )
 
     def _write_legacy(
         self,
@@ -667,7 +683,12 @@ class VersionedSerializer(Generic[T]):
                 state = self._writable.get(chosen) if type(chosen) is int else None
                 if state is None:
                     raise self._unwritable(chosen)
-            data = self._record_data(obj)
+            # A plain dict record without a model skips the call (the common case).
+            data: dict[str, Any] = (
+                obj  # type: ignore[assignment]
+                if type(obj) is dict and self._to_data is None
+                else self._record_data(obj)
+            )
             if state.downgrades:
                 data = self._downgrade(state, data)
             return self._encode(state, data)
@@ -713,9 +734,8 @@ class VersionedSerializer(Generic[T]):
             EncodeError: the codec cannot encode it, it would not read back equal, or it
                 exceeds ``max_size``.
         """
-        codec: Codec = state.codec  # type: ignore[assignment]
         try:
-            body = codec.encode(data, self._limits)
+            body = state.write(data)  # type: ignore[misc]
         except SerdeError:
             raise
         except Exception as exc:
@@ -724,7 +744,7 @@ class VersionedSerializer(Generic[T]):
                 f"({type(exc).__name__})"
             ) from exc
         if not _plain(data):
-            self._check_reads_back(codec, state.number, data, body)
+            self._check_reads_back(state.codec, state.number, data, body)  # type: ignore[arg-type]
         payload = state.header + body if state.header else body
         if len(payload) > self._max_size:
             raise EncodeError(
