@@ -319,3 +319,77 @@ async def test_a_second_task_cancellation_cannot_cut_the_pools_cleanup() -> None
             await caller
     assert upstream.cleaned
     assert _counts(transport) == (0, 0)
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body that records whether it was closed."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"ok"
+
+    async def aclose(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.closed = True
+
+
+class _Answering(httpx.AsyncBaseTransport):
+    """Answers at once, calling ``just_before()`` as it does (to time a cancellation), then
+    answering right away or (``pause``) after one more checkpoint."""
+
+    def __init__(self, *, pause: bool = False) -> None:
+        self.body = _Body()
+        self.just_before: Any = None
+        self.pause = pause
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await anyio.lowlevel.checkpoint()
+        self.just_before()
+        if self.pause:
+            await anyio.lowlevel.checkpoint()
+        return httpx.Response(200, stream=self.body)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_a_response_the_cancelled_caller_never_got_is_closed(when: str) -> None:
+    """asyncio only: a caller cancelled as the wrapped transport answers, before the answer
+    reached it (``before``) or after it was handed over but before the caller resumed
+    (``after``), raises its cancellation; the response is closed and the slot is free."""
+    upstream = _Answering()
+    transport = ResilientTransport(
+        resilient.Pipeline(telemetry=False), upstream, limits=httpx.Limits(max_connections=1)
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        caller = asyncio.ensure_future(client.get("http://svc.test/"))
+        loop = asyncio.get_running_loop()
+        upstream.just_before = (
+            caller.cancel if when == "before" else lambda: loop.call_soon(caller.cancel)
+        )
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    assert upstream.body.closed
+    assert _counts(transport) == (0, 0)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_cancelled_sending_task_cancels_the_caller() -> None:
+    """asyncio only: when the task sending a request is itself cancelled (say, by a shutdown
+    cancelling every task), the caller is cancelled too, and does not wait forever."""
+    upstream = _Answering(pause=True)
+    transport = ResilientTransport(
+        resilient.Pipeline(telemetry=False), upstream, limits=httpx.Limits(max_connections=1)
+    )
+
+    def cancel_the_sender() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+
+    upstream.just_before = cancel_the_sender
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(asyncio.CancelledError):
+            await client.get("http://svc.test/")
+    assert _counts(transport) == (0, 0)

@@ -9,7 +9,7 @@ import re
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from types import TracebackType
-from typing import Any, Final, final
+from typing import Any, Final, TypeVar, final
 
 import anyio
 import httpx
@@ -64,6 +64,7 @@ DEFAULT_BUFFER_LIMIT: Final = 64 * 1024
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _NO_BODY_STATUSES = frozenset({204, 304})
+_T = TypeVar("_T")
 _UNBOUNDED = 10**15  # the pool gate's waiting room: unbounded (httpx's pool timeout bounds it)
 
 
@@ -136,18 +137,14 @@ async def _send_to_the_end(
             return await transport.handle_async_request(request)
         return None  # cancelled through the scope
 
-    task = loop.create_task(send())
+    task, answer = _apart(loop, send)
     try:
-        response = await asyncio.shield(task)
+        response = await answer
     except asyncio.CancelledError:
         scope.cancel()
-        while not task.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(task)
-        if not task.cancelled() and task.exception() is None:
-            late = task.result()
-            if late is not None:  # it answered as the caller left: give the connection back
-                await _to_the_end(late.aclose)
+        late = await _end_of(task)
+        if late is not None:  # it answered as the caller left: give the connection back
+            await _to_the_end(late.aclose)
         raise
     assert response is not None
     return response
@@ -167,18 +164,51 @@ async def _to_the_end(close: Callable[[], Coroutine[Any, Any, None]]) -> None:
         with anyio.CancelScope(shield=True):
             await close()
         return
-    task = loop.create_task(close())
-    cancelled: BaseException | None = None
-    while not task.done():
+    task, answer = _apart(loop, close)
+    try:
+        await answer
+    except asyncio.CancelledError:
+        await _end_of(task)  # finish closing first; the cancellation then goes on
+        raise
+
+
+def _apart(
+    loop: asyncio.AbstractEventLoop, work: Callable[[], Coroutine[Any, Any, _T]]
+) -> tuple[asyncio.Task[_T | None], asyncio.Future[_T]]:
+    """Run ``work()`` in a task of its own; return the task and a future of its outcome.
+
+    Awaiting the future, unlike awaiting the task, never cancels the task: a cancellation
+    of the caller cancels the future alone. The task settles the future itself, which wakes
+    the caller one loop iteration sooner than ``asyncio.shield(task)`` would. The task's
+    own result is ``work()``'s result too (``None`` when it raised): a caller that left can
+    still get hold of it through ``_end_of(task)``.
+    """
+    answer: asyncio.Future[_T] = loop.create_future()
+
+    async def settle() -> _T | None:
         try:
+            result = await work()
+        except asyncio.CancelledError:
+            answer.cancel()
+            raise
+        except Exception as exc:
+            if not answer.done():
+                answer.set_exception(exc)
+            return None
+        if not answer.done():
+            answer.set_result(result)
+        return result
+
+    return loop.create_task(settle()), answer
+
+
+async def _end_of(task: asyncio.Task[_T | None]) -> _T | None:
+    """Wait for ``task`` to end, whatever cancellations the caller meanwhile receives (the
+    caller re-raises its own); its result (``None`` when it was cancelled)."""
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(task)
-        except asyncio.CancelledError as exc:
-            if task.done():
-                break
-            cancelled = exc  # finish closing first; the cancellation then goes on
-    if cancelled is not None:
-        raise cancelled
-    task.result()
+    return None if task.cancelled() else task.result()
 
 
 def _pool_size(transport: httpx.AsyncBaseTransport) -> int | None:
