@@ -488,9 +488,20 @@ class Incident:
     end: float
 
 
-async def play(*, rate: float, scale: float, metrics_url: str | None = None) -> Incident:
-    """Run the incident once against every client at the same time and summarize it."""
-    scenario = incident(scale, rate=rate)
+async def play(
+    *,
+    rate: float,
+    scale: float,
+    metrics_url: str | None = None,
+    scenario: Scenario | None = None,
+) -> Incident:
+    """Run the incident once against every client at the same time and summarize it.
+
+    ``scenario`` replaces the demo's incident (its five phases, in the same order, are what
+    the summary reports on).
+    """
+    if scenario is None:
+        scenario = incident(scale, rate=rate)
     duration = scenario.duration
     names = ["resilient", "plain", "retries"]
     upstream = Upstream(names, scenario)
