@@ -42,6 +42,8 @@ from resilient._events import CircuitWaitEnded, CircuitWaitStarted
 from ._state import CLOSED, DISABLED, FORCED_CLOSED, FORCED_OPEN, HALF_OPEN, OPEN, State
 
 if TYPE_CHECKING:
+    from resilient._clock import Clock
+
     from ._machine import Machine
 
 __all__ = ["FIRST_BATCH", "Room", "wait"]
@@ -144,7 +146,7 @@ def next_probe(st: State) -> float:
     return min(st.probe_at, st.until)
 
 
-async def wait(m: Machine, st: State, ctx: Context, now: float) -> tuple[str, float]:  # noqa: C901, PLR0912, PLR0915 - one loop, every way out in one place
+async def wait(m: Machine, st: State, ctx: Context, now: float) -> tuple[str, float]:
     """Wait out an open (or fully probed half-open) state: ``(kind to run in, now)``.
 
     Returns ``HALF_OPEN`` to run as a probe (the slot is taken by ``Machine.probe`` before
@@ -158,26 +160,11 @@ async def wait(m: Machine, st: State, ctx: Context, now: float) -> tuple[str, fl
     room = st.room
     if room is None:
         room = st.room = Room()
-    waiters = room.waiters
-    kind = st.kind
-    if not waiters:
+    if not room.waiters:
         taken = _probe_now(m, st, ctx, now)
         if taken is not None:
             return taken, now
-    deadline = ctx.deadline
-    give_up = min(deadline, now + m.max_wait)
-    if deadline != math.inf:
-        # The attempts of one call share its max_wait: counted from when its deadline began
-        # (the enclosing Timeout's start), a retry does not wait all over again.
-        give_up = min(give_up, deadline - ctx.deadline_timeout + m.max_wait)
-    if (
-        len(waiters) >= m.max_waiting
-        or give_up <= now
-        or (kind is OPEN and give_up <= next_probe(st))
-    ):
-        raise m.reject(st, ctx, kind, _retry_after(st, now), now)
-    waiter = Waiter(give_up)
-    waiters.append(waiter)
+    waiter = _enter(m, st, ctx, room, now)
     listening = ctx.listening or bool(m.listeners)
     if listening:
         m.deliver_wait(
@@ -188,80 +175,29 @@ async def wait(m: Machine, st: State, ctx: Context, now: float) -> tuple[str, fl
                 policy=m.name,
                 at=now,
                 key=st.key,
-                waiting=len(waiters),
-                give_up=give_up,
+                waiting=len(room.waiters),
+                give_up=waiter.give_up,
             ),
         )
     clock = ctx.clock if m.clock is None else m.clock
     start = now
     outcome = "cancelled"
-    result: str | None = None
+    run: str | None = None
     try:
         while True:
-            kind = st.kind
-            if waiter.released:
-                if kind is CLOSED or kind is FORCED_CLOSED or kind is DISABLED:
-                    outcome = "released"
-                    result = kind
-                    return kind, now
-                # Reopened before this caller got going: back to the front of the queue.
-                waiter.released = False
-                room.inflight -= 1
-                waiters.appendleft(waiter)
-                continue  # and decide again, as a waiter
-            if kind is FORCED_CLOSED or kind is DISABLED:
-                waiters.remove(waiter)
-                waiter.released = True
-                room.inflight += 1
-                outcome = "released"
-                result = kind
-                return kind, now
-            elif kind is FORCED_OPEN:
-                outcome = "failed"
-                raise m.reject(st, ctx, kind, None, now)
-            elif waiters[0] is waiter:
-                taken = _probe_now(m, st, ctx, now, waiter=waiter, room=room)
-                if taken is not None:
-                    outcome = "probe"
-                    result = taken
-                    return taken, now
-            if kind is OPEN and give_up <= next_probe(st):
-                outcome = "failed"  # the next probe comes too late for this caller
-                raise m.reject(st, ctx, kind, _retry_after(st, now), now)
-            if now >= give_up:
-                outcome = "timeout"
-                raise m.reject(st, ctx, "wait_timeout", _retry_after(st, now), now)
-            if kind is OPEN and waiters[0] is waiter:
-                # The head sleeps until its probe time (on the clock: a fake clock moves);
-                # a transition wakes it early by cancelling the sleep.
-                with anyio.CancelScope() as scope:
-                    waiter.scope = scope
-                    await clock.sleep(next_probe(st) - now)
-                waiter.scope = None
-            else:
-                event = waiter.event = anyio.Event()
-                try:
-                    if give_up == math.inf:
-                        await event.wait()
-                    else:
-                        async with clock.timeout_at(give_up):
-                            await event.wait()
-                except TimeoutError:
-                    pass  # our timer: the loop sees the time is up
-                finally:
-                    waiter.event = None
+            decided, run = _decide(m, st, ctx, waiter, now)
+            if decided:
+                outcome = decided
+                if run is not None:
+                    return run, now
+                reason = "wait_timeout" if decided == "timeout" else st.kind
+                raise m.reject(st, ctx, reason, _retry_after(st, now), now)
+            await _pause(clock, st, room, waiter, now)
             now = clock.now()
     finally:
         waiter.scope = None
-        if result is None:  # leaving without running: hold no place, block no one
-            if waiter.released:
-                waiter.released = False
-                room.done(st, False)
-            else:
-                head = waiters[0] is waiter  # not released: still queued
-                waiters.remove(waiter)
-                if head:
-                    room.wake_head()
+        if run is None:  # leaving without running: hold no place, block no one
+            _leave(st, room, waiter)
         if listening:
             at = clock.now()
             m.deliver_wait(
@@ -276,6 +212,106 @@ async def wait(m: Machine, st: State, ctx: Context, now: float) -> tuple[str, fl
                     waited=at - start,
                 ),
             )
+
+
+def _enter(m: Machine, st: State, ctx: Context, room: Room, now: float) -> Waiter:
+    """Queue the caller, or refuse it at once (room full, no time, next probe too late)."""
+    deadline = ctx.deadline
+    give_up = min(deadline, now + m.max_wait)
+    if deadline != math.inf:
+        # The attempts of one call share its max_wait: counted from when its deadline began
+        # (the enclosing Timeout's start), a retry does not wait all over again.
+        give_up = min(give_up, deadline - ctx.deadline_timeout + m.max_wait)
+    kind = st.kind
+    if (
+        len(room.waiters) >= m.max_waiting
+        or give_up <= now
+        or (kind is OPEN and give_up <= next_probe(st))
+    ):
+        raise m.reject(st, ctx, kind, _retry_after(st, now), now)
+    waiter = Waiter(give_up)
+    room.waiters.append(waiter)
+    return waiter
+
+
+def _decide(
+    m: Machine, st: State, ctx: Context, waiter: Waiter, now: float
+) -> tuple[str, str | None]:
+    """One look at the state for a waiter: ``(outcome, kind to run in)`` to leave (the kind
+    is ``None`` for a refusal: outcome ``failed`` or ``timeout``), ``("", None)`` to wait on.
+    Level-triggered: any wake-up, spurious or late, just decides again."""
+    kind = st.kind
+    room = st.room
+    assert room is not None  # a waiter waits in its state's room
+    released = _go(room, waiter, kind)
+    if released is not None:
+        return "released", released
+    if kind is FORCED_OPEN:
+        return "failed", None
+    if room.waiters[0] is waiter:
+        taken = _probe_now(m, st, ctx, now, waiter=waiter, room=room)
+        if taken is not None:
+            return "probe", taken
+    if kind is OPEN and waiter.give_up <= next_probe(st):
+        return "failed", None  # the next probe comes too late for this caller
+    if now >= waiter.give_up:
+        return "timeout", None
+    return "", None
+
+
+def _go(room: Room, waiter: Waiter, kind: str) -> str | None:
+    """The kind a waiter may run in now, if the breaker lets it go: a released caller while
+    calls pass (re-queued at the front if the breaker reopened first), or anyone when it is
+    forced closed or disabled."""
+    if waiter.released:
+        if kind is CLOSED or kind is FORCED_CLOSED or kind is DISABLED:
+            return kind
+        waiter.released = False
+        room.inflight -= 1
+        room.waiters.appendleft(waiter)
+    if kind is FORCED_CLOSED or kind is DISABLED:
+        room.waiters.remove(waiter)
+        waiter.released = True
+        room.inflight += 1
+        return kind
+    return None
+
+
+async def _pause(clock: Clock, st: State, room: Room, waiter: Waiter, now: float) -> None:
+    """Wait until something may have changed for a queued waiter."""
+    if st.kind is OPEN and room.waiters[0] is waiter:
+        # The head sleeps until its probe time (on the clock: a fake clock moves); a
+        # transition wakes it early by cancelling the sleep.
+        with anyio.CancelScope() as scope:
+            waiter.scope = scope
+            await clock.sleep(next_probe(st) - now)
+        waiter.scope = None
+        return
+    event = waiter.event = anyio.Event()
+    try:
+        if waiter.give_up == math.inf:
+            await event.wait()
+        else:
+            async with clock.timeout_at(waiter.give_up):
+                await event.wait()
+    except TimeoutError:
+        pass  # our timer: the next decision sees the time is up
+    finally:
+        waiter.event = None
+
+
+def _leave(st: State, room: Room, waiter: Waiter) -> None:
+    """A waiter leaving without running: give back an unused release, or leave the queue
+    and wake the next head if it was the head."""
+    if waiter.released:
+        waiter.released = False
+        room.done(st, False)
+        return
+    waiters = room.waiters
+    head = waiters[0] is waiter
+    waiters.remove(waiter)
+    if head:
+        room.wake_head()
 
 
 def _probe_now(
