@@ -107,9 +107,7 @@ class RetryBudget:
         every ``FOLD_EVERY`` calls, and ``clock()`` is read for the refill only while the
         reserve is below its size. ``Retry`` calls this once per call that did not fail.
         """
-        self._calls += 1
-        if self._calls >= FOLD_EVERY or self._rolled_at is None:
-            self._roll(clock())
+        self._count(clock)
         if self._tokens < self._reserve:
             self.record_success(clock())
 
@@ -118,9 +116,7 @@ class RetryBudget:
 
         Unlike ``earn`` it does not collect the reserve's refill (``record_success`` does).
         """
-        self._calls += 1
-        if self._calls >= FOLD_EVERY or self._rolled_at is None:
-            self._roll(now)
+        self._count(lambda: now)
 
     def record_call(self, clock: Callable[[], float]) -> None:
         """Deprecated: earn ``ratio`` tokens for one call, reading ``clock()`` only when folding.
@@ -135,6 +131,11 @@ class RetryBudget:
             DeprecationWarning,
             stacklevel=2,
         )
+        self._count(clock)
+
+    def _count(self, clock: Callable[[], float]) -> None:
+        # One earning call: a counter bump, folded into the balance with its time (the one
+        # clock read) every FOLD_EVERY calls, and at once for the very first call.
         self._calls += 1
         if self._calls >= FOLD_EVERY or self._rolled_at is None:
             self._roll(clock())

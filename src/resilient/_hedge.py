@@ -480,10 +480,8 @@ class _Round:
         if budget is not None and (verdict is _SUCCESS or verdict is _CLIENT_ERROR):
             if self.kind == "hedge":
                 budget.refund(ctx.clock.now())  # a winning hedge proved itself: its token back
-            if hedge._deposit:
-                budget.earn(ctx.clock.now)
-            else:
-                budget.record_success(ctx.clock.now())
+            if hedge._earns is not None:
+                hedge._earns.earn(ctx.clock.now)
         if self.hedges and ctx.listening:
             winner = "none"
             if self.finished:
@@ -741,8 +739,9 @@ class Hedge(PolicyDecorator):
         min_samples: adaptive delay only: latencies needed before the percentile is used (20).
         budget: a ``RetryBudget`` shared with retries; by default a fresh ``RetryBudget()``
             per ``Hedge``; ``None`` turns budgeting off.
-        deposit: whether calls that end without a dependency failure earn budget tokens here
-            (default True).
+        deposit: whether calls that end without a dependency failure earn budget tokens (and
+            collect the reserve's refill) here (default True); ``False`` when a ``Retry``
+            holding the same budget already does.
         classify: how outcomes are classified; ``None`` (default) uses the pipeline's.
         on_discard: called with a returned value that loses (a TRANSIENT result replaced by
             a later one, or a result arriving after another attempt won), for example to
@@ -766,6 +765,7 @@ class Hedge(PolicyDecorator):
         "_cut",
         "_delay",
         "_deposit",
+        "_earns",
         "_latency",
         "_max_hedges",
         "_on_discard",
@@ -832,6 +832,9 @@ class Hedge(PolicyDecorator):
         if budget is None and not deposit:
             raise ConfigurationError("Hedge.deposit", deposit, "applies to a budget (budget=None)")
         self._deposit = deposit
+        # Where calls that did not fail earn (and collect the reserve's refill): here, or,
+        # with deposit=False, wherever the budget's owner (a Retry) does it.
+        self._earns = budget if deposit else None
         self._classifier = as_classifier("Hedge.classify", classify)
         self._on_discard = check.optional(check.callable_, "Hedge.on_discard", on_discard)
         if unhedged is not None and not callable(getattr(unhedged, "execute", None)):
@@ -917,9 +920,8 @@ class Hedge(PolicyDecorator):
             return await queue.launched.pop(key).after_original(ctx, now, result, None)
         if latency is not None:
             latency.record(clock.now() - now)
-        budget = self._budget
-        if budget is not None and (self._deposit or budget.refilling):
-            self._refill(ctx, result)
+        if self._earns is not None:
+            self._earn(ctx, result)
         return result
 
     async def _unhedged(self, call: Call, ctx: Context) -> Any:
@@ -964,19 +966,14 @@ class Hedge(PolicyDecorator):
             error is None or race_verdict(self, ctx, error) is not _REJECTED
         ):
             latency.record(ctx.clock.now() - started)
-        budget = self._budget
-        if error is None and budget is not None and (self._deposit or budget.refilling):
-            self._refill(ctx, result)
+        if error is None and self._earns is not None:
+            self._earn(ctx, result)
 
-    def _refill(self, ctx: Context, result: Any) -> None:
-        """A call ended without a dependency failure: earn (``deposit``) and collect the budget
-        reserve's refill."""
-        budget = self._budget
-        if budget is not None and race_verdict(self, ctx, None, result) in _NOT_FAILED:
-            if self._deposit:
-                budget.earn(ctx.clock.now)
-            else:
-                budget.record_success(ctx.clock.now())
+    def _earn(self, ctx: Context, result: Any) -> None:
+        """A call that returned: it earns (``deposit``) unless its value is a failure."""
+        earns = self._earns
+        if earns is not None and race_verdict(self, ctx, None, result) in _NOT_FAILED:
+            earns.earn(ctx.clock.now)
 
     async def _grouped(self, call: Call, ctx: Context, delay: float) -> Any:
         """Any clock and backend: every attempt in a task group."""
