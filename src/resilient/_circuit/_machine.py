@@ -188,12 +188,7 @@ class Machine:
         gen = st.gen
         st.probes += 1
         try:
-            try:
-                result = await call(ctx)
-            except Exception as exc:
-                self.finish(st, gen, HALF_OPEN, exception_verdict(classifier, exc, ctx), start, ctx)
-                raise
-            self.finish(st, gen, HALF_OPEN, classifier.classify_result(result).verdict, start, ctx)
+            result, _ = await self.recorded(call, ctx, st, HALF_OPEN, start, classifier)
             return result
         finally:
             if st.gen == gen:  # after a transition the slots were renewed: not ours to free
@@ -220,18 +215,31 @@ class Machine:
                 result = await call(ctx)
                 success = True
                 return result
-            gen = st.gen
-            try:
-                result = await call(ctx)
-            except Exception as exc:
-                self.finish(st, gen, kind, exception_verdict(classifier, exc, ctx), start, ctx)
-                raise
-            verdict = classifier.classify_result(result).verdict
-            self.finish(st, gen, kind, verdict, start, ctx)
+            result, verdict = await self.recorded(call, ctx, st, kind, start, classifier)
             success = verdict is SUCCESS
             return result
         finally:
             room.done(st, success)
+
+    async def recorded(  # noqa: PLR0917 - internal, the finish() arguments in order
+        self,
+        call: Call,
+        ctx: Context,
+        st: State,
+        kind: str,
+        start: float,
+        classifier: ClassifierLike,
+    ) -> tuple[Any, Verdict]:
+        """Run ``call`` in ``kind`` and record its outcome (``finish``): ``(result, verdict)``."""
+        gen = st.gen
+        try:
+            result = await call(ctx)
+        except Exception as exc:
+            self.finish(st, gen, kind, exception_verdict(classifier, exc, ctx), start, ctx)
+            raise
+        verdict = classifier.classify_result(result).verdict
+        self.finish(st, gen, kind, verdict, start, ctx)
+        return result, verdict
 
     # -- recording outcomes -----------------------------------------------------------------
 
